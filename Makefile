@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine:
+#   make app    -> virtualenv + dependencies + demo (built once) + dashboard
+#   make test   -> virtualenv + dependencies + the whole test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: app test test-fast bench lint demo clean-venv
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, from its pin: anything else first would pull a multi-GB CUDA build
+	$(BIN)/pip install -q $$(head -n 1 requirements.txt)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m "not slow" $(PYTEST_ARGS)
+
+app: $(STAMP)
+	$(BIN)/streamlit run app/main.py
+
+demo: $(STAMP)
+	$(BIN)/deref demo --out assets/demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_model.py --json
+
+lint: $(STAMP)
+	$(BIN)/ruff check deref app tests benchmarks

@@ -1,0 +1,27 @@
+"""Exceptions raised at the library's boundaries.
+
+Every message names what is wrong (the file, the row, the column, the patient index) and
+what was expected, so that a user can fix the input without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class DeRefError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class InputError(DeRefError, ValueError):
+    """A tensor handed to a model does not fit its configuration (shape, dtype, NaN, mask)."""
+
+
+class DataError(DeRefError, ValueError):
+    """A cohort table, bag, split file or other file on disk is malformed or missing."""
+
+
+class ConfigError(DeRefError, ValueError):
+    """A configuration is inconsistent, or does not match a checkpoint or the data."""
+
+
+class CheckpointError(DeRefError, ValueError):
+    """A checkpoint or run directory is missing, corrupt, or from another configuration."""
