@@ -1,0 +1,968 @@
+"""Cohort tables: survival labels, slides and genomic profiles per patient, and gene families.
+
+A cohort table (MCAT layout) has one row per whole-slide image: ``case_id``, ``slide_id``,
+the survival time (``survival_months``), ``censorship`` (1 = censored, no event observed),
+optional clinical columns (``age``, ``is_female``, ``site``, ``oncotree_code``, ...) and the
+genomic columns ``<GENE>_rnaseq``, ``<GENE>_cnv``, ``<GENE>_mut``. Genomic columns are chosen
+by these name suffixes, never by position, so index columns (``Unnamed: 0``) or a reordered
+table never shift the features.
+
+Every check reports *where* the problem is: the file, the CSV line (the header is line 1,
+the first data row line 2; one record per line is assumed), the column, and what was
+expected. :func:`check_table` returns the problems as :class:`Problem` objects (the
+``deref validate`` linter prints them all); :func:`load_cohort` raises one
+:class:`~deref.errors.DataError` listing them.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deref.data.bags import Bag, find_bag, load_patient_bag
+from deref.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: Name suffixes of genomic columns, in the order a gene's columns are grouped.
+GENOMIC_SUFFIXES: tuple[str, ...] = ("_mut", "_cnv", "_rnaseq")
+#: Columns every cohort table must have (besides the time and censorship columns).
+ID_COLUMNS: tuple[str, ...] = ("case_id",)
+#: At most this many problems are spelled out in one DataError message.
+MAX_LISTED = 20
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+# --------------------------------------------------------------------------- problems
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input file, printed as ``file:row: column: problem; expected ...``.
+
+    ``row`` is a line number of the file (header = line 1) or None when the problem is not
+    tied to a line; ``column`` is a column name (or another field name) or None.
+    """
+
+    file: str
+    row: int | None
+    column: str | None
+    problem: str
+    expected: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.row is None else f"{self.file}:{self.row}"
+        parts = [where]
+        if self.column is not None:
+            parts.append(self.column)
+        text = ": ".join(parts) + f": {self.problem}"
+        if self.expected:
+            text += f"; expected {self.expected}"
+        return text
+
+
+def raise_problems(problems: Sequence[Problem], what: str) -> None:
+    """Raise one :class:`DataError` listing ``problems`` (at most :data:`MAX_LISTED`).
+
+    The error carries the full list as its ``problems`` attribute. Does nothing when the
+    list is empty.
+    """
+    if not problems:
+        return
+    lines = [str(p) for p in problems[:MAX_LISTED]]
+    if len(problems) > MAX_LISTED:
+        lines.append(f"... and {len(problems) - MAX_LISTED} more (run `deref validate` to list all)")
+    n = len(problems)
+    err = DataError(f"{what}: {n} problem{'s' if n != 1 else ''}:\n  " + "\n  ".join(lines))
+    err.problems = list(problems)  # type: ignore[attr-defined]
+    raise err
+
+
+def _line(row_index: int) -> int:
+    """CSV line of a data row whose 0-based position in the file is ``row_index``."""
+    return int(row_index) + 2
+
+
+def _show(value: object) -> str:
+    """A cell value for a message: strings quoted, numbers plain (no ``np.int64(...)``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value) if isinstance(value, str) else f"{value}"
+
+
+def _lines_text(lines: Sequence[int], limit: int = 5) -> str:
+    shown = ", ".join(str(x) for x in lines[:limit])
+    word = "line" if len(lines) == 1 else "lines"
+    return f"{word} {shown}" + (f", ... ({len(lines)} rows)" if len(lines) > limit else "")
+
+
+# --------------------------------------------------------------------------- reading
+def safe_member_name(name: str, root: str | os.PathLike) -> Path:
+    """The path under ``root`` where an archive member called ``name`` may be written.
+
+    Parameters
+    ----------
+    name
+        The member name as stored in the archive (``/`` or ``\\`` separated).
+    root
+        The folder members are written into.
+
+    Returns
+    -------
+    Path
+        ``root / name``, guaranteed to stay inside ``root``.
+
+    Raises
+    ------
+    DataError
+        When ``name`` is absolute (``/x``, ``C:\\x``, ``\\\\server\\x``), empty, or climbs out
+        of ``root`` through ``..`` components (or a symlink under ``root``).
+    """
+    if not name or "\x00" in name:
+        raise DataError(f"archive member {name!r}: empty or invalid name; expected a relative file name")
+    if (
+        PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+    ):
+        raise DataError(
+            f"archive member {name!r} has an absolute path; expected a name relative to the archive folder"
+        )
+    parts: list[str] = []
+    for part in name.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise DataError(
+                    f"archive member {name!r} climbs out of its folder ('..'); "
+                    "refusing to write it outside the target folder"
+                )
+            parts.pop()
+        else:
+            parts.append(part)
+    if not parts:
+        raise DataError(f"archive member {name!r} names no file; expected a relative file name")
+    root_path = Path(root)
+    target = root_path.joinpath(*parts)
+    resolved_root = root_path.resolve()
+    resolved = target.resolve()
+    if resolved != resolved_root and resolved_root not in resolved.parents:
+        raise DataError(f"archive member {name!r} resolves outside {root_path} (through a symlink)")
+    return target
+
+
+def _read_file_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a CSV file or a zip holding one CSV")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def _unwrap(data: bytes, path: Path, depth: int = 0) -> bytes:
+    """The CSV bytes inside ``data``: itself, or the single member of a zip / a gzip stream."""
+    if data[:4] == _ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                members = [i for i in zf.infolist() if not i.is_dir()]
+                if len(members) != 1:
+                    names = [m.filename for m in members]
+                    raise DataError(
+                        f"{path}: zip holds {len(members)} files {names}; expected exactly one CSV"
+                    )
+                # Read in memory: member names may hold '../' (the MCAT zips do), never extract.
+                inner = zf.read(members[0])
+        except zipfile.BadZipFile as exc:
+            raise DataError(f"{path}: corrupt zip file ({exc})") from exc
+        if depth < 2 and (inner[:4] == _ZIP_MAGIC or inner[:2] == _GZIP_MAGIC):
+            return _unwrap(inner, path, depth + 1)
+        return inner
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            inner = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path}: corrupt gzip file ({exc})") from exc
+        return _unwrap(inner, path, depth + 1) if depth < 2 else inner
+    return data
+
+
+def _parse_csv(data: bytes, path: Path, dtype: Any = None) -> pd.DataFrame:
+    try:
+        text_head = data[:1_000_000].decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        # The cut may split a character; only the first line matters here.
+        text_head = data[:1_000_000].decode("utf-8-sig", errors="ignore").splitlines()
+    if not text_head or not text_head[0].strip():
+        raise DataError(f"{path}:1: empty file or empty header line; expected a CSV header")
+    header = next(csv.reader([text_head[0]]))
+    seen: dict[str, int] = {}
+    dups = []
+    for name in header:
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] == 2:
+            dups.append(name)
+    if dups:
+        raise DataError(
+            f"{path}:1: duplicate column name(s) {dups[:10]}; expected each column once "
+            "(pandas would rename the copies and they would be silently dropped)"
+        )
+    try:
+        df = pd.read_csv(
+            io.BytesIO(data), low_memory=False, skip_blank_lines=False, encoding="utf-8-sig", dtype=dtype
+        )
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path}: empty file; expected a CSV header and rows") from exc
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable CSV table ({str(exc).strip()})") from exc
+    blank = df.isna().all(axis=1)
+    if blank.any():
+        log.debug("%s: ignoring %d blank line(s)", path, int(blank.sum()))
+        df = df.loc[~blank]
+    return df
+
+
+def _load_table_bytes(path: str | os.PathLike, dtype: Any = None) -> tuple[pd.DataFrame, str]:
+    path = Path(path)
+    raw = _read_file_bytes(path)
+    fingerprint = hashlib.sha256(raw).hexdigest()
+    return _parse_csv(_unwrap(raw, path), path, dtype), fingerprint
+
+
+def read_table(path: str | os.PathLike, dtype: Any = None) -> pd.DataFrame:
+    """Read a CSV table, or a zip (or gzip) holding one CSV, entirely in memory.
+
+    Parameters
+    ----------
+    path
+        A ``.csv`` file, a zip archive with exactly one member (the MCAT ``*.csv.zip``
+        files, whose member name holds ``../``: it is read, never extracted), or a gzip file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per non-blank CSV record. The index is the 0-based position of the record
+        among the data lines, so the record's line in the file is ``index + 2``.
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file, a zip with zero or several members, a corrupt archive,
+        text that is not UTF-8 CSV, an empty file, or duplicate column names.
+
+    Other Parameters
+    ----------------
+    dtype
+        Passed to :func:`pandas.read_csv` (e.g. ``{"case_id": str}`` so that ids are never
+        parsed as numbers).
+    """
+    return _load_table_bytes(path, dtype)[0]
+
+
+def genomic_columns(columns: Iterable[str]) -> list[str]:
+    """The genomic columns among ``columns``: names ending in ``_rnaseq``, ``_cnv`` or ``_mut``.
+
+    Chosen by name only, in the table's order; any other column (clinical, index, labels)
+    is never a feature.
+    """
+    return [c for c in columns if isinstance(c, str) and c.endswith(GENOMIC_SUFFIXES)]
+
+
+# --------------------------------------------------------------------------- gene families
+@dataclass
+class GeneFamily:
+    """A gene family (one modality-1 token) and the table columns it maps to.
+
+    Attributes
+    ----------
+    name
+        Family name (a column header of the signatures table).
+    columns
+        Table columns of the family, ``d_g`` of them: for the family's genes, first the
+        ``_mut`` columns, then ``_cnv``, then ``_rnaseq``; within each suffix group in
+        the table's column order.
+    genes_mapped
+        Distinct genes of the family with at least one column, in signature order.
+    genes_unmapped
+        Distinct genes of the family with no column in the table.
+    n_duplicates
+        Entries of the family that repeat a gene already listed (counted once).
+    """
+
+    name: str
+    columns: list[str]
+    genes_mapped: list[str] = field(default_factory=list)
+    genes_unmapped: list[str] = field(default_factory=list)
+    n_duplicates: int = 0
+
+    @property
+    def size(self) -> int:
+        """Number of columns ``d_g``."""
+        return len(self.columns)
+
+
+def read_signatures(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Read a signatures table: one column per gene family, gene symbols down each column.
+
+    Columns are ragged (blank padded); blanks are dropped and symbols stripped of spaces.
+    Repeated symbols within a family are kept here (:func:`map_families` counts them once).
+
+    Returns
+    -------
+    dict
+        ``{family: [gene, ...]}`` in the table's column order.
+
+    Raises
+    ------
+    DataError
+        Unreadable file, no columns, an unnamed column, or a family with no gene.
+    """
+    path = Path(path)
+    df = read_table(path, dtype=str)
+    if df.shape[1] == 0:
+        raise DataError(f"{path}:1: no columns; expected one column per gene family")
+    out: dict[str, list[str]] = {}
+    problems = []
+    for name in df.columns:
+        if str(name).startswith("Unnamed:"):
+            problems.append(
+                Problem(
+                    str(path), 1, str(name), "column without a family name", "a family name in the header"
+                )
+            )
+            continue
+        genes = [str(g).strip() for g in df[name].dropna().tolist()]
+        genes = [g for g in genes if g]
+        if not genes:
+            problems.append(Problem(str(path), None, str(name), "family lists no gene", "gene symbols"))
+        out[str(name)] = genes
+    raise_problems(problems, f"{path}: signatures table")
+    return out
+
+
+def map_families(columns: Sequence[str], signatures: Mapping[str, Sequence[str]]) -> list[GeneFamily]:
+    """Map each family's genes onto the table's genomic columns.
+
+    A gene ``G`` maps to whichever of ``G_mut``, ``G_cnv``, ``G_rnaseq`` exist in
+    ``columns``. A family's columns are grouped by suffix in that order (``_mut``, ``_cnv``,
+    ``_rnaseq``) and kept in the table's column order within a group, so the result only
+    depends on the table's column order, not on the order genes are listed in. A gene listed
+    twice in a family contributes its columns once.
+
+    Parameters
+    ----------
+    columns
+        The table's columns (all of them, or only the genomic ones).
+    signatures
+        ``{family: [gene, ...]}``, e.g. from :func:`read_signatures`.
+
+    Returns
+    -------
+    list of GeneFamily
+        One per family, in the order of ``signatures``. A family may have no column.
+    """
+    genomic = genomic_columns(columns)
+    by_suffix = {s: [c for c in genomic if c.endswith(s)] for s in GENOMIC_SUFFIXES}
+    present = {c for c in genomic}
+    families = []
+    for name, genes in signatures.items():
+        distinct = list(dict.fromkeys(genes))
+        gene_set = set(distinct)
+        cols = [c for s in GENOMIC_SUFFIXES for c in by_suffix[s] if c[: -len(s)] in gene_set]
+        mapped = [g for g in distinct if any(g + s in present for s in GENOMIC_SUFFIXES)]
+        mapped_set = set(mapped)
+        unmapped = [g for g in distinct if g not in mapped_set]
+        families.append(
+            GeneFamily(
+                name=str(name),
+                columns=cols,
+                genes_mapped=mapped,
+                genes_unmapped=unmapped,
+                n_duplicates=len(genes) - len(distinct),
+            )
+        )
+    return families
+
+
+def _gene_of(column: str) -> str:
+    for s in GENOMIC_SUFFIXES:
+        if column.endswith(s):
+            return column[: -len(s)]
+    return column
+
+
+def read_families_json(path: str | os.PathLike, columns: Sequence[str] | None = None) -> list[GeneFamily]:
+    """Read ``families.json`` (``{family: [column, ...]}``, as ``deref genomics`` writes it).
+
+    Parameters
+    ----------
+    path
+        The JSON file.
+    columns
+        When given, the table's columns: every listed column must be one of its genomic
+        columns.
+
+    Raises
+    ------
+    DataError
+        Unreadable JSON, a wrong layout, or columns the table lacks (all listed per family).
+    """
+    path = Path(path)
+    raw = _read_file_bytes(path)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and all(isinstance(c, str) for c in v) for v in data.values()
+    ):
+        raise DataError(f"{path}: expected an object {{family: [column, ...]}} of lists of column names")
+    problems = []
+    genomic = set(genomic_columns(columns)) if columns is not None else None
+    families = []
+    for name, cols in data.items():
+        if len(set(cols)) != len(cols):
+            dup = sorted({c for c in cols if cols.count(c) > 1})
+            problems.append(Problem(str(path), None, name, f"lists column(s) twice: {dup[:5]}", "each once"))
+        if not cols:
+            problems.append(Problem(str(path), None, name, "family has no column", "at least one column"))
+        if genomic is not None:
+            missing = [c for c in cols if c not in genomic]
+            if missing:
+                problems.append(
+                    Problem(
+                        str(path),
+                        None,
+                        name,
+                        f"{len(missing)} column(s) not among the table's genomic columns: {missing[:5]}",
+                        "columns of the cohort table ending in _rnaseq, _cnv or _mut",
+                    )
+                )
+        genes = list(dict.fromkeys(_gene_of(c) for c in cols))
+        families.append(GeneFamily(name=name, columns=list(cols), genes_mapped=genes))
+    raise_problems(problems, f"{path}: gene families")
+    return families
+
+
+# --------------------------------------------------------------------------- table checks
+def _numeric(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """``(values as float, mask of non-blank entries that are not numbers)``."""
+    values = pd.to_numeric(series, errors="coerce")
+    bad = values.isna() & series.notna()
+    return values.astype(float), bad
+
+
+def check_table(
+    df: pd.DataFrame,
+    source: str | os.PathLike,
+    time_col: str = "survival_months",
+    censorship_col: str = "censorship",
+) -> list[Problem]:
+    """Every problem of a cohort table (as read by :func:`read_table`).
+
+    Checks: required columns; blank ``case_id``; survival time missing, not a number, not
+    finite or negative; censorship not 0 or 1; no genomic column; genomic values that are
+    missing or not numbers (one problem per column); duplicate rows (same ``case_id`` and
+    ``slide_id``; same ``case_id`` when there is no ``slide_id`` column), a slide listed
+    under two patients; rows of one patient that disagree on time, censorship or genomic
+    values.
+
+    Parameters
+    ----------
+    df
+        The table, as :func:`read_table` returns it: problem lines are ``index + 2`` (a
+        frame with a non-integer index is numbered by position).
+    source
+        The file named in the problems.
+    time_col, censorship_col
+        Names of the survival time and censorship columns.
+
+    Returns
+    -------
+    list of Problem
+        In line order. Empty when the table is usable. A table missing required columns returns only that
+        problem (nothing else can be checked).
+    """
+    src = str(source)
+    required = [*ID_COLUMNS, time_col, censorship_col]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        return [
+            Problem(
+                src,
+                1,
+                ", ".join(missing),
+                f"required column(s) missing: {missing}",
+                f"a header with {required} (found {len(df.columns)} columns: {list(df.columns[:8])}"
+                + (" ...)" if len(df.columns) > 8 else ")"),
+            )
+        ]
+    problems: list[Problem] = []
+    if len(df) == 0:
+        return [Problem(src, None, None, "table has no data rows", "one row per slide")]
+    if pd.api.types.is_integer_dtype(df.index):
+        lines = np.asarray(df.index, dtype=np.int64) + 2  # read_table keeps record positions
+    else:
+        lines = np.arange(len(df), dtype=np.int64) + 2
+
+    case = df["case_id"]
+    blank_case = case.isna() | (case.astype(str).str.strip() == "")
+    for ln in lines[blank_case.to_numpy()]:
+        problems.append(Problem(src, int(ln), "case_id", "blank case_id", "a patient identifier"))
+
+    time, bad = _numeric(df[time_col])
+    for ln, raw in zip(lines[bad.to_numpy()], df[time_col][bad]):
+        problems.append(
+            Problem(src, int(ln), time_col, f"{_show(raw)} is not a number", "a survival time >= 0")
+        )
+    tv = time.to_numpy()
+    for ln in lines[np.isnan(tv) & ~bad.to_numpy()]:
+        problems.append(Problem(src, int(ln), time_col, "missing survival time", "a survival time >= 0"))
+    with np.errstate(invalid="ignore"):
+        for ln, t in zip(lines[np.isinf(tv)], tv[np.isinf(tv)]):
+            problems.append(
+                Problem(src, int(ln), time_col, f"survival time {t} is not finite", "a finite time >= 0")
+            )
+        neg = tv < 0
+    for ln, t in zip(lines[neg], tv[neg]):
+        problems.append(
+            Problem(src, int(ln), time_col, f"negative survival time {t:g}", "a survival time >= 0")
+        )
+
+    cens_raw = df[censorship_col]
+    cens = pd.to_numeric(cens_raw, errors="coerce").to_numpy(dtype=float)
+    bad_c = ~np.isin(cens, (0.0, 1.0))
+    for ln, raw in zip(lines[bad_c], cens_raw.to_numpy()[bad_c]):
+        shown = "missing" if pd.isna(raw) else _show(raw)
+        problems.append(
+            Problem(src, int(ln), censorship_col, f"censorship {shown}", "0 (event observed) or 1 (censored)")
+        )
+
+    gcols = genomic_columns(df.columns)
+    if not gcols:
+        problems.append(
+            Problem(
+                src,
+                1,
+                None,
+                "no genomic column",
+                "columns named <GENE>_rnaseq, <GENE>_cnv or <GENE>_mut",
+            )
+        )
+    genomic = None
+    if gcols:
+        block = df[gcols]
+        if all(pd.api.types.is_numeric_dtype(t) for t in block.dtypes):
+            genomic = block.to_numpy(dtype=float)
+        else:
+            genomic = np.empty(block.shape, dtype=float)
+            for j, c in enumerate(gcols):
+                vals, badv = _numeric(block[c])
+                genomic[:, j] = vals.to_numpy()
+                if badv.any():
+                    bl = lines[badv.to_numpy()]
+                    problems.append(
+                        Problem(
+                            src,
+                            int(bl[0]),
+                            c,
+                            f"{int(badv.sum())} value(s) are not numbers (first {_show(block[c][badv].iloc[0])}; "
+                            f"{_lines_text(list(bl))})",
+                            "numbers",
+                        )
+                    )
+        nan = np.isnan(genomic)
+        # Non-numbers were reported above; report only truly blank cells as missing.
+        if nan.any():
+            for j in np.flatnonzero(nan.any(axis=0)):
+                c = gcols[j]
+                miss = nan[:, j] & df[c].isna().to_numpy()
+                if miss.any():
+                    bl = lines[miss]
+                    problems.append(
+                        Problem(
+                            src,
+                            int(bl[0]),
+                            c,
+                            f"{int(miss.sum())} missing value(s) ({_lines_text(list(bl))})",
+                            "a number in every row (no imputation is done)",
+                        )
+                    )
+
+    # Duplicates.
+    case_str = case.astype(str).str.strip()
+    if "slide_id" in df.columns:
+        slide = df["slide_id"].astype(str).str.strip()
+        has_slide = df["slide_id"].notna().to_numpy() & (slide != "").to_numpy()
+        key = case_str + "\x00" + slide
+        first_line: dict[str, int] = {}
+        owner: dict[str, tuple[str, int]] = {}
+        for ln, k, s, c, hs in zip(lines, key, slide, case_str, has_slide):
+            if not hs:
+                continue
+            if k in first_line:
+                problems.append(
+                    Problem(
+                        src,
+                        int(ln),
+                        "slide_id",
+                        f"duplicate row: case {c} slide {s} already on line {first_line[k]}",
+                        "one row per slide",
+                    )
+                )
+                continue
+            first_line[k] = int(ln)
+            if s in owner and owner[s][0] != c:
+                problems.append(
+                    Problem(
+                        src,
+                        int(ln),
+                        "slide_id",
+                        f"slide {s} is listed for case {c} and for case {owner[s][0]} (line {owner[s][1]})",
+                        "each slide to belong to one patient",
+                    )
+                )
+            owner.setdefault(s, (c, int(ln)))
+    else:
+        dup = case_str.duplicated(keep="first").to_numpy() & ~blank_case.to_numpy()
+        firsts = {c: int(ln) for ln, c in zip(lines[::-1], case_str[::-1])}
+        for ln, c in zip(lines[dup], case_str[dup]):
+            problems.append(
+                Problem(
+                    src,
+                    int(ln),
+                    "case_id",
+                    f"duplicate row for case {c} (first on line {firsts[c]}); the table has no slide_id column",
+                    "one row per patient when there is no slide_id column",
+                )
+            )
+
+    # Rows of one patient must agree on labels and genomic values.
+    codes, uniques = pd.factorize(case_str)
+    if len(uniques) < len(df):
+        first_pos = np.full(len(uniques), -1, dtype=np.int64)
+        for i in range(len(codes) - 1, -1, -1):
+            first_pos[codes[i]] = i
+        ref = first_pos[codes]
+        rows = np.flatnonzero(ref != np.arange(len(df)))
+
+        def differs(values: np.ndarray) -> np.ndarray:
+            a, b = values[rows], values[ref[rows]]
+            same = (a == b) | (pd.isna(a) & pd.isna(b))
+            return ~np.asarray(same, dtype=bool)
+
+        for col, values in ((time_col, tv), (censorship_col, cens)):
+            for r in rows[differs(values)]:
+                problems.append(
+                    Problem(
+                        src,
+                        int(lines[r]),
+                        col,
+                        f"case {case_str.iloc[r]}: {col} {values[r]:g} disagrees with line "
+                        f"{int(lines[ref[r]])} ({values[ref[r]]:g})",
+                        "the same value on every row of a patient",
+                    )
+                )
+        if genomic is not None:
+            a, b = genomic[rows], genomic[ref[rows]]
+            diff = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+            for k in np.flatnonzero(diff.any(axis=1)):
+                r = rows[k]
+                cols = [gcols[j] for j in np.flatnonzero(diff[k])]
+                more = f" and {len(cols) - 5} more" if len(cols) > 5 else ""
+                problems.append(
+                    Problem(
+                        src,
+                        int(lines[r]),
+                        cols[0],
+                        f"case {case_str.iloc[r]}: genomic values differ from line {int(lines[ref[r]])} "
+                        f"in {len(cols)} column(s) {cols[:5]}{more}",
+                        "identical genomic values on every row of a patient",
+                    )
+                )
+    # In file order, like a linter; problems not tied to a line first.
+    return sorted(problems, key=lambda p: -1 if p.row is None else p.row)
+
+
+# --------------------------------------------------------------------------- cohort
+@dataclass
+class Cohort:
+    """A survival cohort: labels and clinical data per patient, slides, genomic profiles.
+
+    Attributes
+    ----------
+    patients
+        Indexed by ``case_id`` (table order of first appearance). Columns: ``time``
+        (float), ``censorship`` (int, 1 = censored), ``event`` (int, ``1 - censorship``),
+        ``n_slides``, then the table's other per-patient columns (``age``, ``is_female``,
+        ``site``, ``oncotree_code``, ...).
+    slides
+        ``{case_id: [slide_id, ...]}`` in table order (an empty list for a patient whose
+        rows have a blank ``slide_id`` or when the table has no ``slide_id`` column).
+    genomic
+        ``(n_patients, n_genomic)`` float32 frame, indexed like ``patients``, with every
+        genomic column of the table.
+    families
+        Gene families (modality-1 token groups); empty when neither signatures nor a
+        families JSON was given.
+    bag_dir
+        Folder of WSI bags, or None.
+    source
+        The cohort table file.
+    fingerprint
+        SHA-256 of the table file's bytes.
+    modalities
+        Indexed like ``patients``: ``genomic`` (bool), ``wsi`` (bool: a bag file exists for
+        every slide of the patient; False without ``bag_dir``), ``n_bags`` (int).
+    """
+
+    patients: pd.DataFrame
+    slides: dict[str, list[str]]
+    genomic: pd.DataFrame
+    families: list[GeneFamily]
+    bag_dir: Path | None
+    source: Path
+    fingerprint: str
+    modalities: pd.DataFrame
+
+    @property
+    def case_ids(self) -> list[str]:
+        return list(self.patients.index)
+
+    @property
+    def n_events(self) -> int:
+        return int(self.patients["event"].sum())
+
+    @property
+    def n_slides(self) -> int:
+        return int(self.patients["n_slides"].sum())
+
+    @property
+    def genomic_columns(self) -> list[str]:
+        return list(self.genomic.columns)
+
+    def m1_arrays(
+        self, case_ids: Sequence[str], families: Sequence[GeneFamily] | None = None
+    ) -> list[np.ndarray]:
+        """Raw (unstandardized) modality-1 inputs, one array per family.
+
+        Parameters
+        ----------
+        case_ids
+            ``n`` patients, in the order wanted.
+        families
+            Defaults to ``self.families``.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One float32 array ``(n, d_g)`` per family, columns in ``family.columns`` order.
+        """
+        families = self.families if families is None else families
+        if not families:
+            raise ConfigError(
+                f"{self.source}: no gene families; pass signatures or a families JSON to load_cohort"
+            )
+        unknown = [c for c in case_ids if c not in self.genomic.index]
+        if unknown:
+            raise DataError(f"{self.source}: {len(unknown)} case id(s) not in the table: {list(unknown)[:5]}")
+        rows = self.genomic.loc[list(case_ids)]
+        out = []
+        for fam in families:
+            missing = [c for c in fam.columns if c not in self.genomic.columns]
+            if missing:
+                raise DataError(
+                    f"{self.source}: family {fam.name!r} needs column(s) the table lacks: {missing[:5]}"
+                )
+            out.append(np.ascontiguousarray(rows[fam.columns].to_numpy(dtype=np.float32)))
+        return out
+
+    def patient_bag(self, case_id: str, expected_dim: int | None = None) -> Bag:
+        """All WSI bags of one patient, concatenated (see :func:`load_patient_bag`)."""
+        if self.bag_dir is None:
+            raise DataError(f"{self.source}: no bag folder was given for this cohort")
+        if case_id not in self.slides:
+            raise DataError(f"{self.source}: case {case_id!r} is not in the table")
+        return load_patient_bag(self.slides[case_id], self.bag_dir, expected_dim)
+
+
+_ID_DTYPES = {"case_id": str, "slide_id": str}
+_RESERVED = {"time", "censorship", "event", "n_slides", "case_id", "slide_id"}
+
+
+def load_cohort(
+    table: str | os.PathLike,
+    signatures: str | os.PathLike | None = None,
+    families_json: str | os.PathLike | None = None,
+    bag_dir: str | os.PathLike | None = None,
+    time_col: str = "survival_months",
+    censorship_col: str = "censorship",
+) -> Cohort:
+    """Read and check a cohort table and aggregate its per-slide rows to patients.
+
+    Parameters
+    ----------
+    table
+        Cohort table (CSV or zip of one CSV), one row per slide.
+    signatures
+        Signatures table; families are mapped with :func:`map_families`.
+    families_json
+        ``{family: [column, ...]}`` (``deref genomics`` output). At most one of
+        ``signatures`` / ``families_json``.
+    bag_dir
+        Folder of WSI bags; only the presence of each slide's file is checked here.
+    time_col, censorship_col
+        Names of the survival time and censorship (1 = censored) columns.
+
+    Returns
+    -------
+    Cohort
+
+    Raises
+    ------
+    DataError
+        Any problem :func:`check_table` finds (all of them in one message), a family with no
+        column, a families JSON naming absent columns, a missing ``bag_dir``.
+    ConfigError
+        Both ``signatures`` and ``families_json`` given.
+    """
+    if signatures is not None and families_json is not None:
+        raise ConfigError("give either signatures or families_json, not both")
+    path = Path(table)
+    df, fingerprint = _load_table_bytes(path, dtype=_ID_DTYPES)
+    raise_problems(check_table(df, path, time_col, censorship_col), f"{path}: cohort table")
+
+    gcols = genomic_columns(df.columns)
+    case_str = df["case_id"].astype(str).str.strip()
+    df = df.assign(case_id=case_str)
+    first = df.drop_duplicates("case_id", keep="first").set_index("case_id")
+    case_ids = list(first.index)
+
+    slides: dict[str, list[str]] = {c: [] for c in case_ids}
+    if "slide_id" in df.columns:
+        for c, s in zip(case_str, df["slide_id"]):
+            if pd.notna(s) and str(s).strip():
+                slides[c].append(str(s).strip())
+
+    patients = pd.DataFrame(index=pd.Index(case_ids, name="case_id"))
+    patients["time"] = pd.to_numeric(first[time_col]).astype(float)
+    patients["censorship"] = pd.to_numeric(first[censorship_col]).astype(int)
+    patients["event"] = 1 - patients["censorship"]
+    patients["n_slides"] = [len(slides[c]) for c in case_ids]
+
+    gset = set(gcols)
+    extras = [
+        c
+        for c in df.columns
+        if c not in gset
+        and c not in (time_col, censorship_col)
+        and c not in _RESERVED
+        and not str(c).startswith("Unnamed:")
+    ]
+    if extras:
+        varying = df.groupby("case_id", sort=False)[extras].nunique(dropna=False).max()
+        per_slide = [c for c in extras if varying[c] > 1]
+        if per_slide:
+            log.warning(
+                "%s: column(s) %s vary between slides of one patient; not kept as patient attributes",
+                path,
+                per_slide,
+            )
+        for c in extras:
+            if c not in per_slide:
+                patients[c] = first[c]
+
+    genomic = first[gcols].astype(np.float32)
+    genomic.index.name = "case_id"
+
+    if signatures is not None:
+        families = map_families(gcols, read_signatures(signatures))
+        empty = [f.name for f in families if not f.columns]
+        if empty:
+            raise DataError(
+                f"{signatures}: famil{'ies' if len(empty) > 1 else 'y'} {empty} map to no column of "
+                f"{path}; expected genes with <GENE>_rnaseq/_cnv/_mut columns"
+            )
+    elif families_json is not None:
+        families = read_families_json(families_json, gcols)
+    else:
+        families = []
+
+    bags_path = None
+    n_bags = np.zeros(len(case_ids), dtype=np.int64)
+    if bag_dir is not None:
+        bags_path = Path(bag_dir)
+        if not bags_path.is_dir():
+            raise DataError(f"{bags_path}: bag folder not found")
+        for i, c in enumerate(case_ids):
+            for s in slides[c]:
+                try:
+                    find_bag(s, bags_path)
+                    n_bags[i] += 1
+                except DataError:
+                    pass
+        n_missing = int(patients["n_slides"].sum() - n_bags.sum())
+        if n_missing:
+            log.warning("%s: %d slide(s) have no bag file in %s", path, n_missing, bags_path)
+    modalities = pd.DataFrame(
+        {
+            "genomic": np.ones(len(case_ids), dtype=bool),
+            "wsi": (n_bags > 0) & (n_bags == patients["n_slides"].to_numpy()),
+            "n_bags": n_bags,
+        },
+        index=patients.index,
+    )
+    log.info(
+        "%s: %d patients, %d slides, %d events, %d genomic columns, %d families",
+        path,
+        len(case_ids),
+        int(patients["n_slides"].sum()),
+        int(patients["event"].sum()),
+        len(gcols),
+        len(families),
+    )
+    return Cohort(
+        patients=patients,
+        slides=slides,
+        genomic=genomic,
+        families=families,
+        bag_dir=bags_path,
+        source=path,
+        fingerprint=fingerprint,
+        modalities=modalities,
+    )
+
+
+__all__ = [
+    "Cohort",
+    "GeneFamily",
+    "Problem",
+    "GENOMIC_SUFFIXES",
+    "check_table",
+    "genomic_columns",
+    "load_cohort",
+    "map_families",
+    "raise_problems",
+    "read_families_json",
+    "read_signatures",
+    "read_table",
+    "safe_member_name",
+]

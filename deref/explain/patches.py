@@ -1,0 +1,202 @@
+"""The top-k patches of a score (attention, attribution), read at full resolution for a gallery.
+
+Conventions: ``coords`` are level-0 pixel (x, y) top-left corners (the CLAM ``coords``
+dataset); ``patch_size`` is the patch's side **at** ``patch_level`` (the CLAM ``patch_size``
+attribute), which is exactly what ``OpenSlide.read_region((x, y), patch_level, (size, size))``
+takes. (``render_heatmap`` instead wants the level-0 extent, ``patch_size * downsample``.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from deref.errors import DataError, InputError
+from deref.explain.heatmap import _check_scores_coords, _one_line
+
+__all__ = ["PatchView", "patch_gallery_image", "top_k_indices", "top_k_patches"]
+
+
+@dataclass(frozen=True)
+class PatchView:
+    """One patch for the gallery.
+
+    ``index`` into the bag's patches, its ``score``, its level-0 top-left corner ``(x, y)``,
+    and its pixels (RGB, ``patch_size`` px at ``patch_level``, or ``out_size``) -- None when no
+    slide file was given.
+    """
+
+    index: int
+    score: float
+    x: int
+    y: int
+    image: Image.Image | None = None
+
+
+def top_k_indices(scores: Any, k: int, *, largest: bool = True) -> np.ndarray:
+    """Indices of the ``k`` highest (or lowest) scores, best first; ties go to the lower index.
+
+    ``k`` larger than the number of patches returns them all. The order is deterministic
+    (a stable lexicographic sort on (score, index)), so a gallery does not reshuffle between
+    reruns on equal scores.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if isinstance(k, bool) or int(k) != k or k < 0:
+        raise InputError(f"k must be a non-negative integer; got {k!r}")
+    idx = np.arange(s.size)
+    order = np.lexsort((idx, -s if largest else s))
+    return order[: int(k)]
+
+
+def _open_slide(slide_path: str | os.PathLike) -> Any:
+    path = Path(slide_path)
+    if not path.exists():
+        raise DataError(f"slide file not found: {path}")
+    import openslide
+
+    try:
+        return openslide.OpenSlide(str(path))
+    except (openslide.OpenSlideError, OSError, ValueError) as exc:
+        raise DataError(f"cannot open slide {path} with OpenSlide: {_one_line(exc)}") from exc
+
+
+def _on_white(region: Image.Image) -> Image.Image:
+    """RGBA from ``read_region`` (transparent outside the scanned area) onto white, as RGB."""
+    white = Image.new("RGBA", region.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, region).convert("RGB")
+
+
+def top_k_patches(
+    scores: Any,
+    coords: Any,
+    k: int,
+    patch_size: int,
+    patch_level: int = 0,
+    slide_path: str | os.PathLike | None = None,
+    *,
+    largest: bool = True,
+    out_size: int | None = None,
+) -> list[PatchView]:
+    """The ``k`` best-scoring patches, with their pixels read from the slide.
+
+    Parameters
+    ----------
+    scores : (N,) array-like
+        One score per patch.
+    coords : (N, 2) array-like
+        Level-0 pixel (x, y) top-left corners.
+    k : int
+        How many (all of them when ``k >= N``).
+    patch_size : int
+        The patch's side in pixels at ``patch_level`` (what ``read_region`` reads).
+    patch_level : int
+        The pyramid level the patches were cut at; coords stay level-0 whatever the level.
+    slide_path : path, optional
+        The slide. None gives views without images (scores and coordinates only).
+    largest : bool
+        True for the highest scores first, False for the lowest first; ties go to the lower
+        patch index.
+    out_size : int, optional
+        Resize each image to ``out_size x out_size`` (for a compact gallery); the read itself is
+        always at full resolution.
+
+    Returns
+    -------
+    list of PatchView
+        Best first. The slide is opened once for all ``k`` reads.
+
+    Raises
+    ------
+    DataError
+        The slide is missing, cannot be opened, lacks ``patch_level``, or a patch cannot be
+        decoded (the message names the patch and its coordinates).
+    """
+    s, c = _check_scores_coords(scores, coords)
+    if isinstance(patch_size, bool) or int(patch_size) != patch_size or patch_size < 1:
+        raise InputError(f"patch_size must be a positive integer (pixels at patch_level); got {patch_size!r}")
+    if isinstance(patch_level, bool) or int(patch_level) != patch_level or patch_level < 0:
+        raise InputError(f"patch_level must be a non-negative integer; got {patch_level!r}")
+    if out_size is not None and (int(out_size) != out_size or out_size < 1):
+        raise InputError(f"out_size must be a positive integer; got {out_size!r}")
+    patch_size, patch_level = int(patch_size), int(patch_level)
+    chosen = top_k_indices(s, k, largest=largest)
+    xy = np.rint(c[chosen]).astype(np.int64)
+    if slide_path is None or chosen.size == 0:
+        return [PatchView(int(i), float(s[i]), int(x), int(y), None) for i, (x, y) in zip(chosen, xy)]
+
+    import openslide
+
+    views = []
+    slide = _open_slide(slide_path)
+    try:
+        if patch_level >= slide.level_count:
+            raise DataError(
+                f"slide {slide_path} has {slide.level_count} level(s) (0..{slide.level_count - 1}); "
+                f"patches were requested at level {patch_level}"
+            )
+        for i, (x, y) in zip(chosen, xy):
+            try:
+                region = slide.read_region((int(x), int(y)), patch_level, (patch_size, patch_size))
+            except (openslide.OpenSlideError, OSError, ValueError) as exc:
+                raise DataError(
+                    f"cannot read patch {int(i)} at level-0 ({int(x)}, {int(y)}), level {patch_level}, "
+                    f"size {patch_size} from slide {slide_path}: {_one_line(exc)}"
+                ) from exc
+            image = _on_white(region)
+            if out_size is not None and image.size != (out_size, out_size):
+                image = image.resize((int(out_size), int(out_size)), Image.Resampling.LANCZOS)
+            views.append(PatchView(int(i), float(s[i]), int(x), int(y), image))
+    finally:
+        slide.close()
+    return views
+
+
+def patch_gallery_image(
+    views: Sequence[PatchView],
+    ncols: int = 4,
+    *,
+    tile_size: int | None = None,
+    gap: int = 4,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """One RGB image: the patches in a grid, row by row, each labelled with its score.
+
+    Each cell is the patch image scaled to ``tile_size`` (default: the largest patch image, or
+    128 px when no view has one; a view without an image gets a grey placeholder) above a
+    label ``#rank  score`` and ``(x, y)``. Handy for export next to a heatmap.
+    """
+    if isinstance(ncols, bool) or int(ncols) != ncols or ncols < 1:
+        raise InputError(f"ncols must be a positive integer; got {ncols!r}")
+    ncols = int(ncols)
+    if tile_size is None:
+        sizes = [max(v.image.size) for v in views if v.image is not None]
+        tile_size = max(sizes) if sizes else 128
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = probe.textbbox((0, 0), "Ag(0,9)", font=font)[3] + 2
+    label_h = 2 * line_h + 2
+    nrows = max(1, -(-len(views) // ncols))
+    cols = min(ncols, max(1, len(views)))
+    cell_w, cell_h = tile_size + gap, tile_size + label_h + gap
+    canvas = Image.new("RGB", (cols * cell_w + gap, nrows * cell_h + gap), background)
+    draw = ImageDraw.Draw(canvas)
+    for rank, view in enumerate(views):
+        left = gap + (rank % ncols) * cell_w
+        top = gap + (rank // ncols) * cell_h
+        if view.image is not None:
+            tile = view.image.convert("RGB")
+            if tile.size != (tile_size, tile_size):
+                tile = tile.resize((tile_size, tile_size), Image.Resampling.LANCZOS)
+            canvas.paste(tile, (left, top))
+        else:
+            draw.rectangle([left, top, left + tile_size - 1, top + tile_size - 1], fill=(225, 225, 225))
+            draw.text((left + 4, top + 4), "no slide", fill=(90, 90, 90), font=font)
+        draw.text((left, top + tile_size + 2), f"#{rank + 1}  {view.score:.4g}", fill=(0, 0, 0), font=font)
+        draw.text((left, top + tile_size + 2 + line_h), f"({view.x}, {view.y})", fill=(70, 70, 70), font=font)
+    return canvas

@@ -1,0 +1,702 @@
+"""Survival metrics of out-of-fold predictions: Harrell's and Uno's C, time-dependent AUC, IBS.
+
+Every number comes from scikit-survival (``sksurv.metrics``); this module validates the inputs
+once, at its edge, and states the conventions that scikit-survival leaves to the caller.
+
+Conventions
+-----------
+- ``event`` is 1 for an observed event (death/progression) and 0 for a censored patient;
+  a run's ``predictions.csv`` stores ``censorship`` (1 = censored), so ``event = 1 - censorship``.
+- ``risk``: higher means worse (earlier event), as scikit-survival expects. lifelines'
+  ``concordance_index`` expects the opposite sign: pass ``-risk`` there.
+- IPCW (Uno's C, time-dependent AUC, Brier score) estimates the censoring distribution
+  ``G(t) = P(C > t)`` by a reverse Kaplan–Meier on a *training* sample. ``G`` is only defined
+  below the training sample's largest follow-up time (``horizon``): test patients followed
+  past it are administratively censored at ``horizon`` before the call. For any evaluation
+  time ``t < horizon`` this changes nothing (such a patient is event-free at ``t`` either way)
+  and it keeps scikit-survival from raising on a test patient who outlived every training
+  patient, which happens by chance in about one fold in five.
+- Discrete-time survival curves: see :func:`survival_at_times`.
+
+Nothing here turns an error into a number: an undefined metric raises
+:class:`~deref.errors.DataError`; :func:`evaluate_predictions` records it as NaN together with
+the reason, and re-raises with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from sksurv.metrics import (
+    concordance_index_censored,
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+)
+
+from deref.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ConcordanceResult",
+    "TimeDependentAUC",
+    "BrierResult",
+    "FoldMetrics",
+    "MetricsReport",
+    "harrell_c",
+    "uno_c",
+    "time_dependent_auc",
+    "integrated_brier",
+    "survival_at_times",
+    "default_eval_times",
+    "survival_columns",
+    "evaluate_predictions",
+    "bin_edges_from_run",
+]
+
+_SURV_COLUMN = re.compile(r"^surv_(\d+)$")
+
+
+# --------------------------------------------------------------------------------------------
+# result objects
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConcordanceResult:
+    """A concordance index and the pair counts behind it.
+
+    Attributes
+    ----------
+    cindex : float
+        ``(concordant + 0.5 * tied_risk) / (concordant + discordant + tied_risk)``
+        (IPCW-weighted for Uno's C).
+    concordant, discordant, tied_risk, tied_time : int
+        Comparable pairs by outcome; ``tied_time`` pairs are not comparable and not counted.
+    n : int
+        Patients evaluated (before any truncation at ``tau``).
+    method : str
+        ``"harrell"`` or ``"uno"``.
+    tau : float or None
+        Truncation time of Uno's C (only patients with ``time < tau`` count as events).
+    """
+
+    cindex: float
+    concordant: int
+    discordant: int
+    tied_risk: int
+    tied_time: int
+    n: int
+    method: str = "harrell"
+    tau: float | None = None
+
+
+@dataclass(frozen=True)
+class TimeDependentAUC:
+    """Cumulative/dynamic AUC at several times.
+
+    Attributes
+    ----------
+    times : np.ndarray
+        Evaluation times, shape ``(T,)``, sorted and unique.
+    auc : np.ndarray
+        AUC at each time, shape ``(T,)``.
+    mean_auc : float
+        scikit-survival's mean AUC over ``[times[0], times[-1]]``, weighted by the
+        Kaplan–Meier estimate of the event distribution (equals ``auc[0]`` when ``T == 1``).
+    """
+
+    times: np.ndarray
+    auc: np.ndarray
+    mean_auc: float
+
+
+@dataclass(frozen=True)
+class BrierResult:
+    """Integrated Brier score of discrete-time survival predictions.
+
+    Attributes
+    ----------
+    ibs : float
+        ``trapz(brier, times) / (times[-1] - times[0])`` (scikit-survival's definition).
+    times : np.ndarray
+        Evaluation times, shape ``(T,)``.
+    survival : np.ndarray
+        The predicted ``S_i(t)`` that was scored, shape ``(n, T)``.
+    """
+
+    ibs: float
+    times: np.ndarray
+    survival: np.ndarray
+
+
+@dataclass
+class FoldMetrics:
+    """All metrics of one fold (or of the pooled cohort).
+
+    A metric that could not be estimated is NaN and ``errors[name]`` says why.
+
+    Attributes
+    ----------
+    fold : int or str
+        Fold index, or ``"pooled"``.
+    n, events : int
+        Patients and observed events.
+    harrell, uno, td_auc, ibs : float
+        Harrell's C, Uno's C, mean time-dependent AUC, integrated Brier score.
+    tau : float or None
+        Truncation time used for Uno's C.
+    ipcw_source : str
+        Which sample estimated the censoring distribution.
+    errors : dict[str, str]
+        Reason per metric that is NaN.
+    """
+
+    fold: int | str
+    n: int
+    events: int
+    harrell: float = float("nan")
+    uno: float = float("nan")
+    td_auc: float = float("nan")
+    ibs: float = float("nan")
+    tau: float | None = None
+    ipcw_source: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MetricsReport:
+    """Per-fold and overall metrics of a cross-validated run.
+
+    Attributes
+    ----------
+    folds : list[FoldMetrics]
+        One entry per fold, in fold order.
+    pooled : FoldMetrics
+        Metrics of all out-of-fold predictions pooled (risks of different fold models
+        compared with each other: a looser figure than the per-fold mean).
+    mean, std : dict[str, float]
+        Mean and sample standard deviation (``ddof=1``) over folds of ``harrell``, ``uno``,
+        ``td_auc``, ``ibs``, ignoring NaN folds (``n_folds`` says how many counted).
+    n_folds : dict[str, int]
+        Number of folds with a finite value, per metric.
+    """
+
+    folds: list[FoldMetrics]
+    pooled: FoldMetrics
+    mean: dict[str, float]
+    std: dict[str, float]
+    n_folds: dict[str, int]
+
+    METRICS: ClassVar[tuple[str, ...]] = ("harrell", "uno", "td_auc", "ibs")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per fold, then ``pooled``, ``mean`` and ``std`` rows."""
+        rows = []
+        for fm in [*self.folds, self.pooled]:
+            d = asdict(fm)
+            d["errors"] = "; ".join(f"{k}: {v}" for k, v in fm.errors.items())
+            rows.append(d)
+        for name, stats in (("mean", self.mean), ("std", self.std)):
+            rows.append({"fold": name, **stats})
+        return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# validation at the edge
+# --------------------------------------------------------------------------------------------
+def _as_arrays(
+    time: Sequence[float] | np.ndarray,
+    event: Sequence[float] | np.ndarray,
+    risk: Sequence[float] | np.ndarray | None = None,
+    *,
+    what: str = "test",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    t = np.asarray(time, dtype=float).ravel()
+    e_raw = np.asarray(event).ravel()
+    if t.shape != e_raw.shape:
+        raise DataError(f"{what}: time has {t.size} values but event has {e_raw.size}")
+    if not np.all(np.isfinite(t)):
+        raise DataError(f"{what}: time has {int((~np.isfinite(t)).sum())} missing or infinite values")
+    if (t < 0).any():
+        raise DataError(f"{what}: negative survival time at positions {np.flatnonzero(t < 0)[:5].tolist()}")
+    e_num = pd.to_numeric(pd.Series(e_raw), errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isin(e_num, (0.0, 1.0))
+    if bad.any():
+        raise DataError(f"{what}: event must be 0/1, got {e_raw[bad][:5].tolist()}")
+    e = e_num.astype(bool)
+    r = None
+    if risk is not None:
+        r = np.asarray(risk, dtype=float).ravel()
+        if r.shape != t.shape:
+            raise DataError(f"{what}: risk has {r.size} values but time has {t.size}")
+        if np.isnan(r).any():
+            raise DataError(f"{what}: risk has {int(np.isnan(r).sum())} NaN values")
+    return t, e, r
+
+
+def _structured(event: np.ndarray, time: np.ndarray) -> np.ndarray:
+    y = np.empty(time.shape[0], dtype=[("event", bool), ("time", float)])
+    y["event"] = event
+    y["time"] = time
+    return y
+
+
+def _administrative_censor(
+    time: np.ndarray, event: np.ndarray, horizon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Censor at ``horizon`` every patient followed up to or past it (see module notes)."""
+    over = time >= horizon
+    if over.any():
+        logger.debug("censoring %d test patients at the training follow-up horizon %.4g", over.sum(), horizon)
+    return np.where(over, horizon, time), np.where(over, False, event)
+
+
+def _sksurv_call(name: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:  # sksurv reports undefined metrics (all censored, ...) this way
+        raise DataError(f"{name} is not defined for this sample: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# concordance
+# --------------------------------------------------------------------------------------------
+def harrell_c(time, event, risk) -> ConcordanceResult:
+    """Harrell's concordance index (higher ``risk`` = earlier event).
+
+    Parameters
+    ----------
+    time : array-like, shape (n,)
+        Follow-up times (event or censoring), non-negative.
+    event : array-like, shape (n,)
+        1 for an observed event, 0 for censored.
+    risk : array-like, shape (n,)
+        Predicted risk; higher means worse.
+
+    Returns
+    -------
+    ConcordanceResult
+
+    Raises
+    ------
+    DataError
+        Malformed input, or no comparable pair (e.g. every patient censored).
+    """
+    t, e, r = _as_arrays(time, event, risk)
+    c, con, dis, tr, tt = _sksurv_call("Harrell's C", concordance_index_censored, e, t, r)
+    if con + dis + tr == 0:
+        raise DataError("Harrell's C is not defined: no comparable pair of patients")
+    return ConcordanceResult(float(c), int(con), int(dis), int(tr), int(tt), int(t.size), "harrell", None)
+
+
+def uno_c(train_time, train_event, time, event, risk, tau: float | None = None) -> ConcordanceResult:
+    """Uno's IPCW concordance index, truncated at ``tau``.
+
+    Parameters
+    ----------
+    train_time, train_event : array-like, shape (m,)
+        Training sample whose censoring distribution weights the test pairs.
+    time, event, risk : array-like, shape (n,)
+        Test sample; higher ``risk`` = worse.
+    tau : float, optional
+        Truncation time: only test events with ``time < tau`` count. Default: the training
+        sample's largest follow-up time, the largest value for which ``G`` is defined
+        everywhere below it (the reverse Kaplan–Meier can only reach 0 at that last time).
+        A ``tau`` above it is lowered to it, with a warning.
+
+    Returns
+    -------
+    ConcordanceResult
+        With ``method="uno"`` and the ``tau`` used.
+
+    Raises
+    ------
+    DataError
+        Malformed input, or no event before ``tau``.
+    """
+    tt_, te_, _ = _as_arrays(train_time, train_event, what="train")
+    t, e, r = _as_arrays(time, event, risk)
+    horizon = float(tt_.max())
+    if tau is None:
+        tau = horizon
+    elif tau > horizon:
+        logger.warning("tau=%.4g exceeds the training follow-up %.4g; using %.4g", tau, horizon, horizon)
+        tau = horizon
+    if not (e & (t < tau)).any():
+        raise DataError(f"Uno's C is not defined: no test event before tau={tau:.4g}")
+    c, con, dis, tr, tt = _sksurv_call(
+        "Uno's C", concordance_index_ipcw, _structured(te_, tt_), _structured(e, t), r, tau=tau
+    )
+    return ConcordanceResult(float(c), int(con), int(dis), int(tr), int(tt), int(t.size), "uno", float(tau))
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation times and discrete survival curves
+# --------------------------------------------------------------------------------------------
+def default_eval_times(time, event, *, horizon: float | None = None) -> np.ndarray:
+    """Evaluation times for AUC / Brier: the 10th..90th percentiles of the event times.
+
+    Kept only inside the valid range ``[min(time), min(max(time), horizon))`` that
+    scikit-survival requires, and made unique.
+
+    Parameters
+    ----------
+    time, event : array-like, shape (n,)
+        Test sample.
+    horizon : float, optional
+        Training follow-up limit (times must lie strictly below it).
+
+    Returns
+    -------
+    np.ndarray
+        Sorted unique times; may be empty or a single time on tiny samples.
+    """
+    t, e, _ = _as_arrays(time, event)
+    if not e.any():
+        return np.empty(0)
+    cand = np.unique(np.percentile(t[e], np.arange(10, 100, 10)))
+    upper = t.max() if horizon is None else min(t.max(), horizon)
+    return cand[(cand >= t.min()) & (cand < upper)]
+
+
+def survival_at_times(surv_at_bins, bin_edges, times) -> np.ndarray:
+    """Evaluate discrete-time survival predictions at arbitrary times.
+
+    Convention: the model's ``S_k`` (``surv_k``) is the probability of surviving *through*
+    bin ``k``, i.e. past its upper edge ``e_{k+1}``. The continuous-time curve is the
+    right-continuous step function that drops only at bin ends::
+
+        S(t) = 1                   for t < e_1
+        S(t) = S_k                 for e_{k+1} <= t < e_{k+2}   (k = 0 .. K-2)
+        S(t) = S_{K-1}             for t >= e_K
+
+    equivalently ``S(t) = prod(1 - h_j for bins j whose upper edge <= t)``. The lower outer
+    edge ``e_0`` is not used. This never credits the model with a drop before the end of the
+    bin it predicts it in (no interpolation is assumed).
+
+    Parameters
+    ----------
+    surv_at_bins : array-like, shape (n, K)
+        ``S_k`` per patient.
+    bin_edges : array-like, shape (K + 1,) or (n, K + 1)
+        Bin edges, shared or per patient (folds have their own bins).
+    times : array-like, shape (T,)
+        Times to evaluate at.
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(n, T)``.
+    """
+    s = np.asarray(surv_at_bins, dtype=float)
+    if s.ndim != 2:
+        raise DataError(f"surv_at_bins must be (n, K), got shape {s.shape}")
+    edges = np.asarray(bin_edges, dtype=float)
+    n, k = s.shape
+    if edges.shape[-1] != k + 1:
+        raise DataError(f"{k} survival columns need {k + 1} bin edges, got {edges.shape[-1]}")
+    if np.isnan(s).any():
+        raise DataError(f"surv_at_bins has {int(np.isnan(s).sum())} NaN values")
+    t = np.atleast_1d(np.asarray(times, dtype=float))
+    s1 = np.concatenate([np.ones((n, 1)), s], axis=1)  # s1[:, m] = survival after m bin ends
+    if edges.ndim == 1:
+        if np.any(np.diff(edges) <= 0):
+            raise DataError(f"bin edges must increase strictly, got {edges.tolist()}")
+        passed = np.searchsorted(edges[1:], t, side="right")  # bin ends <= t, per time
+        return s1[:, passed]
+    if edges.shape[0] != n:
+        raise DataError(f"per-patient bin edges have {edges.shape[0]} rows for {n} patients")
+    passed = (edges[:, 1:, None] <= t[None, None, :]).sum(axis=1)  # (n, T)
+    return np.take_along_axis(s1, passed, axis=1)
+
+
+def survival_columns(df: pd.DataFrame) -> list[str]:
+    """The ``surv_0 .. surv_{K-1}`` columns of a predictions table, in bin order."""
+    cols = [(int(m.group(1)), c) for c in df.columns if (m := _SURV_COLUMN.match(str(c)))]
+    cols.sort()
+    idx = [i for i, _ in cols]
+    if idx != list(range(len(idx))):
+        raise DataError(
+            f"survival columns must be surv_0..surv_{{K-1}} without gaps, got {[c for _, c in cols]}"
+        )
+    return [c for _, c in cols]
+
+
+# --------------------------------------------------------------------------------------------
+# time-dependent metrics
+# --------------------------------------------------------------------------------------------
+def time_dependent_auc(train_time, train_event, time, event, risk, times=None) -> TimeDependentAUC:
+    """Cumulative/dynamic AUC of a risk score at several times.
+
+    Parameters
+    ----------
+    train_time, train_event : array-like, shape (m,)
+        Training sample for the censoring distribution.
+    time, event, risk : array-like, shape (n,)
+        Test sample; ``risk`` is one score per patient (higher = worse), used at every time.
+    times : array-like, optional
+        Evaluation times; default :func:`default_eval_times`. Each must lie in
+        ``[min(time), min(max(time), max(train_time)))``.
+
+    Returns
+    -------
+    TimeDependentAUC
+
+    Raises
+    ------
+    DataError
+        No valid evaluation time, or scikit-survival finds the AUC undefined.
+    """
+    tt_, te_, _ = _as_arrays(train_time, train_event, what="train")
+    t, e, r = _as_arrays(time, event, risk)
+    horizon = float(tt_.max())
+    if times is None:
+        times = default_eval_times(t, e, horizon=horizon)
+    times = np.unique(np.asarray(times, dtype=float))
+    if times.size == 0:
+        raise DataError("time-dependent AUC: no evaluation time inside the follow-up (too few events?)")
+    if times.max() >= horizon:
+        raise DataError(f"time-dependent AUC: times must be below the training follow-up {horizon:.4g}")
+    t2, e2 = _administrative_censor(t, e, horizon)
+    auc, mean_auc = _sksurv_call(
+        "time-dependent AUC", cumulative_dynamic_auc, _structured(te_, tt_), _structured(e2, t2), r, times
+    )
+    auc = np.atleast_1d(np.asarray(auc, dtype=float))
+    if np.isnan(auc).any():
+        raise DataError(
+            f"time-dependent AUC undefined at times {times[np.isnan(auc)].tolist()} (no cases or controls)"
+        )
+    return TimeDependentAUC(np.asarray(times), auc, float(mean_auc))
+
+
+def integrated_brier(
+    train_time, train_event, time, event, surv_at_bins, bin_edges, times=None
+) -> BrierResult:
+    """Integrated Brier score of discrete-time survival predictions.
+
+    Parameters
+    ----------
+    train_time, train_event : array-like, shape (m,)
+        Training sample for the censoring distribution.
+    time, event : array-like, shape (n,)
+        Test sample.
+    surv_at_bins : array-like, shape (n, K)
+        Predicted survival at the end of each bin (``surv_k``).
+    bin_edges : array-like, shape (K + 1,) or (n, K + 1)
+        Bin edges; converted to a step curve as in :func:`survival_at_times`.
+    times : array-like, optional
+        At least two evaluation times; default :func:`default_eval_times`.
+
+    Returns
+    -------
+    BrierResult
+
+    Raises
+    ------
+    DataError
+        Fewer than two valid times, or scikit-survival finds the score undefined.
+    """
+    tt_, te_, _ = _as_arrays(train_time, train_event, what="train")
+    t, e, _ = _as_arrays(time, event)
+    horizon = float(tt_.max())
+    if times is None:
+        times = default_eval_times(t, e, horizon=horizon)
+    times = np.unique(np.asarray(times, dtype=float))
+    if times.size < 2:
+        raise DataError(f"integrated Brier score needs at least two evaluation times, got {times.tolist()}")
+    if times.max() >= horizon:
+        raise DataError(f"integrated Brier score: times must be below the training follow-up {horizon:.4g}")
+    surv = survival_at_times(surv_at_bins, bin_edges, times)
+    if surv.shape[0] != t.size:
+        raise DataError(f"surv_at_bins has {surv.shape[0]} rows for {t.size} patients")
+    t2, e2 = _administrative_censor(t, e, horizon)
+    ibs = _sksurv_call(
+        "integrated Brier score",
+        integrated_brier_score,
+        _structured(te_, tt_),
+        _structured(e2, t2),
+        surv,
+        times,
+    )
+    return BrierResult(float(ibs), times, surv)
+
+
+# --------------------------------------------------------------------------------------------
+# a run's predictions
+# --------------------------------------------------------------------------------------------
+def _event_column(df: pd.DataFrame, what: str) -> np.ndarray:
+    if "event" in df.columns:
+        return df["event"].to_numpy()
+    if "censorship" in df.columns:
+        return 1 - pd.to_numeric(df["censorship"], errors="coerce").to_numpy()
+    raise DataError(f"{what}: needs an 'event' or 'censorship' column, has {list(df.columns)}")
+
+
+def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(f"{what}: missing column(s) {missing}; has {list(df.columns)}")
+
+
+def _edges_for(bin_edges, fold) -> np.ndarray:
+    if isinstance(bin_edges, Mapping):
+        if fold not in bin_edges:
+            raise DataError(f"no bin edges for fold {fold}; have folds {sorted(bin_edges)}")
+        return np.asarray(bin_edges[fold], dtype=float)
+    return np.asarray(bin_edges, dtype=float)
+
+
+def _fold_metrics(
+    label, test: pd.DataFrame, train_t, train_e, surv_cols, edges, ipcw_source: str, strict: bool
+) -> FoldMetrics:
+    t = test["time"].to_numpy(dtype=float)
+    e = _event_column(test, f"fold {label}")
+    r = test["risk"].to_numpy(dtype=float)
+    fm = FoldMetrics(fold=label, n=int(t.size), events=int(np.sum(e)), ipcw_source=ipcw_source)
+
+    def attempt(name, fn):
+        try:
+            return fn()
+        except DataError as exc:
+            if strict:
+                raise DataError(f"fold {label}: {exc}") from exc
+            logger.warning("fold %s: %s not estimable: %s", label, name, exc)
+            fm.errors[name] = str(exc)
+            return None
+
+    res = attempt("harrell", lambda: harrell_c(t, e, r))
+    if res is not None:
+        fm.harrell = res.cindex
+    res = attempt("uno", lambda: uno_c(train_t, train_e, t, e, r))
+    if res is not None:
+        fm.uno, fm.tau = res.cindex, res.tau
+    res = attempt("td_auc", lambda: time_dependent_auc(train_t, train_e, t, e, r))
+    if res is not None:
+        fm.td_auc = res.mean_auc
+    if surv_cols:
+        res = attempt(
+            "ibs", lambda: integrated_brier(train_t, train_e, t, e, test[surv_cols].to_numpy(float), edges)
+        )
+        if res is not None:
+            fm.ibs = res.ibs
+    else:
+        fm.errors["ibs"] = "no surv_* columns in the predictions"
+    return fm
+
+
+def bin_edges_from_run(run_info: Mapping) -> dict[int, list[float]]:
+    """Fold -> bin edges from a parsed ``run.json`` (``folds: [{"index", "bin_edges"}, ...]``).
+
+    Raises
+    ------
+    DataError
+        ``folds`` missing, or a fold without ``index`` / ``bin_edges``.
+    """
+    folds = run_info.get("folds")
+    if not isinstance(folds, list) or not folds:
+        raise DataError("run.json: no 'folds' list")
+    out = {}
+    for i, f in enumerate(folds):
+        if not isinstance(f, Mapping) or "index" not in f or "bin_edges" not in f:
+            raise DataError(f"run.json: folds[{i}] needs 'index' and 'bin_edges'")
+        out[int(f["index"])] = [float(x) for x in f["bin_edges"]]
+    return out
+
+
+def evaluate_predictions(
+    pred_df: pd.DataFrame,
+    train_df: pd.DataFrame | None,
+    bin_edges: Sequence[float] | np.ndarray | Mapping[int, Sequence[float]],
+    *,
+    strict: bool = False,
+) -> MetricsReport:
+    """Metrics of a run's out-of-fold predictions, per fold and overall.
+
+    Parameters
+    ----------
+    pred_df : pandas.DataFrame
+        ``predictions.csv``: ``case_id, fold, time, censorship`` (or ``event``), ``risk`` and
+        optionally ``surv_0 .. surv_{K-1}``.
+    train_df : pandas.DataFrame or None
+        Training patients of each fold (``train_risks.csv``: ``fold, case_id`` [, ``risk``]),
+        used as the IPCW sample of that fold. Their ``time``/``censorship`` are taken from
+        ``train_df`` when present, otherwise looked up by ``case_id`` in ``pred_df`` (in
+        cross-validation every training patient is some other fold's test patient). When
+        None, every fold's censoring distribution is estimated on the pooled cohort.
+    bin_edges : array-like (K + 1,) or mapping fold -> array-like
+        Time-bin edges (``run.json`` ``folds[k].bin_edges``), for the IBS.
+    strict : bool, default False
+        Re-raise the first metric that cannot be estimated instead of recording NaN + reason.
+
+    Returns
+    -------
+    MetricsReport
+        The pooled entry uses the pooled cohort as its own IPCW sample.
+
+    Raises
+    ------
+    DataError
+        Missing columns, NaN risks, negative times, unknown training case ids.
+    """
+    _require(pred_df, ["case_id", "fold", "time", "risk"], "predictions")
+    _as_arrays(pred_df["time"], _event_column(pred_df, "predictions"), pred_df["risk"], what="predictions")
+    surv_cols = survival_columns(pred_df)
+    pooled_t = pred_df["time"].to_numpy(dtype=float)
+    pooled_e = _event_column(pred_df, "predictions").astype(bool)
+
+    folds = sorted(pred_df["fold"].unique().tolist())
+    if train_df is not None:
+        _require(train_df, ["fold", "case_id"], "training risks")
+        if "time" not in train_df.columns:
+            lookup = pred_df.drop_duplicates("case_id").set_index("case_id")
+            unknown = ~train_df["case_id"].isin(lookup.index)
+            if unknown.any():
+                ids = train_df.loc[unknown, "case_id"].astype(str).unique()[:5].tolist()
+                raise DataError(
+                    f"training risks: {int(unknown.sum())} case ids have no survival time in the predictions "
+                    f"(e.g. {ids}); add time/censorship columns or pass train_df=None"
+                )
+            tr = train_df.assign(
+                time=train_df["case_id"].map(lookup["time"]),
+                event=train_df["case_id"].map(
+                    pd.Series(_event_column(lookup, "predictions"), index=lookup.index)
+                ),
+            )
+        else:
+            tr = train_df.assign(event=_event_column(train_df, "training risks"))
+    fold_results = []
+    for f in folds:
+        test = pred_df[pred_df["fold"] == f]
+        if train_df is not None:
+            sub = tr[tr["fold"] == f]
+            if sub.empty:
+                raise DataError(f"training risks: no training patients for fold {f}")
+            train_t, train_e = sub["time"].to_numpy(float), sub["event"].to_numpy()
+            source = f"training patients of fold {f}"
+        else:
+            train_t, train_e, source = pooled_t, pooled_e, "pooled cohort"
+        edges = _edges_for(bin_edges, f) if surv_cols else None
+        fold_results.append(_fold_metrics(f, test, train_t, train_e, surv_cols, edges, source, strict))
+
+    if surv_cols and isinstance(bin_edges, Mapping):
+        pooled_edges = np.stack([_edges_for(bin_edges, f) for f in pred_df["fold"]])
+    else:
+        pooled_edges = None if not surv_cols else np.asarray(bin_edges, dtype=float)
+    pooled = _fold_metrics(
+        "pooled", pred_df, pooled_t, pooled_e, surv_cols, pooled_edges, "pooled cohort", strict
+    )
+
+    mean, std, count = {}, {}, {}
+    for m in MetricsReport.METRICS:
+        vals = np.array([getattr(fm, m) for fm in fold_results], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        count[m] = int(vals.size)
+        mean[m] = float(vals.mean()) if vals.size else float("nan")
+        std[m] = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
+    return MetricsReport(fold_results, pooled, mean, std, count)

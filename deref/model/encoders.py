@@ -1,0 +1,235 @@
+"""Modality encoders: gene-family SNNs / MRI projections + token transformer, and TransMIL.
+
+Shapes: B patients, N patches per bag (padded), D patch-feature width, C = ``c1`` (256).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deref.model.config import ModelConfig
+from deref.model.nystrom import NystromAttention
+
+
+def init_snn_(module: nn.Module) -> None:
+    """Self-normalizing init (MCAT's ``init_max_weights``): N(0, 1/fan_in) weights, zero bias."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 1.0 / math.sqrt(m.weight.shape[1]))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class SNNBlock(nn.Module):
+    """Linear(d, hidden)-ELU-AlphaDropout, Linear(hidden, out)-ELU-AlphaDropout: (B, d) -> (B, out)."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, d_out)
+        self.drop1 = nn.AlphaDropout(dropout)
+        self.drop2 = nn.AlphaDropout(dropout)
+        init_snn_(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.drop1(F.elu(self.fc1(x)))
+        return self.drop2(F.elu(self.fc2(x)))
+
+
+class TransLayer(nn.Module):
+    """Pre-norm Nystrom attention with a residual: ``x + attn(LN(x))``, (B, T, C)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.c1)
+        self.attn = NystromAttention(
+            cfg.c1,
+            heads=cfg.heads,
+            landmarks=cfg.landmarks,
+            pinv_iterations=cfg.pinv_iterations,
+            residual_conv_kernel=cfg.residual_conv_kernel,
+            dropout=cfg.attn_dropout,
+        )
+
+    def forward(
+        self, x: Tensor, lengths: Tensor | None, return_cls_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        out, attn = self.attn(self.norm(x), lengths, return_cls_attention=return_cls_attention)
+        return x + out, attn
+
+
+class TokenEncoder(nn.Module):
+    """Class token + 2 Nystrom layers + LayerNorm over a fixed set of tokens: (B, k, C) -> (B, C)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.c1))
+        self.layer1 = TransLayer(cfg)
+        self.layer2 = TransLayer(cfg)
+        self.norm = nn.LayerNorm(cfg.c1)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        x, _ = self.layer1(x, None)
+        x, _ = self.layer2(x, None)
+        return self.norm(x)[:, 0]
+
+
+class M1Encoder(nn.Module):
+    """Modality 1 (genomics or MRI) -> class token (B, C).
+
+    Genomics: one SNN per gene family (``m1_sizes``), each giving a token. MRI: one learned
+    projection (Linear-ELU-AlphaDropout) per MRI sequence vector. Then the token encoder.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.kind = cfg.m1_kind
+        if cfg.m1_kind == "genomic":
+            self.token_nets = nn.ModuleList(
+                SNNBlock(d, cfg.snn_hidden, cfg.c1, cfg.snn_dropout) for d in cfg.m1_sizes
+            )
+        else:
+            self.token_nets = nn.ModuleList(
+                nn.Sequential(nn.Linear(d, cfg.c1), nn.ELU(), nn.AlphaDropout(cfg.snn_dropout))
+                for d in cfg.m1_sizes
+            )
+        self.encoder = TokenEncoder(cfg)
+
+    def tokens(self, m1: list[Tensor]) -> Tensor:
+        """(B, k, C): one token per group."""
+        return torch.stack([net(x) for net, x in zip(self.token_nets, m1)], dim=1)
+
+    def forward(self, m1: list[Tensor]) -> Tensor:
+        return self.encoder(self.tokens(m1))
+
+
+class PPEG(nn.Module):
+    """TransMIL's positional encoding: ``x + conv7(x) + conv5(x) + conv3(x)`` (depthwise).
+
+    The three convolutions and the identity are one linear map, so they run as a single
+    depthwise 7x7 convolution whose kernel is assembled from the three (method.md).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv7 = nn.Conv2d(dim, dim, 7, 1, 3, groups=dim)
+        self.conv5 = nn.Conv2d(dim, dim, 5, 1, 2, groups=dim)
+        self.conv3 = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def fused_kernel(self) -> tuple[Tensor, Tensor]:
+        w = self.conv7.weight + F.pad(self.conv5.weight, (1, 1, 1, 1)) + F.pad(self.conv3.weight, (2, 2, 2, 2))
+        ident = torch.zeros_like(w)
+        ident[:, :, 3, 3] = 1.0
+        return w + ident, self.conv7.bias + self.conv5.bias + self.conv3.bias
+
+    def forward(self, grid: Tensor) -> Tensor:
+        """grid: (B, C, H, W) -> (B, C, H, W)."""
+        w, b = self.fused_kernel()
+        return F.conv2d(grid, w.to(grid.dtype), b.to(grid.dtype), padding=3, groups=grid.shape[1])
+
+
+class WSIEncoder(nn.Module):
+    """Patch-feature MLP + TransMIL: bags (B, N, D) with a validity mask -> class token (B, C).
+
+    Each bag is completed to a square ``side = ceil(sqrt(n))`` by repeating its first
+    tokens (as the reference does), the class token is prepended, and the squares of a
+    batch are placed on a zero canvas for the positional convolution, so every patient is
+    encoded exactly as it would be alone.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.wsi_dim, cfg.c1)
+        self.fc2 = nn.Linear(cfg.c1, cfg.c1)
+        self.drop1 = nn.Dropout(cfg.wsi_dropout)
+        self.drop2 = nn.Dropout(cfg.wsi_dropout)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.c1))
+        self.layer1 = TransLayer(cfg)
+        self.pos_layer = PPEG(cfg.c1)
+        self.layer2 = TransLayer(cfg)
+        self.norm = nn.LayerNorm(cfg.c1)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self.drop2(F.relu(self.fc2(self.drop1(F.relu(self.fc1(x))))))
+
+    def forward(
+        self, wsi: Tensor, mask: Tensor | None = None, *, return_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Encode bags.
+
+        Returns the class token (B, C) and, with ``return_attention``, the class token's
+        attention over the original patches in each Nystrom layer, ``(B, 2, N)`` (mean over
+        heads; attention on a repeated square-completion token is added to the patch it
+        copies; zero at masked positions).
+        """
+        b, n_max, _ = wsi.shape
+        dev = wsi.device
+        if mask is None:
+            lengths = torch.full((b,), n_max, dtype=torch.long, device=dev)
+            h = self.mlp(wsi)  # (B, N, C)
+            order = None
+        else:
+            lengths = mask.sum(dim=1)
+            # Stable compaction: each patient's valid tokens first, in their original order.
+            order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+            n_valid = int(lengths.max())
+            flat = self.mlp(wsi[mask])  # only real patches go through the MLP
+            slot = torch.arange(n_valid, device=dev).view(1, -1) < lengths.view(-1, 1)
+            h = flat.new_zeros(b, n_valid, flat.shape[-1])
+            h[slot] = flat
+            n_max = n_valid
+
+        n_list = lengths.tolist()
+        sides = [math.ceil(math.sqrt(n)) for n in n_list]
+        t_list = [s * s for s in sides]
+        t_max = max(t_list)
+        # Square completion by repeating the first tokens: token j <- j if j < n else j - n.
+        j = torch.arange(t_max, device=dev).view(1, -1)
+        src = torch.where(j < lengths.view(-1, 1), j, j - lengths.view(-1, 1)).clamp(0, n_max - 1)
+        tokens = torch.gather(h, 1, src.unsqueeze(-1).expand(b, t_max, h.shape[-1]))
+        valid = j < torch.tensor(t_list, device=dev).view(-1, 1)
+        tokens = tokens * valid.unsqueeze(-1).to(tokens.dtype)
+        x = torch.cat([self.cls_token.expand(b, -1, -1).to(tokens.dtype), tokens], dim=1)
+        seq_len = torch.tensor([t + 1 for t in t_list], device=dev)
+        uniform = len(set(t_list)) == 1
+        seq_arg = None if uniform else seq_len
+
+        x, a1 = self.layer1(x, seq_arg, return_attention)
+        x = torch.cat([x[:, :1], self._ppeg(x[:, 1:], sides, uniform)], dim=1)
+        x, a2 = self.layer2(x, seq_arg, return_attention)
+        cls = self.norm(x)[:, 0]
+        if not return_attention:
+            return cls, None
+        attn = torch.stack([a1, a2], dim=1).mean(dim=2)[..., 1:]  # (B, 2, t_max) over tokens
+        # Fold attention on square-completion copies back onto the patches they copy.
+        folded = attn.new_zeros(b, 2, n_max)
+        folded.scatter_add_(2, src.unsqueeze(1).expand(b, 2, t_max), attn * valid.unsqueeze(1))
+        if order is not None:
+            full = attn.new_zeros(b, 2, wsi.shape[1])
+            slot = torch.arange(n_max, device=dev).view(1, -1) < lengths.view(-1, 1)
+            idx = order[:, :n_max]
+            full.scatter_add_(2, idx.unsqueeze(1).expand(b, 2, n_max), folded * slot.unsqueeze(1))
+            folded = full
+        return cls, folded
+
+    def _ppeg(self, tokens: Tensor, sides: list[int], uniform: bool) -> Tensor:
+        """Apply PPEG to each patient's square of tokens (B, T_max, C), row-major fold."""
+        b, t_max, c = tokens.shape
+        if uniform:
+            s = sides[0]
+            grid = tokens.transpose(1, 2).reshape(b, c, s, s)
+            return self.pos_layer(grid).flatten(2).transpose(1, 2)
+        s_max = max(sides)
+        canvas = tokens.new_zeros(b, c, s_max, s_max)
+        for i, s in enumerate(sides):
+            canvas[i, :, :s, :s] = tokens[i, : s * s].transpose(0, 1).reshape(c, s, s)
+        conv = self.pos_layer(canvas)
+        out = tokens.new_zeros(b, t_max, c)
+        for i, s in enumerate(sides):
+            out[i, : s * s] = conv[i, :, :s, :s].reshape(c, s * s).transpose(0, 1)
+        return out

@@ -1,0 +1,294 @@
+"""Nystrom attention for batches of bags of different lengths, exact per patient.
+
+The computation follows the ``nystrom-attention`` package used by TransMIL (and so by the
+DeReF reference): the sequence is front-padded with zeros to a multiple of the number of
+landmarks ``m``; landmarks are means over groups of ``l = ceil(n / m)`` consecutive tokens;
+the Moore-Penrose inverse of the landmark kernel is approximated by ``pinv_iterations``
+Newton-Schulz steps started from ``A^T / (max col-sum * max row-sum)``; a depthwise
+convolution of the values over the sequence is added as a residual.
+
+Differences from the package, all of which leave a single patient's numbers unchanged:
+
+* **Batching.** Each patient keeps its *own* front padding, landmark groups and pinv scale.
+  The sequences are laid out right-aligned in a ``(B, L_max)`` canvas; positions left of a
+  patient's own padded window are batch padding, excluded from every softmax by a key mask
+  and zeroed in the values (so the residual convolution sees the same zeros). A padded
+  batch therefore gives the same per-patient outputs as one patient at a time.
+* **Speed and memory.** ``softmax(Q Kl^T) @ pinv(A2) @ (softmax(Ql K^T) @ V)`` is computed
+  as two ``scaled_dot_product_attention`` calls around a ``m x m`` product, so no
+  ``N x m`` attention matrix is materialized (method.md, "Performance and batching facts").
+* **Precision.** Under autocast the landmark kernel and its pseudo-inverse stay in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def iterative_pinv(a: Tensor, iters: int) -> Tensor:
+    """Newton-Schulz pseudo-inverse of ``a`` (B, h, m, m), scaled per patient.
+
+    The package scales by the maxima over the *whole tensor* (all patients and heads); a
+    batch would then depend on its other members, so the maxima here are per patient (over
+    heads and rows), which equals the package for a batch of one.
+    """
+    abs_a = a.abs()
+    col = abs_a.sum(dim=-1).flatten(1).amax(dim=1)  # (B,)
+    row = abs_a.sum(dim=-2).flatten(1).amax(dim=1)
+    z = a.transpose(-1, -2) / (col * row).view(-1, 1, 1, 1)
+    eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    for _ in range(iters):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - (az @ (15 * eye - (az @ (7 * eye - az)))))
+    return z
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, chunk: int = 4096) -> Tensor:
+    """``softmax(q k^T + mask) v`` with unit scale, (B, h, Lq, d).
+
+    float32 uses the fused ``scaled_dot_product_attention`` (fastest on CPU in float32);
+    bf16/fp16 use explicit products over chunks of queries (faster there on CPU, whose
+    fused kernel gains nothing from low precision), bounding memory to ``chunk x Lk``.
+    """
+    if q.dtype == torch.float32 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    kt = k.transpose(-1, -2)
+    bias = None
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    outs = []
+    for start in range(0, q.shape[2], chunk):
+        sim = q[:, :, start : start + chunk] @ kt
+        if bias is not None:
+            sim = sim + bias
+        outs.append(torch.softmax(sim, dim=-1) @ v)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def banded_depthwise_conv(v: Tensor, weight: Tensor, block: int = 32) -> Tensor:
+    """Depthwise convolution over the sequence, one kernel per head, zero padded.
+
+    Equals ``conv2d(v, weight, padding=(k // 2, 0), groups=h)`` for ``v`` (B, h, L, d) and
+    ``weight`` (h, 1, k, 1), computed as banded (Toeplitz) matrix products over blocks of
+    ``block`` positions: several times faster on CPU than the depthwise convolution kernel.
+    """
+    b, h, length, d = v.shape
+    k = weight.shape[2]
+    r = k // 2
+    nb = -(-length // block)
+    vp = F.pad(v, (0, 0, r, r + nb * block - length))
+    win = vp.unfold(2, block + 2 * r, block)  # (B, h, nb, d, block + 2r)
+    i = torch.arange(block, device=v.device).view(-1, 1)
+    j = torch.arange(block + 2 * r, device=v.device).view(1, -1)
+    off = j - i
+    band = weight.view(h, k)[:, off.clamp(0, k - 1)] * ((off >= 0) & (off < k))  # (h, block, block+2r)
+    out = torch.einsum("htj,bhndj->bhntd", band.to(v.dtype), win)
+    return out.reshape(b, h, nb * block, d)[:, :, :length]
+
+
+class NystromAttention(nn.Module):
+    """Multi-head Nystrom self-attention over ``(B, T, dim)`` with per-patient lengths.
+
+    Parameters mirror the package: ``to_qkv`` (no bias), ``to_out`` (Linear + Dropout),
+    ``res_conv`` (depthwise ``(kernel, 1)`` conv over the sequence, one channel per head).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int | None = None,
+        landmarks: int = 128,
+        pinv_iterations: int = 6,
+        residual_conv_kernel: int = 33,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        dim_head = dim_head or dim // heads
+        inner = heads * dim_head
+        self.heads = heads
+        self.dim_head = dim_head
+        self.landmarks = landmarks
+        self.pinv_iterations = pinv_iterations
+        self.scale = dim_head**-0.5
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        k = residual_conv_kernel
+        self.res_conv = nn.Conv2d(heads, heads, (k, 1), padding=(k // 2, 0), groups=heads, bias=False)
+
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, *, return_cls_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend within each patient's first ``lengths[b]`` tokens of ``x`` (B, T, dim).
+
+        Returns the output (B, T, dim) — rows past a patient's length are zero — and, when
+        ``return_cls_attention``, the attention row of each patient's first token (its class
+        token) over its own tokens, ``(B, heads, T)``, computed as ``softmax(q0 Kl^T) @
+        pinv(A2) @ softmax(Ql K^T)`` without forming any ``T x T`` or ``T x m`` matrix.
+        """
+        b, t, _ = x.shape
+        h, m, d = self.heads, self.landmarks, self.dim_head
+        device = x.device
+        if lengths is None:
+            lengths = torch.full((b,), t, dtype=torch.long, device=device)
+        n = lengths.tolist()
+        padded = [m * math.ceil(ni / m) for ni in n]  # each patient's own padded length
+        lmax = max(padded)
+
+        uniform = all(ni == t for ni in n)
+        if uniform and t <= m:
+            return self._short_forward(x, return_cls_attention)
+        if uniform:
+            # Everyone has the same length: plain front padding, no batch padding. The
+            # projection is written straight into the zero-padded buffer (no extra copy).
+            if b == 1 and not torch.is_grad_enabled():
+                qkv = x.new_zeros(b, lmax, 3 * h * d, dtype=self._compute_dtype(x))
+                w = self.to_qkv.weight.t().to(qkv.dtype)
+                torch.matmul(x[0].to(qkv.dtype), w, out=qkv[0, lmax - t :])
+            else:
+                qkv = F.pad(self.to_qkv(x), (0, 0, lmax - t, 0))
+            key_mask = None
+        else:
+            qkv = self.to_qkv(x)  # (B, T, 3 * h * d)
+            # Right-align each patient: its tokens occupy [lmax - n_i, lmax).
+            pos = torch.arange(lmax, device=device)
+            len_t = lengths.view(b, 1)
+            src = pos.view(1, -1) - (lmax - len_t)  # (B, lmax) source index in x
+            valid_src = src >= 0
+            src = src.clamp(min=0, max=t - 1)
+            qkv = torch.gather(qkv, 1, src.unsqueeze(-1).expand(b, lmax, qkv.shape[-1]))
+            qkv = qkv * valid_src.unsqueeze(-1).to(qkv.dtype)
+            start = torch.tensor([lmax - p for p in padded], device=device).view(b, 1)
+            key_mask = pos.view(1, -1) >= start  # own window (real tokens + own front zeros)
+
+        q, k, v = qkv.view(b, lmax, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, h, L, d)
+        q = q * self.scale
+
+        # Landmarks: means over groups of l_i tokens inside each patient's own window.
+        if uniform:
+            grp = lmax // m
+            q_l = q.reshape(b, h, m, grp, d).sum(dim=3) / grp
+            k_l = k.reshape(b, h, m, grp, d).sum(dim=3) / grp
+        else:
+            q_parts, k_parts = [], []
+            for i, p in enumerate(padded):
+                grp = p // m
+                q_parts.append(q[i, :, lmax - p :].reshape(h, m, grp, d).sum(dim=2) / grp)
+                k_parts.append(k[i, :, lmax - p :].reshape(h, m, grp, d).sum(dim=2) / grp)
+            q_l, k_l = torch.stack(q_parts), torch.stack(k_parts)
+
+        with torch.autocast(device_type=device.type, enabled=False):
+            a2 = torch.softmax(q_l.float() @ k_l.float().transpose(-1, -2), dim=-1)
+            a2_inv = iterative_pinv(a2, self.pinv_iterations)  # (B, h, m, m) fp32
+
+        attn_mask = None if key_mask is None else key_mask.view(b, 1, 1, lmax)
+        a3v = _attention(q_l, k, v, attn_mask)  # (B, h, m, d)
+        inner = (a2_inv @ a3v.float()).to(q.dtype)
+        out = _attention(q, k_l, inner, None)  # (B, h, L, d)
+        out = out + banded_depthwise_conv(v, self.res_conv.weight)
+        out = out.transpose(1, 2).reshape(b, lmax, h * d)
+        out = self.to_out(out)
+
+        cls_attn = None
+        if return_cls_attention:
+            cls_attn = self._cls_attention(q, k, k_l, q_l, a2_inv, key_mask, n, lmax)
+
+        if uniform:
+            return out[:, lmax - t :], None if cls_attn is None else cls_attn[..., lmax - t :]
+        # Back to left-aligned (B, T, dim); rows past each length are zero.
+        dst = torch.arange(t, device=device).view(1, -1) + (lmax - lengths.view(b, 1))
+        keep = torch.arange(t, device=device).view(1, -1) < lengths.view(b, 1)
+        dst = dst.clamp(max=lmax - 1)
+        out = torch.gather(out, 1, dst.unsqueeze(-1).expand(b, t, out.shape[-1]))
+        out = out * keep.unsqueeze(-1).to(out.dtype)
+        if cls_attn is not None:
+            cls_attn = torch.gather(cls_attn, 2, dst.unsqueeze(1).expand(b, h, t)) * keep.unsqueeze(1)
+        return out, cls_attn
+
+    def _short_forward(self, x: Tensor, return_cls_attention: bool) -> tuple[Tensor, Tensor | None]:
+        """Exact shortcut for sequences no longer than the number of landmarks.
+
+        With ``t <= m`` tokens the package pads ``p = m - t`` zero tokens in front and every
+        token is its own landmark, so ``A1 = A2 = A3 = softmax(Q K^T)`` over an ``m x m``
+        matrix whose ``p`` padding rows are identical and whose ``p`` padding columns are
+        identical. Such matrices (plus a multiple of the identity on the padding block,
+        which the Newton-Schulz iteration introduces) form an algebra that a
+        ``(t + 1) x (t + 1)`` matrix and a scalar represent exactly; multiplying in that
+        form gives the package's numbers at a fraction of the cost (7 genomic tokens: an
+        8 x 8 instead of a 128 x 128 pseudo-inverse per head).
+        """
+        b, t, _ = x.shape
+        h, m, d = self.heads, self.landmarks, self.dim_head
+        p = m - t
+        q, k, v = self.to_qkv(x).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, h, t, d)
+        q = q * self.scale
+        dtype = torch.float32
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            sim = q.to(dtype) @ k.to(dtype).transpose(-1, -2)  # (B, h, t, t) real x real
+            mx = sim.amax(dim=-1, keepdim=True).clamp_min(0)  # padding logits are 0
+            e = torch.exp(sim - mx)
+            ez = torch.exp(-mx)
+            denom = p * ez + e.sum(dim=-1, keepdim=True)
+            a = x.new_zeros(b, h, t + 1, t + 1, dtype=dtype)  # index 0 stands for the padding block
+            a[..., 0, :] = 1.0 / m  # a padding row: all logits 0 -> uniform
+            a[..., 1:, 0:1] = ez / denom
+            a[..., 1:, 1:] = e / denom
+            w = torch.ones(t + 1, dtype=dtype, device=x.device)
+            w[0] = p  # multiplicity of the padding index
+
+            def mul(c1, g1, c2, g2):
+                prod = c1 @ (w.view(-1, 1) * c2)
+                prod[..., :, 0] += g2 * c1[..., :, 0]
+                prod[..., 0, :] += g1 * c2[..., 0, :]
+                return prod, g1 * g2
+
+            # pinv initial scale: max row sum and max column sum over the full m x m matrix.
+            rows = (a * w).sum(dim=-1)  # (B, h, t+1)
+            cols = (w.view(-1, 1) * a).sum(dim=-2)
+            if p == 0:
+                rows, cols = rows[..., 1:], cols[..., 1:]
+            scale = rows.flatten(1).amax(dim=1) * cols.flatten(1).amax(dim=1)
+            z = a.transpose(-1, -2) / scale.view(-1, 1, 1, 1)
+            gz = torch.zeros((), dtype=dtype, device=x.device)
+            eye = torch.eye(t + 1, dtype=dtype, device=x.device)
+            eye[0, 0] = 0.0
+            zero = torch.zeros((), dtype=dtype, device=x.device)
+            for _ in range(self.pinv_iterations):
+                az, gaz = mul(a, zero, z, gz)
+                inner, g_in = mul(az, gaz, 7 * eye - az, 7 - gaz)
+                inner, g_in = mul(az, gaz, 15 * eye - inner, 15 - g_in)
+                z, gz = mul(z, gz, 13 * eye - inner, 13 - g_in)
+                z, gz = 0.25 * z, 0.25 * gz
+            full, _ = mul(*mul(a, zero, z, gz), a, zero)  # A1 @ pinv(A2) @ A3, gamma = 0
+            attn = full[..., 1:, 1:]  # real rows over real columns (padding values are 0)
+            out = attn.to(v.dtype) @ v
+        out = out + banded_depthwise_conv(v, self.res_conv.weight)
+        out = self.to_out(out.transpose(1, 2).reshape(b, t, h * d))
+        cls_attn = attn[..., 0, :] if return_cls_attention else None
+        return out, cls_attn
+
+    def _compute_dtype(self, x: Tensor) -> torch.dtype:
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+        return x.dtype
+
+    def _cls_attention(self, q, k, k_l, q_l, a2_inv, key_mask, n, lmax) -> Tensor:
+        """Attention row of each patient's class token over the padded window, (B, h, L)."""
+        b = q.shape[0]
+        cls_pos = torch.tensor([lmax - ni for ni in n], device=q.device)
+        idx = cls_pos.view(b, 1, 1, 1).expand(b, q.shape[1], 1, q.shape[-1])
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q_cls = torch.gather(q, 2, idx).float()  # (B, h, 1, d)
+            row = torch.softmax(q_cls @ k_l.float().transpose(-1, -2), dim=-1) @ a2_inv  # (B,h,1,m)
+            sim3 = q_l.float() @ k.float().transpose(-1, -2)  # (B, h, m, L)
+            if key_mask is not None:
+                sim3 = sim3.masked_fill(~key_mask.view(b, 1, 1, lmax), float("-inf"))
+            return (row @ torch.softmax(sim3, dim=-1)).squeeze(2)  # (B, h, L)
+
+    def cls_attention(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Class-token attention over tokens, ``(B, heads, T)`` (see ``forward``)."""
+        return self.forward(x, lengths, return_cls_attention=True)[1]
