@@ -1,0 +1,86 @@
+"""Helpers shared by the CLI subcommands: progress bars, config overrides, cohort loading."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Callable
+
+from tqdm.auto import tqdm
+
+from deref.errors import ConfigError
+
+
+def add_cohort_args(p: argparse.ArgumentParser, table_required: bool = True) -> None:
+    if table_required:
+        p.add_argument("table", help="cohort table in the MCAT layout (.csv or .zip)")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("--signatures", help="signatures table (one column per gene family)")
+    fam.add_argument("--families", help="families JSON written by `deref genomics`")
+    p.add_argument("--bags", help="folder of WSI bags (<slide stem>.h5 or .pt)")
+    p.add_argument("--time-col", default="survival_months", help="survival time column (default: %(default)s)")
+    p.add_argument("--censorship-col", default="censorship", help="censorship column, 1 = censored (default: %(default)s)")
+
+
+def load_cohort_from_args(args: argparse.Namespace):
+    from deref.data.cohort import load_cohort
+
+    return load_cohort(
+        args.table,
+        signatures=args.signatures,
+        families_json=args.families,
+        bag_dir=args.bags,
+        time_col=args.time_col,
+        censorship_col=args.censorship_col,
+    )
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``key=value`` pairs; values parsed as Python literals when possible (ints, lists, ...)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+class BarProgress:
+    """A ``progress(label, done, total)`` callback drawing one tqdm bar per label."""
+
+    def __init__(self, disable: bool | None = None) -> None:
+        self.bar = None
+        self.label = None
+        self.disable = (not sys.stderr.isatty()) if disable is None else disable
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if label != self.label:
+            self.close()
+            self.label = label
+            self.bar = tqdm(total=total, desc=label, unit="batch", leave=False, disable=self.disable)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def simple_progress(desc: str) -> Callable[[int, int], None]:
+    bar = {"b": None}
+
+    def cb(done: int, total: int) -> None:
+        if bar["b"] is None:
+            bar["b"] = tqdm(total=total, desc=desc, disable=not sys.stderr.isatty())
+        bar["b"].n = done
+        bar["b"].refresh()
+        if done >= total:
+            bar["b"].close()
+
+    return cb

@@ -1,0 +1,66 @@
+"""``deref evaluate``: metrics and risk stratification of a run's out-of-fold predictions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  deref evaluate runs/blca-deref
+  deref evaluate runs/blca-deref --rule tertiles --json metrics.json
+
+Prints per fold and overall: Harrell's C, Uno's C, mean time-dependent AUC, integrated
+Brier score; then the Kaplan-Meier stratification (cutoffs from each fold's training
+risks): log-rank p, hazard ratio with 95% CI, median survival per group.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate", help="metrics and KM stratification of a run", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--predictions", help="predictions CSV (default: the run's out-of-fold table)")
+    p.add_argument("--rule", default="median", help="median, tertiles, quartiles, quantiles:a,b (default: %(default)s)")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from deref.metrics import bin_edges_from_run, evaluate_predictions
+    from deref.runs import RunDir, write_json
+    from deref.stratify import assign_groups, compute_cutoffs, stratify
+
+    run_dir = RunDir(args.run)
+    preds = pd.read_csv(args.predictions, dtype={"case_id": str}) if args.predictions else run_dir.predictions()
+    report = evaluate_predictions(preds, None, bin_edges_from_run(run_dir.info))
+    table = report.to_frame()
+    with pd.option_context("display.width", 120, "display.precision", 3):
+        print(table.to_string())
+    train_risks = run_dir.train_risks()
+    cut = compute_cutoffs(args.rule, train_risks=train_risks)
+    groups = assign_groups(preds, cut)
+    res = stratify(preds, groups, cutoffs=cut)
+    print(f"\nrisk groups ({cut.describe()}):")
+    for g in res.groups:
+        med = "not reached" if g.median_survival is None else f"{g.median_survival:.1f}"
+        print(f"  {g.name}: n={g.n}, events={g.events}, median survival {med} {res.time_unit}")
+    if res.logrank is not None and res.logrank.estimable:
+        print(f"  log-rank p = {res.logrank.p_value:.3g}")
+    hr = res.hazard_ratio.primary if res.hazard_ratio is not None else None
+    if hr is not None:
+        print(
+            f"  hazard ratio {hr.group} vs {hr.reference}: {hr.hr:.2f} "
+            f"(95% CI {hr.ci_lower:.2f}-{hr.ci_upper:.2f}), p = {hr.p_value:.3g}"
+        )
+    elif res.hazard_ratio is not None:
+        print(f"  hazard ratio not estimable: {res.hazard_ratio.reason}")
+    if args.json:
+        write_json(Path(args.json), {"metrics": json.loads(table.to_json(orient="index")), "rule": args.rule})
+    return 0

@@ -1,0 +1,186 @@
+"""``deref mri``: one feature vector per patient from NIfTI MRI sequences (+ tumour mask)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  # one patient, one sequence, a tumour mask:
+  deref mri t1.nii.gz --mask tumour.nii.gz --patient P001 --weights resnet50_3d.pth --out mri/
+  # one patient, several sequences as channels:
+  deref mri art.nii.gz pv.nii.gz t2.nii.gz --mask tumour.nii.gz --patient P001 --weights w.pth --out mri/
+  # a cohort table: columns patient, mask (optional), one column per sequence:
+  deref mri --table cases.csv --sequences art,pv,del,t2,dwi --weights w.pth --out mri/
+  # a folder per patient: ROOT/<patient>/<sequence>.nii.gz and ROOT/<patient>/mask.nii.gz:
+  deref mri --root liver/ --sequences art,pv,del,t2,dwi --weights w.pth --out mri/
+
+Each volume is reoriented to RAS, cropped to a cube around the mask (+ --margin-mm), sampled
+on a --grid^3 grid (default 64: under a second per patient on a CPU) and normalized; the
+sequences are stacked as channels through a MONAI 3D ResNet-50 with global average pooling.
+Output: OUT/<patient>.h5 with features (1, 2048), or (S, 2048) with --per-sequence (one row
+per sequence), read by the core as modality 1; OUT/mri_manifest.csv.
+Sequences and mask must share one voxel grid (shape and affine): a mismatch is an error,
+never a silent resample. Weights are never downloaded; --random-weights marks the output
+unusable_for_science=True.
+
+exit status: 0 every patient done (or skipped); 1 nothing could run (bad arguments, no
+cases, weights that do not fit); 3 finished, but some patients failed (see the manifest).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "mri",
+        help="MRI sequences (+ tumour mask) -> one vector per patient",
+        description="Turn NIfTI MRI sequences of each patient into a feature vector with a 3D "
+        "ResNet-50, written as a bag the model reads as modality 1.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "volumes", nargs="*", metavar="VOLUME", help="sequences of one patient (NIfTI), in channel order"
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--table", metavar="CSV", help="cases table: patient, mask, one column per sequence")
+    src.add_argument("--root", metavar="DIR", help="folder of patient folders holding <sequence>.nii[.gz]")
+    p.add_argument("--mask", metavar="NIFTI", help="tumour mask of the single patient given as VOLUME")
+    p.add_argument(
+        "--patient", metavar="ID", help="patient id of the single patient (default: first volume's name)"
+    )
+    p.add_argument("--sequences", metavar="A,B,...", help="sequence names / columns, in channel order")
+    p.add_argument(
+        "--mask-name",
+        default="mask",
+        metavar="NAME",
+        help="mask file name in --root folders (default: %(default)s)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the patient bags")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", metavar="FILE", help="local MONAI-layout 3D ResNet-50 state dict")
+    w.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="no pretrained weights: smoke tests only, output marked unusable",
+    )
+    p.add_argument(
+        "--grid",
+        type=int,
+        default=64,
+        metavar="G",
+        help="resampled cube size in voxels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--margin-mm",
+        type=float,
+        default=10.0,
+        metavar="MM",
+        help="margin around the mask's box (default: %(default)g)",
+    )
+    p.add_argument(
+        "--norm",
+        default="zscore",
+        choices=("zscore", "minmax", "none"),
+        help="intensity normalization (default: %(default)s)",
+    )
+    p.add_argument(
+        "--per-sequence", action="store_true", help="one vector per sequence instead of sequences as channels"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEV",
+        help="auto (CUDA when present), cpu, cuda (default: %(default)s)",
+    )
+    p.add_argument(
+        "--save-crops",
+        action="store_true",
+        help="also write the preprocessed cubes to OUT/crops/<patient>.nii.gz",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo patients whose bag exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from deref.errors import DataError
+    from deref.prepare import exit_status, summarize, write_manifest
+    from deref.prepare.mri import (
+        MANIFEST_NAME,
+        MriCase,
+        MriConfig,
+        build_mri_backbone,
+        cases_from_folders,
+        cases_from_table,
+        nifti_stem,
+        process_cases,
+    )
+
+    seqs = [s.strip() for s in args.sequences.split(",") if s.strip()] if args.sequences else None
+    if args.table or args.root:
+        if args.volumes or args.mask or args.patient:
+            raise DataError(
+                "VOLUME, --mask and --patient are for a single patient; do not combine them with --table/--root"
+            )
+        cases = (
+            cases_from_table(args.table, seqs)
+            if args.table
+            else cases_from_folders(args.root, seqs, args.mask_name)
+        )
+    elif args.volumes:
+        names = seqs or [nifti_stem(v) for v in args.volumes]
+        if len(names) != len(args.volumes) or len(set(names)) != len(names):
+            raise DataError(
+                f"--sequences gives {len(names)} distinct names for {len(args.volumes)} volumes; expected one each"
+            )
+        patient = args.patient or nifti_stem(args.volumes[0])
+        cases = [
+            MriCase(
+                patient, dict(zip(names, map(Path, args.volumes))), Path(args.mask) if args.mask else None
+            )
+        ]
+    else:
+        raise DataError(
+            "give the volumes of one patient, or --table CSV, or --root DIR (see deref mri --help)"
+        )
+    n_seq = {len(c.sequences) for c in cases}
+    config = MriConfig(
+        grid=args.grid,
+        margin_mm=args.margin_mm,
+        norm=args.norm,
+        per_sequence=args.per_sequence,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    if len(n_seq) > 1 and not args.per_sequence:
+        raise DataError(
+            f"patients have different numbers of sequences {sorted(n_seq)}; channels need the same set"
+        )
+    if args.random_weights:
+        print(
+            "deref mri: WARNING: --random-weights: vectors from an untrained network are "
+            "UNUSABLE FOR SCIENCE; every bag is marked unusable_for_science=True",
+            file=sys.stderr,
+        )
+    in_ch = 1 if args.per_sequence else n_seq.pop()
+    model = build_mri_backbone(in_ch, args.weights, random_weights=args.random_weights)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    with logging_redirect_tqdm(), tqdm(total=len(cases), unit="patient", desc="mri", disable=None) as bar:
+
+        def on_result(row) -> None:
+            bar.update(1)
+            if row.status == "failed":
+                tqdm.write(f"deref mri: {row.error}", file=sys.stderr)
+
+        rows = process_cases(cases, out, model, config, save_crops=args.save_crops, on_result=on_result)
+    manifest = write_manifest(out / MANIFEST_NAME, rows, id_column="patient", count_column="vectors")
+    print(
+        f"deref mri: {summarize(rows, noun='patient', counted='vectors')} (wall {time.perf_counter() - t0:.1f} s); manifest {manifest}"
+    )
+    return exit_status(rows)

@@ -1,0 +1,343 @@
+"""Prediction from a run directory: ``Predictor.from_run(path).predict(cohort)``.
+
+The predictor loads each fold's model once, standardizes modality 1 with that fold's
+training statistics, reads bags lazily (with a bounded in-memory cache), and predicts
+batches of patients, sorted by bag size to limit padding, on the GPU when present (bf16
+autocast optional). Predictions are deterministic: DeReF's default evaluation averages the
+reorganization over every segment count and reports the spread as ``risk_std``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from deref.data.bags import Bag
+from deref.data.cohort import Cohort, load_cohort
+from deref.data.preprocess import Preprocessing
+from deref.errors import CheckpointError, ConfigError, DataError
+from deref.model import SurvivalOutput, collate_bags
+from deref.runs import FoldCheckpoint, RunDir
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA if available, else MPS if available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+class BagStore:
+    """Patient bags read on demand from a cohort's bag folder, with an LRU cache of ``max_bytes``."""
+
+    def __init__(self, cohort: Cohort, wsi_dim: int | None, max_bytes: int = 2 << 30) -> None:
+        self.cohort = cohort
+        self.wsi_dim = wsi_dim
+        self.max_bytes = max_bytes
+        self._cache: OrderedDict[str, Bag] = OrderedDict()
+        self._bytes = 0
+        self._sizes: dict[str, int] = {}
+
+    def get(self, case_id: str) -> Bag:
+        bag = self._cache.get(case_id)
+        if bag is not None:
+            self._cache.move_to_end(case_id)
+            return bag
+        bag = self.cohort.patient_bag(case_id, expected_dim=self.wsi_dim)
+        self._sizes[case_id] = bag.n
+        nbytes = bag.features.nbytes
+        if nbytes <= self.max_bytes:
+            self._cache[case_id] = bag
+            self._bytes += nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._bytes -= old.features.nbytes
+        return bag
+
+    def size(self, case_id: str) -> int:
+        """Number of patches (reads the bag header on first use)."""
+        if case_id not in self._sizes:
+            from deref.data.bags import find_bag, peek_bag_shape
+
+            n = 0
+            for s in self.cohort.slides.get(case_id, []):
+                n += peek_bag_shape(find_bag(s, self.cohort.bag_dir))[0]
+            self._sizes[case_id] = n
+        return self._sizes[case_id]
+
+
+@dataclass
+class PatientInputs:
+    """Model inputs of a batch: ``m1`` list of (B, d_g), ``wsi`` (B, N, D) + ``mask``, ids, bags."""
+
+    case_ids: list[str]
+    m1: list[torch.Tensor]
+    wsi: torch.Tensor | None
+    mask: torch.Tensor | None
+    bags: list[Bag] | None
+
+    def to(self, device: torch.device) -> PatientInputs:
+        return PatientInputs(
+            self.case_ids,
+            [x.to(device) for x in self.m1],
+            None if self.wsi is None else self.wsi.to(device),
+            None if self.mask is None else self.mask.to(device),
+            self.bags,
+        )
+
+
+def m1_matrix(cohort: Cohort, pre: Preprocessing, case_ids: Sequence[str]) -> list[np.ndarray]:
+    """Standardized modality-1 arrays (one (n, d_g) per group), checking the run's columns exist."""
+    missing = [c for group in pre.m1_columns for c in group if c not in cohort.genomic.columns]
+    if missing:
+        raise ConfigError(
+            f"{cohort.source}: the run was trained on {sum(len(g) for g in pre.m1_columns)} genomic columns; "
+            f"{len(missing)} are missing from this table (e.g. {missing[:3]})"
+        )
+    unknown = [c for c in case_ids if c not in cohort.genomic.index]
+    if unknown:
+        raise DataError(f"{cohort.source}: case id(s) not in the table: {unknown[:5]}")
+    return pre.transform_m1(cohort.genomic.loc[list(case_ids)])
+
+
+def assemble(
+    case_ids: Sequence[str],
+    m1_all: dict[str, list[np.ndarray]] | list[np.ndarray],
+    m1_rows: dict[str, int],
+    bags: BagStore | None,
+    needs_wsi: bool,
+) -> PatientInputs:
+    """Build a batch from precomputed standardized modality-1 rows and lazily read bags."""
+    rows = [m1_rows[c] for c in case_ids]
+    m1 = [torch.from_numpy(np.ascontiguousarray(g[rows])) for g in m1_all]
+    if not needs_wsi or bags is None:
+        return PatientInputs(list(case_ids), m1, None, None, None)
+    patient_bags = [bags.get(c) for c in case_ids]
+    wsi, mask = collate_bags([torch.from_numpy(b.features) for b in patient_bags])
+    return PatientInputs(list(case_ids), m1, wsi, mask, patient_bags)
+
+
+def surv_columns(n_bins: int) -> list[str]:
+    return [f"surv_{k}" for k in range(n_bins)]
+
+
+class Predictor:
+    """Loads a run once and predicts batches of patients with any of its fold models."""
+
+    def __init__(self, run: RunDir, device: str | torch.device = "auto", bf16: bool = False) -> None:
+        self.run = run
+        self.device = resolve_device(device)
+        self.bf16 = bf16
+        self._folds: dict[int, FoldCheckpoint] = {}
+        self._m1_cache: dict[tuple[int, str], tuple[list[np.ndarray], dict[str, int]]] = {}
+        self._bag_stores: dict[str, BagStore] = {}
+
+    @classmethod
+    def from_run(cls, path: str | os.PathLike, device: str | torch.device = "auto", bf16: bool = False) -> Predictor:
+        return cls(RunDir(path), device=device, bf16=bf16)
+
+    # ------------------------------------------------------------ loading
+    @property
+    def config(self):
+        return self.run.config
+
+    @property
+    def needs_wsi(self) -> bool:
+        return self.config.model_type not in ("snn", "snn_transformer")
+
+    def fold(self, k: int) -> FoldCheckpoint:
+        if k not in self._folds:
+            self._folds[k] = self.run.load_fold(k, self.device)
+        return self._folds[k]
+
+    def load_cohort(self, table: str | None = None, bag_dir: str | None = None) -> Cohort:
+        """The cohort the run was trained on (paths from run.json), or another table."""
+        data = self.run.info.get("data", {})
+        table = table or data.get("table")
+        if not table:
+            raise CheckpointError(f"{self.run.path}: run.json names no cohort table; pass one")
+        families = data.get("families_json")
+        kwargs = {}
+        if families and Path(families).exists():
+            kwargs["families_json"] = families
+        elif data.get("signatures"):
+            kwargs["signatures"] = data["signatures"]
+        return load_cohort(
+            table,
+            bag_dir=bag_dir if bag_dir is not None else data.get("bag_dir"),
+            time_col=data.get("time_col", "survival_months"),
+            censorship_col=data.get("censorship_col", "censorship"),
+            **kwargs,
+        )
+
+    def validation_folds(self) -> dict[str, int]:
+        """case_id -> the fold whose validation set holds it (from the run's splits)."""
+        out: dict[str, int] = {}
+        for f in self.run.info.get("folds", []):
+            for c in f.get("val_ids", []):
+                out[str(c)] = int(f["index"])
+        return out
+
+    def _m1(self, cohort: Cohort, k: int) -> tuple[list[np.ndarray], dict[str, int]]:
+        key = (k, cohort.fingerprint)
+        if key not in self._m1_cache:
+            ids = cohort.case_ids
+            self._m1_cache[key] = (m1_matrix(cohort, self.fold(k).preprocessing, ids), {c: i for i, c in enumerate(ids)})
+        return self._m1_cache[key]
+
+    def bag_store(self, cohort: Cohort) -> BagStore | None:
+        if not self.needs_wsi:
+            return None
+        if cohort.bag_dir is None:
+            raise DataError(f"{cohort.source}: this model needs WSI bags; no bag folder was given")
+        key = f"{cohort.fingerprint}:{cohort.bag_dir}"
+        if key not in self._bag_stores:
+            self._bag_stores[key] = BagStore(cohort, self.config.wsi_dim)
+        return self._bag_stores[key]
+
+    def inputs(self, cohort: Cohort, case_ids: Sequence[str], k: int) -> PatientInputs:
+        m1_all, rows = self._m1(cohort, k)
+        return assemble(case_ids, m1_all, rows, self.bag_store(cohort), self.needs_wsi)
+
+    # ------------------------------------------------------------ predicting
+    def forward(
+        self,
+        inputs: PatientInputs,
+        k: int,
+        *,
+        segments: int | str | None = None,
+        return_attention: bool = False,
+    ) -> SurvivalOutput:
+        model = self.fold(k).model
+        x = inputs.to(self.device)
+        kwargs = {}
+        if segments is not None and self.config.model_type == "deref":
+            kwargs["segments"] = segments
+        if return_attention:
+            kwargs["return_attention"] = True
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.inference_mode(), autocast:
+            out = model(x.m1, x.wsi, x.mask, **kwargs)
+        return _to_cpu_float(out)
+
+    def predict(
+        self,
+        cohort: Cohort,
+        case_ids: Sequence[str] | None = None,
+        fold: int | str = "oof",
+        batch_size: int = 8,
+        segments: int | str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> pd.DataFrame:
+        """Predictions per patient: case_id, fold, time, censorship, event, risk, risk_std, surv_k.
+
+        ``fold``: an int (that fold's model for everyone), ``"oof"`` (each patient by the fold
+        that held it out; patients in no validation fold get the mean over all folds), or
+        ``"mean"`` (mean over all folds for everyone: an external cohort).
+        """
+        ids = list(cohort.case_ids if case_ids is None else case_ids)
+        val_fold = self.validation_folds()
+        all_folds = self.run.fold_indices
+        plan: dict[int | str, list[str]] = {}
+        for c in ids:
+            if isinstance(fold, int):
+                plan.setdefault(fold, []).append(c)
+            elif fold == "oof" and c in val_fold:
+                plan.setdefault(val_fold[c], []).append(c)
+            elif fold in ("oof", "mean"):
+                plan.setdefault("mean", []).append(c)
+            else:
+                raise ConfigError(f"fold={fold!r}; expected an int, 'oof' or 'mean'")
+        done = 0
+        rows: list[pd.DataFrame] = []
+        for key, members in plan.items():
+            folds = all_folds if key == "mean" else [int(key)]
+            parts = [self._predict_fold(cohort, members, k, batch_size, segments) for k in folds]
+            frame = parts[0].copy()
+            if len(parts) > 1:
+                cols = ["risk"] + surv_columns(self.config.n_bins)
+                frame[cols] = np.mean([p[cols].to_numpy() for p in parts], axis=0)
+                frame["risk_std"] = np.std([p["risk"].to_numpy() for p in parts], axis=0)
+                frame["fold"] = -1
+            rows.append(frame)
+            done += len(members)
+            if progress:
+                progress(done, len(ids))
+        out = pd.concat(rows).set_index("case_id").loc[ids].reset_index()
+        pts = cohort.patients.loc[ids]
+        out.insert(2, "time", pts["time"].to_numpy())
+        out.insert(3, "censorship", pts["censorship"].to_numpy())
+        out.insert(4, "event", pts["event"].to_numpy())
+        return out
+
+    def _predict_fold(self, cohort, ids, k, batch_size, segments) -> pd.DataFrame:
+        store = self.bag_store(cohort)
+        order = sorted(ids, key=store.size) if store is not None else list(ids)
+        risks, stds, survs, names = [], [], [], []
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            out = self.forward(self.inputs(cohort, batch, k), k, segments=segments)
+            names += batch
+            risks.append(out.risk.numpy())
+            stds.append(out.risk_std.numpy() if out.risk_std is not None else np.zeros(len(batch)))
+            survs.append(out.survival.numpy())
+        frame = pd.DataFrame({"case_id": names, "fold": k, "risk": np.concatenate(risks), "risk_std": np.concatenate(stds)})
+        surv = np.concatenate(survs)
+        for j, col in enumerate(surv_columns(surv.shape[1])):
+            frame[col] = surv[:, j]
+        return frame
+
+    def predict_patient(
+        self,
+        cohort: Cohort,
+        case_id: str,
+        fold: int | None = None,
+        *,
+        drop: str | None = None,
+        return_attention: bool = True,
+    ) -> tuple[SurvivalOutput, PatientInputs]:
+        """Full output for one patient (features, gates, per-s risks, attention).
+
+        ``fold`` defaults to the fold that held the patient out (else fold 0). ``drop``
+        ("m1" or "wsi") replaces that modality by a neutral input for a what-if: genomics
+        at the training mean (zeros after standardization), or a one-patch bag holding the
+        training fold's mean patch embedding.
+        """
+        k = fold if fold is not None else self.validation_folds().get(case_id, self.run.fold_indices[0])
+        inputs = self.inputs(cohort, [case_id], k)
+        if drop == "m1":
+            inputs.m1 = [torch.zeros_like(x) for x in inputs.m1]
+        elif drop == "wsi":
+            mean = self.fold(k).wsi_mean
+            if mean is None or inputs.wsi is None:
+                raise ConfigError("this run stores no mean patch embedding; cannot drop the slide")
+            inputs.wsi = torch.from_numpy(mean).view(1, 1, -1).clone()
+            inputs.mask = torch.ones(1, 1, dtype=torch.bool)
+        elif drop is not None:
+            raise ConfigError(f"drop={drop!r}; expected 'm1', 'wsi' or None")
+        out = self.forward(inputs, k, return_attention=return_attention and self.needs_wsi and drop != "wsi")
+        return out, inputs
+
+
+def _to_cpu_float(out: SurvivalOutput) -> SurvivalOutput:
+    vals = {}
+    for name in out.__dataclass_fields__:
+        v = getattr(out, name)
+        vals[name] = v.detach().float().cpu() if isinstance(v, torch.Tensor) else v
+    return SurvivalOutput(**vals)
