@@ -48,6 +48,7 @@ def build_demo(
     epochs: int | None = None,
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    slide_size: tuple[int, int] | None = None,
 ) -> DemoBuild:
     """Generate the demo cohort and train the demo run (see the module docstring)."""
     from deref.data.cohort import load_cohort
@@ -64,6 +65,7 @@ def build_demo(
         seed=seed,
         wsi_dim=DEMO_MODEL["wsi_dim"],
         overwrite=overwrite,
+        **({"slide_size": slide_size} if slide_size else {}),
         progress=(lambda d, t: progress("demo cohort: slides and bags", d, t)) if progress else None,
     )
     cohort = load_cohort(demo.table, signatures=demo.signatures, bag_dir=demo.bags_dir)

@@ -16,3 +16,35 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"../shared/data not present: {SHARED_DATA}")
     return SHARED_DATA
+
+
+# ----------------------------------------------------------------------------- demo runs
+#: Demo builds are deterministic; tests share them across pytest-xdist workers through a
+#: cache folder and a file lock, so each is built once per checkout.
+DEMO_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test-demos"
+
+
+def _shared_demo(name: str, **kwargs) -> Path:
+    import fcntl
+
+    from deref.demo import build_demo, demo_is_built
+
+    out = DEMO_CACHE / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(DEMO_CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not demo_is_built(out):
+            build_demo(out, overwrite=True, **kwargs)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_demo() -> Path:
+    """A 40-patient demo trained 2 epochs (cohort in ``/cohort``, run in ``/run``): fast plumbing."""
+    return _shared_demo("small-40", n_patients=40, epochs=2, slide_size=(2048, 1536))
+
+
+@pytest.fixture(scope="session")
+def full_demo() -> Path:
+    """The full default demo (what `deref demo` builds): for tests of learned signal (slow)."""
+    return _shared_demo("full")

@@ -1,0 +1,194 @@
+"""Training runs end to end: run directory, checkpoints, reproducibility, bad inputs, CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deref.cli.main import main as cli
+from deref.data.cohort import load_cohort
+from deref.data.splits import make_folds
+from deref.errors import CheckpointError, ConfigError, DataError
+from deref.inference import Predictor
+from deref.model import ModelConfig
+from deref.runs import RunDir
+from deref.training import TrainConfig, class_weights, epoch_batches, train_cross_validation
+
+
+@pytest.fixture(scope="module")
+def demo_cohort(small_demo):
+    c = small_demo / "cohort"
+    return load_cohort(c / "cohort.csv", signatures=c / "signatures.csv", bag_dir=c / "bags")
+
+
+def test_run_directory_layout_and_headline(small_demo):
+    run = RunDir(small_demo / "run")
+    info = run.info
+    assert info["format"] == "deref-run/1"
+    assert len(info["folds"]) == 5
+    assert info["metrics"]["headline"]["protocol"].startswith("fixed last epoch")
+    assert "optimistic" not in info["metrics"]["headline"]["protocol"]
+    preds = run.predictions()
+    assert sorted(preds["case_id"]) == sorted(set(preds["case_id"]))  # each patient once, out of fold
+    for f in info["folds"]:
+        assert (run.fold_dir(f["index"]) / "model.safetensors").exists()
+        assert set(f["train_ids"]).isdisjoint(f["val_ids"])
+        fold_preds = preds[preds["fold"] == f["index"]]
+        assert sorted(fold_preds["case_id"]) == sorted(f["val_ids"])
+    tr = run.train_risks()
+    assert set(tr.columns) == {"fold", "case_id", "risk"}
+    assert np.all(np.diff(preds[["surv_0", "surv_1", "surv_2", "surv_3"]].to_numpy(), axis=1) <= 1e-6)
+
+
+def test_bins_come_from_training_fold_only(small_demo, demo_cohort):
+    run = RunDir(small_demo / "run")
+    for f in run.info["folds"]:
+        pts = demo_cohort.patients.loc[f["train_ids"]]
+        unc = pts.loc[pts["censorship"] == 0, "time"].to_numpy()
+        inner = np.quantile(unc, [0.25, 0.5, 0.75])
+        np.testing.assert_allclose([float(e) for e in f["bin_edges"][1:-1]], inner, rtol=1e-9)
+
+
+def test_predictor_reproduces_run_predictions_and_never_unpickles(small_demo, demo_cohort, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    pred = Predictor.from_run(small_demo / "run", device="cpu")
+    again = pred.predict(demo_cohort, fold="oof")
+    saved = RunDir(small_demo / "run").predictions().set_index("case_id").loc[again["case_id"]]
+    np.testing.assert_allclose(again["risk"].to_numpy(), saved["risk"].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(again["surv_2"].to_numpy(), saved["surv_2"].to_numpy(), atol=1e-6)
+    assert (again["fold"].to_numpy() == saved["fold"].to_numpy()).all()
+
+
+def test_checkpoint_round_trip_is_bit_exact(small_demo, tmp_path):
+    run = RunDir(small_demo / "run")
+    fold = run.load_fold(0)
+    saved = load_file(str(run.fold_dir(0) / "model.safetensors"))
+    for k, v in fold.model.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    # save again and reload: identical tensors
+    from deref.runs import load_weights, save_checkpoint
+
+    save_checkpoint(tmp_path / "f", fold.model, fold.preprocessing)
+    from deref.model import build_model
+
+    again = load_weights(build_model(run.config), tmp_path / "f" / "model.safetensors")
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+
+
+def test_checkpoint_from_another_config_is_refused(small_demo, tmp_path):
+    bad = tmp_path / "run"
+    shutil.copytree(small_demo / "run", bad)
+    info = json.loads((bad / "run.json").read_text())
+    info["model"]["n_experts"] = 8
+    (bad / "run.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="do not fit this model config|expects"):
+        RunDir(bad).load_fold(0)
+
+
+def test_cohort_missing_run_columns_is_a_clear_error(small_demo, tmp_path):
+    c = small_demo / "cohort"
+    table = pd.read_csv(c / "cohort.csv")
+    dropped = [col for col in table.columns if col.endswith("_rnaseq")][0]
+    table.drop(columns=[dropped]).to_csv(tmp_path / "t.csv", index=False)
+    pred = Predictor.from_run(small_demo / "run", device="cpu")
+    cohort = load_cohort(tmp_path / "t.csv", bag_dir=c / "bags", families_json=None, signatures=c / "signatures.csv")
+    with pytest.raises(ConfigError, match="missing from this table"):
+        pred.predict(cohort)
+
+
+def test_training_refuses_bags_of_another_dimension(demo_cohort, tmp_path):
+    folds = make_folds(demo_cohort.patients, k=5, seed=0)
+    cfg = ModelConfig(m1_sizes=tuple(f.size for f in demo_cohort.families), wsi_dim=128, landmarks=16, snn_hidden=32)
+    with pytest.raises((ConfigError, DataError), match="64"):
+        train_cross_validation(demo_cohort, folds, cfg, TrainConfig(epochs=1), tmp_path / "r", only_folds=[0])
+
+
+def test_incomplete_folds_are_refused(demo_cohort, tmp_path):
+    folds = make_folds(demo_cohort.patients, k=5, seed=0)[:4]
+    cfg = ModelConfig(model_type="snn", m1_sizes=tuple(f.size for f in demo_cohort.families))
+    with pytest.raises(DataError, match="in no validation fold"):
+        train_cross_validation(demo_cohort, folds, cfg, TrainConfig(epochs=1), tmp_path / "r")
+
+
+def test_sampler_weights_and_buckets():
+    bins = np.array([0, 0, 0, 1, 1, 2, 3, 3])
+    cens = np.array([0, 0, 1, 0, 0, 0, 1, 1])
+    w = class_weights(bins, cens)
+    # a class's total weight is the same for every class
+    classes = bins * 2 + cens
+    totals = {c: w[classes == c].sum() for c in np.unique(classes)}
+    assert np.allclose(list(totals.values()), list(totals.values())[0])
+    ids = [f"p{i}" for i in range(40)]
+    sizes = {c: i * 10 for i, c in enumerate(ids)}
+    batches = epoch_batches(ids, None, 4, sizes.get, np.random.default_rng(0))
+    assert sorted(c for b in batches for c in b) == sorted(ids)
+    spans = [max(sizes[c] for c in b) - min(sizes[c] for c in b) for b in batches]
+    assert max(spans) <= 40 * 10  # bucketed within chunks of 8 batches
+    assert np.mean(spans) < 150
+
+
+def test_genomic_baseline_same_code_path(demo_cohort, tmp_path):
+    folds = make_folds(demo_cohort.patients, k=5, seed=0)
+    cfg = ModelConfig(model_type="snn", m1_sizes=tuple(f.size for f in demo_cohort.families))
+    res = train_cross_validation(demo_cohort, folds, cfg, TrainConfig(epochs=3), tmp_path / "snn")
+    assert len(res.predictions) == len(demo_cohort.case_ids)
+    assert 0.0 <= res.metrics["headline"]["cindex_mean"] <= 1.0
+    # same seed, same numbers
+    res2 = train_cross_validation(demo_cohort, folds, cfg, TrainConfig(epochs=3), tmp_path / "snn2")
+    np.testing.assert_array_equal(res.predictions["risk"].to_numpy(), res2.predictions["risk"].to_numpy())
+
+
+def test_cli_predict_evaluate_figures_validate(small_demo, tmp_path, capsys):
+    run = small_demo / "run"
+    c = small_demo / "cohort"
+    assert cli(["predict", str(run), "--out", str(tmp_path / "p.csv")]) == 0
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert len(p) == 40 and {"risk", "risk_std", "surv_0"} <= set(p.columns)
+    assert cli(["evaluate", str(run), "--json", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "log-rank" in out and "harrell" in out.lower()
+    assert cli(["figures", str(run), "--out", str(tmp_path / "fig"), "--formats", "png"]) == 0
+    assert (tmp_path / "fig" / "km_median.png").stat().st_size > 10_000
+    args = ["validate", str(c / "cohort.csv"), "--signatures", str(c / "signatures.csv"), "--bags", str(c / "bags"), "--run", str(run)]
+    assert cli(args) == 0
+    assert cli(["predict", str(tmp_path / "nope"), "--out", str(tmp_path / "x.csv")]) == 1
+    assert "run directory not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_train_end_to_end(small_demo, tmp_path):
+    c = small_demo / "cohort"
+    cmd = [
+        sys.executable, "-m", "deref.cli.main", "train", str(c / "cohort.csv"), "--signatures", str(c / "signatures.csv"),
+        "--bags", str(c / "bags"), "--folds", "5", "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "run"),
+        "--set", "landmarks=16", "--set", "snn_hidden=32", "--no-track-validation",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "C-index, fixed last epoch (1)" in done.stdout
+    assert RunDir(tmp_path / "run").config.wsi_dim == 64  # read from the bags
+    bad = subprocess.run(cmd[:-6] + ["--out", str(tmp_path / "r2"), "--set", "rca_mode=nonsense"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "rca_mode" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_demo_learns_the_planted_signal_but_not_beyond_the_oracle(full_demo):
+    summary = json.loads((full_demo / "demo_summary.json").read_text())
+    assert 0.75 <= summary["oracle_cindex"] <= 0.85
+    assert summary["model_oof_cindex"] >= 0.70
+    assert summary["model_oof_cindex"] < summary["oracle_cindex"]
