@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# torch first, from its pin: anything else first would pull a multi-GB CUDA build
 	$(BIN)/pip install -q $$(head -n 1 requirements.txt)
 	$(BIN)/pip install -q -r requirements-dev.txt
