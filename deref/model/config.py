@@ -164,7 +164,7 @@ class ModelConfig:
 
 def tiny_config(**changes: Any) -> ModelConfig:
     """A small configuration for tests and quick demos (same architecture, smaller inputs)."""
-    base = dict(m1_sizes=(5, 6, 7, 8, 9, 10), wsi_dim=32, snn_hidden=64)
+    base = dict(m1_sizes=(5, 6, 7, 8, 9, 10), wsi_dim=32, snn_hidden=64, landmarks=16)
     base.update(changes)
     return ModelConfig(**base)
 
