@@ -36,7 +36,7 @@ class SurvivalOutput:
     """Named output of every model of the package (baselines fill what they have).
 
     hazards, survival, logits: (B, K); risk, risk_std: (B,) (higher risk = worse);
-    risk_per_s: (B, S) per segment count; features: (B, F, C2) decoupled features in the
+    risk_per_s: (B, S) and survival_per_s: (B, S, K) per segment count; features: (B, F, C2) decoupled features in the
     order of ``feature_names``; gate: (B, N) expert weights; cls_m1, cls_wsi: (B, C1)
     encoder outputs; wsi_attention: (B, 2, N) class-token attention per Nystrom layer.
     """
@@ -47,6 +47,7 @@ class SurvivalOutput:
     risk: Tensor
     risk_std: Tensor | None = None
     risk_per_s: Tensor | None = None
+    survival_per_s: Tensor | None = None
     segments: tuple[int, ...] = ()
     features: Tensor | None = None
     feature_names: tuple[str, ...] = ()
@@ -258,9 +259,13 @@ class DeReF(nn.Module):
         if validate:
             check_inputs(self.config, m1, wsi, wsi_mask)
         cls_m1, cls_wsi, attn = self.encode(m1, wsi, wsi_mask, return_attention=return_attention)
-        features = self.decouple(cls_m1, cls_wsi)
-        segs = self.segments_for_forward(segments)
-        per_s = self.fuse_and_predict(features, segs)
+        # Everything after the encoders is tiny; it runs in float32 even under autocast so
+        # that risks keep their resolution (bf16 would quantize them to ~4e-3 and tie ranks).
+        with torch.autocast(device_type=cls_wsi.device.type, enabled=False):
+            cls_m1, cls_wsi = cls_m1.float(), cls_wsi.float()
+            features = self.decouple(cls_m1, cls_wsi)
+            segs = self.segments_for_forward(segments)
+            per_s = self.fuse_and_predict(features, segs)
         logits_s = per_s["logits"]
         hazards_s, survival_s, risk_s = survival_from_logits(logits_s)
         if len(segs) == 1:
@@ -280,6 +285,7 @@ class DeReF(nn.Module):
             risk=risk,
             risk_std=risk_std,
             risk_per_s=risk_s.transpose(0, 1),
+            survival_per_s=survival_s.transpose(0, 1),
             segments=segs,
             features=features,
             feature_names=self.config.feature_names,
