@@ -12,8 +12,18 @@ Figures and targets (from the issue):
   (percentile normalization, no smoothing), median of ``repeats`` runs after one warm-up
   (target <= 150 ms); ``heatmap_cpu_ms`` the same in process CPU time (steadier on shared
   cores); ``heatmap_smooth_ms`` with ``smooth_sigma=4``.
-- ``grad_attr_ms``, ``ig_s``, ``tsne_s``: added with the attribution methods (add an entry to
-  ``MEASUREMENTS``).
+- ``grad_attr_ms``: ``attribute_inputs(method="grad")`` of the risk for one patient with 10,000
+  patches, the full-size model (``ModelConfig()``: D = 1,024, paper sizes, random weights),
+  float32, median of ``repeats`` (target <= 3x one eval forward); ``eval_forward_ms`` that
+  forward (``inference_mode``, float32, what ``Predictor.predict`` runs) and
+  ``grad_attr_ratio`` = grad_attr_ms / eval_forward_ms; ``grad_attr_all_ms`` /
+  ``grad_attr_all_ratio`` the same for all five targets (risk + four features: one forward,
+  five backwards).
+- ``ig_s``: Integrated Gradients of the risk, same patient and model, 32 Gauss-Legendre points,
+  bf16 autocast (the setting that meets the target; one run after a warm-up; target <= 15 s on
+  2 cores); ``ig_fp32_s`` the same in float32.
+- ``tsne_s``: ``tsne_embedding`` of 500 patients x 4 features (random 128-d features), median of
+  ``min(repeats, 3)``.
 """
 
 from __future__ import annotations
@@ -80,9 +90,78 @@ def measure_heatmap(repeats: int) -> dict[str, float]:
     }
 
 
+def attribution_case(n_patches: int = 10_000, seed: int = 0):
+    """The full-size DeReF model (random weights, eval mode) and one patient with ``n_patches``."""
+    import torch
+
+    from deref.model import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig()
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    m1 = [torch.randn(1, d, generator=g) for d in cfg.m1_sizes]
+    wsi = torch.randn(1, n_patches, cfg.wsi_dim, generator=g)
+    baseline = torch.zeros(cfg.wsi_dim)
+    return model, m1, wsi, baseline
+
+
+def measure_grad_attr(repeats: int) -> dict[str, float]:
+    import torch
+
+    from deref.explain.attribution import attribute_inputs
+
+    model, m1, wsi, base = attribution_case()
+
+    def forward():
+        with torch.inference_mode():
+            model(m1, wsi)
+
+    fwd = _median_seconds(forward, repeats)
+    risk = _median_seconds(
+        lambda: attribute_inputs(model, m1, wsi, base, method="grad", targets=["risk"]), repeats
+    )
+    every = _median_seconds(
+        lambda: attribute_inputs(model, m1, wsi, base, method="grad"), max(1, repeats // 2)
+    )
+    return {
+        "eval_forward_ms": round(fwd * 1000, 1),
+        "grad_attr_ms": round(risk * 1000, 1),
+        "grad_attr_ratio": round(risk / fwd, 2),
+        "grad_attr_all_ms": round(every * 1000, 1),
+        "grad_attr_all_ratio": round(every / fwd, 2),
+    }
+
+
+def measure_ig(repeats: int) -> dict[str, float]:
+    from deref.explain.attribution import attribute_inputs
+
+    model, m1, wsi, base = attribution_case()
+    out = {}
+    for name, bf16 in (("ig_s", True), ("ig_fp32_s", False)):
+
+        def run(bf16: bool = bf16) -> None:
+            attribute_inputs(model, m1, wsi, base, method="ig", steps=32, targets=["risk"], bf16=bf16)
+
+        out[name] = round(_median_seconds(run, 1, warmup=1 if bf16 else 0), 2)
+    return out
+
+
+def measure_tsne(repeats: int) -> dict[str, float]:
+    from deref.explain.cohort import tsne_embedding
+
+    feats = np.random.default_rng(0).normal(size=(500, 4, 128)).astype(np.float32)
+    feats += np.arange(4).reshape(1, 4, 1)  # four separated clouds, like decoupled features
+    t = _median_seconds(lambda: tsne_embedding(feats, seed=0), min(repeats, 3), warmup=0)
+    return {"tsne_s": round(t, 2)}
+
+
 # name -> measurement; each returns {figure_name: value}. Keep names short: they are --only keys.
 MEASUREMENTS: dict[str, Callable[[int], dict[str, float]]] = {
     "heatmap": measure_heatmap,
+    "grad": measure_grad_attr,
+    "ig": measure_ig,
+    "tsne": measure_tsne,
 }
 
 

@@ -23,7 +23,7 @@ from deref.training import TrainConfig
 DEMO_SEED = 0
 DEMO_PATIENTS = 200
 DEMO_MODEL = dict(wsi_dim=64, landmarks=32, snn_hidden=256)
-DEMO_TRAIN = dict(epochs=20, batch_size=8, lr=1e-3, track_validation=False)
+DEMO_TRAIN = dict(epochs=12, batch_size=8, lr=1e-3, track_validation=False)
 
 
 @dataclass

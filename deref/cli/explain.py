@@ -42,9 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("case_id", help="the patient")
     p.add_argument("--method", choices=("grad", "ig"), default="grad", help="grad (default, fast) or ig")
     p.add_argument("--steps", type=int, default=32, help="IG points (default: %(default)s)")
-    p.add_argument("--fold", type=int, default=None, help="fold model (default: the one that held the patient out)")
+    p.add_argument(
+        "--fold", type=int, default=None, help="fold model (default: the one that held the patient out)"
+    )
     p.add_argument("--targets", default=None, help="comma-separated targets (default: all)")
-    p.add_argument("--heatmap-target", default="risk", help="target drawn in the heatmaps (default: %(default)s)")
+    p.add_argument(
+        "--heatmap-target", default="risk", help="target drawn in the heatmaps (default: %(default)s)"
+    )
     p.add_argument("--out", default=None, help="output folder (default: ./explain-<case>)")
     p.add_argument("--table", help="cohort table (default: the run's own)")
     p.add_argument("--bags", help="bag folder (default: the run's own)")

@@ -1,0 +1,957 @@
+"""The dashboard's cached backend: every model call and every heavy computation goes through here.
+
+Caching design
+--------------
+* ``st.cache_resource`` (one object per process, shared by every session and tab, never
+  copied): the :class:`LoadedRun` of each run directory -- its ``Predictor`` with every fold
+  model loaded once, on the GPU when there is one, plus a re-entrant lock that serializes all
+  model calls on it (the predictor's bag and modality-1 caches are plain dicts) -- and the
+  :class:`~deref.data.cohort.Cohort` objects the models read from.
+* ``st.cache_data`` (per argument values, returned as copies): predictions, the cohort table,
+  cutoffs and stratifications, metrics, one patient's model output (and its "what if"
+  variants), attributions, cohort-level decoupled features, t-SNE / CKA, thumbnails, top-k
+  patches and the exported figure bytes.
+
+The models of the run in use are loaded in a background thread right after the first page is
+drawn (:func:`prewarm`), so the Cohort page never waits for torch and opening a patient rarely
+waits for the checkpoints. Every function takes plain strings (run directory, cohort table, bag
+folder), so cache keys are cheap to hash; "Clear caches and reload" in the sidebar drops them all
+(a run directory rewritten on disk is otherwise served from the caches). Nothing here imports a page; pages never touch a model directly. The app holds no
+model math: everything below calls the ``deref`` library and reshapes its outputs for display.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from deref.errors import CheckpointError, ConfigError, DataError
+
+log = logging.getLogger("deref.app")
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Environment variables the app reads (all optional).
+ENV_DEMO_DIR = "DEREF_DEMO_DIR"  # where the default demo lives / is built (default assets/demo)
+ENV_RUN = "DEREF_RUN"  # default run directory (instead of the demo's)
+ENV_TABLE = "DEREF_TABLE"  # default cohort table (instead of the run's own)
+ENV_BAG_DIR = "DEREF_BAG_DIR"  # default bag folder
+ENV_SLIDE_DIR = "DEREF_SLIDE_DIR"  # default slide folder
+ENV_RUNS_ROOT = "DEREF_RUNS_ROOT"  # folder scanned for runs in the sidebar picker (default runs/)
+ENV_NO_PREWARM = "DEREF_NO_PREWARM"  # set: do not load the models in the background at start
+ENV_TORCH_THREADS = "DEREF_TORCH_THREADS"  # torch intra-op threads of the server (default: cores // 2)
+
+
+# --------------------------------------------------------------------------------------------
+# where things are
+# --------------------------------------------------------------------------------------------
+def demo_dir() -> Path:
+    """The default demo folder: ``$DEREF_DEMO_DIR`` or ``<repo>/assets/demo``."""
+    return Path(os.environ.get(ENV_DEMO_DIR) or REPO / "assets" / "demo")
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get(ENV_RUNS_ROOT) or REPO / "runs")
+
+
+def discover_runs() -> list[str]:
+    """Run directories the picker offers: the demo's, ``$DEREF_RUN`` and ``runs/*`` with a run.json."""
+    found: list[str] = []
+    candidates = [demo_dir() / "run"]
+    if os.environ.get(ENV_RUN):
+        candidates.insert(0, Path(os.environ[ENV_RUN]))
+    root = runs_root()
+    if root.is_dir():
+        candidates += sorted(p for p in root.iterdir() if p.is_dir())
+    for p in candidates:
+        if (p / "run.json").is_file():
+            s = str(p.resolve())
+            if s not in found:
+                found.append(s)
+    return found
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the app shows: a run directory and a cohort (None = the run's own training cohort).
+
+    ``slide_dir`` only matters for thumbnails and patches (bags and predictions do not need it).
+    """
+
+    run_dir: str
+    table: str | None = None
+    bag_dir: str | None = None
+    slide_dir: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str | None, str | None]:
+        return (self.run_dir, self.table, self.bag_dir)
+
+    @property
+    def own_cohort(self) -> bool:
+        return self.table is None
+
+
+def resolve_run_dir(text: str) -> Path:
+    """A run directory from user text: a path, or a name under the runs root / the demo folder."""
+    raw = Path(str(text).strip()).expanduser()
+    tries = (
+        [raw] if raw.is_absolute() else [Path.cwd() / raw, REPO / raw, runs_root() / raw, demo_dir() / raw]
+    )
+    for p in tries:
+        if (p / "run.json").is_file():
+            return p.resolve()
+    for p in tries:
+        if p.is_dir():
+            raise CheckpointError(f"{p}: not a run directory (no run.json inside)")
+    raise CheckpointError(f"run directory {text!r} not found (looked in {', '.join(str(t) for t in tries)})")
+
+
+def run_table(run_dir: str) -> tuple[str | None, str | None]:
+    """The cohort table and bag folder recorded in run.json."""
+    data = run_info(run_dir).get("data", {}) or {}
+    return data.get("table"), data.get("bag_dir")
+
+
+def make_source(
+    run_dir: str, table: str | None = None, bag_dir: str | None = None, slide_dir: str | None = None
+) -> Source:
+    """Normalize a user's choice: the run's own table (and bag folder) becomes ``table=None``."""
+    run_dir = str(Path(run_dir).resolve())
+    own_table, own_bags = run_table(run_dir)
+    t = str(Path(table).expanduser().resolve()) if table else None
+    b = str(Path(bag_dir).expanduser().resolve()) if bag_dir else None
+    if t is not None and own_table and Path(own_table).resolve() == Path(t):
+        if b is None or (own_bags and Path(own_bags).resolve() == Path(b)):
+            t, b = None, None
+    if t is None:
+        b = None
+    if t is not None and not Path(t).is_file():
+        raise DataError(f"cohort table {table!r}: file not found")
+    if b is not None and not Path(b).is_dir():
+        raise DataError(f"bag folder {bag_dir!r}: folder not found")
+    if slide_dir is None:
+        base = Path(t) if t else (Path(own_table) if own_table else None)
+        if base is not None and (base.parent / "slides").is_dir():
+            slide_dir = str(base.parent / "slides")
+    return Source(run_dir, t, b, slide_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# the demo
+# --------------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def _demo_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+def demo_ready() -> bool:
+    """``deref.demo.demo_is_built`` without importing it (it pulls torch in): the same three files."""
+    out = demo_dir()
+    return (
+        (out / "run" / "run.json").exists()
+        and (out / "cohort" / "demo.json").exists()
+        and (out / "demo_summary.json").exists()
+    )
+
+
+def build_demo(progress: Callable[[str, int, int], None] | None = None) -> None:
+    """Build the default demo once per process (other sessions wait for the first)."""
+    from deref.demo import build_demo as _build
+    from deref.demo import demo_is_built
+
+    with _demo_lock():
+        if not demo_is_built(demo_dir()):
+            _build(demo_dir(), progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# resources: one per process
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    """A run's predictor with every fold model loaded, and the lock serializing its model calls."""
+
+    run_dir: str
+    predictor: Any
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def info(self) -> dict:
+        return self.predictor.run.info
+
+    @property
+    def config(self):
+        return self.predictor.config
+
+
+#: How many times a model was loaded in this process (the tests and the benchmark read it).
+MODEL_LOADS: dict[str, int] = {}
+#: Run directory -> the device its models were loaded on.
+MODEL_DEVICES: dict[str, str] = {}
+
+
+def _configure_torch_threads() -> None:
+    """Fewer intra-op threads than cores: the server answers one patient at a time per session,
+    and on a shared 2-core machine two spinning OpenMP threads made a 50 ms forward take 1–2 s
+    (measured: single-patient forwards 30–120 ms with 1 thread, 0.2–2 s with 2 under load)."""
+    import torch
+
+    n = os.environ.get(ENV_TORCH_THREADS)
+    threads = int(n) if n and n.isdigit() and int(n) > 0 else max(1, (os.cpu_count() or 2) // 2)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@st.cache_resource(show_spinner="Loading the model (once per process)…", max_entries=4)
+def loaded_run(run_dir: str) -> LoadedRun:
+    from deref.inference import Predictor
+
+    _configure_torch_threads()
+    pred = Predictor.from_run(run_dir, device="auto")
+    lr = LoadedRun(run_dir, pred)
+    with lr.lock:
+        for k in pred.run.fold_indices:
+            pred.fold(k)
+    MODEL_LOADS[run_dir] = MODEL_LOADS.get(run_dir, 0) + 1
+    MODEL_DEVICES[run_dir] = str(pred.device)
+    log.info("loaded run %s (%d folds) on %s", run_dir, len(pred.run.fold_indices), pred.device)
+    return lr
+
+
+@st.cache_resource(show_spinner="Reading the cohort…", max_entries=8)
+def cohort(run_dir: str, table: str | None, bag_dir: str | None):
+    """The Cohort the run reads: its own (paths in run.json) or the given table / bag folder.
+
+    Same resolution as ``Predictor.load_cohort`` (families JSON, else signatures; the run's time
+    and censorship columns), without importing the model code: the Cohort page needs no model.
+    """
+    from deref.data.cohort import load_cohort
+
+    data = run_info(run_dir).get("data", {}) or {}
+    table = table or data.get("table")
+    if not table:
+        raise CheckpointError(f"{run_dir}: run.json names no cohort table; pick one in the Load section")
+    kwargs = {}
+    families = data.get("families_json")
+    if families and Path(families).exists():
+        kwargs["families_json"] = families
+    elif data.get("signatures"):
+        kwargs["signatures"] = data["signatures"]
+    return load_cohort(
+        table,
+        bag_dir=bag_dir if bag_dir is not None else data.get("bag_dir"),
+        time_col=data.get("time_col", "survival_months"),
+        censorship_col=data.get("censorship_col", "censorship"),
+        **kwargs,
+    )
+
+
+_PREWARMED: set[str] = set()
+_PREWARM_LOCK = threading.Lock()
+
+
+def prewarm(source: Source) -> None:
+    """Load the run's models in a background thread (once per process), after the first page is
+    drawn, so that opening a patient does not wait for torch and the checkpoints."""
+    if os.environ.get(ENV_NO_PREWARM):
+        return
+    with _PREWARM_LOCK:
+        if source.run_dir in _PREWARMED:
+            return
+        _PREWARMED.add(source.run_dir)
+
+    def work() -> None:
+        try:
+            loaded_run(source.run_dir)
+        except Exception:  # noqa: BLE001 - the page that needs the model reports the error
+            log.warning("prewarming %s failed", source.run_dir, exc_info=True)
+
+    threading.Thread(target=work, name="deref-prewarm", daemon=True).start()
+
+
+# --------------------------------------------------------------------------------------------
+# data: copies per call
+# --------------------------------------------------------------------------------------------
+RUN_FORMAT = "deref-run/1"  # deref.runs.RUN_FORMAT (read here without importing torch)
+
+
+def _read_run_csv(run_dir: str, name: str) -> pd.DataFrame:
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found (was the run finished?)")
+    try:
+        return pd.read_csv(path, dtype={"case_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot be read as CSV ({exc})") from exc
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def run_info(run_dir: str) -> dict:
+    """run.json, checked like ``RunDir`` does (plain JSON: the Cohort page needs no torch)."""
+    import json
+
+    path = Path(run_dir) / "run.json"
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
+        fmt = info.get("format") if isinstance(info, dict) else None
+        raise CheckpointError(f"{path}: format {fmt!r}; expected {RUN_FORMAT!r}")
+    return info
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def train_risks(run_dir: str) -> pd.DataFrame | None:
+    path = Path(run_dir) / "train_risks.csv"
+    return _read_run_csv(run_dir, "train_risks.csv") if path.is_file() else None
+
+
+@st.cache_data(show_spinner="Checking the run against the cohort…", max_entries=16)
+def compatibility(run_dir: str, table: str | None, bag_dir: str | None) -> list[str]:
+    """Everything that keeps the run's models from reading this cohort (empty = fine)."""
+    from deref.data.bags import find_bag, peek_bag_shape
+
+    info = run_info(run_dir)
+    cfg = info.get("model", {})
+    data = info.get("data", {}) or {}
+    co = cohort(run_dir, table, bag_dir)
+    problems: list[str] = []
+    m1_cols = data.get("m1_columns") or []
+    if m1_cols:
+        flat = [c for g in m1_cols for c in g]
+        missing = [c for c in flat if c not in co.genomic.columns]
+        if missing:
+            problems.append(
+                f"gene list: the run was trained on {len(flat)} genomic columns; {len(missing)} are missing "
+                f"from {co.source.name} (e.g. {', '.join(missing[:4])})"
+            )
+    sizes = cfg.get("m1_sizes")
+    if cfg.get("model_type") != "snn" and sizes and co.families and len(co.families) != len(sizes):
+        problems.append(
+            f"gene families: the cohort maps {len(co.families)} families; the model expects {len(sizes)} "
+            f"({', '.join(cfg.get('m1_names', []))})"
+        )
+    if cfg.get("model_type") not in ("snn", "snn_transformer"):
+        if co.bag_dir is None:
+            problems.append("WSI bags: this model needs a bag folder; none was given")
+        else:
+            wsi_dim = cfg.get("wsi_dim")
+            for slides in co.slides.values():
+                if not slides:
+                    continue
+                try:
+                    n, d = peek_bag_shape(find_bag(slides[0], co.bag_dir))
+                except DataError as exc:
+                    problems.append(f"WSI bags: {exc}")
+                    break
+                if wsi_dim is not None and d != wsi_dim:
+                    problems.append(
+                        f"feature dimension: bag of slide {slides[0]} has D = {d}; the model expects wsi_dim = {wsi_dim}"
+                    )
+                break
+            no_wsi = int((~co.modalities["wsi"]).sum()) if "wsi" in co.modalities else 0
+            if no_wsi == len(co.patients):
+                problems.append(f"WSI bags: no patient has a bag file in {co.bag_dir}")
+    n_bins = cfg.get("n_bins")
+    folds = info.get("folds") or []
+    if folds and n_bins and folds[0].get("bin_edges") and len(folds[0]["bin_edges"]) != n_bins + 1:
+        problems.append(
+            f"bin count: run.json has {len(folds[0]['bin_edges']) - 1} time bins; the model config says n_bins = {n_bins}"
+        )
+    return problems
+
+
+@st.cache_data(show_spinner="Predicting the cohort…", max_entries=16)
+def predictions(run_dir: str, table: str | None, bag_dir: str | None) -> pd.DataFrame:
+    """Out-of-fold predictions: predictions.csv for the run's own cohort, else predicted now.
+
+    Patients of another table that were in one of the run's validation folds keep that fold's
+    model; everyone else gets the mean over the fold models (``fold = -1``).
+    """
+    if table is None:
+        df = _read_run_csv(run_dir, "predictions.csv")
+    else:
+        problems = compatibility(run_dir, table, bag_dir)
+        if problems:
+            raise ConfigError("the run does not fit this cohort:\n  " + "\n  ".join(problems))
+        lr = loaded_run(run_dir)
+        co = cohort(run_dir, table, bag_dir)
+        with lr.lock:
+            df = lr.predictor.predict(co, fold="oof")
+    df["case_id"] = df["case_id"].astype(str)
+    return df
+
+
+def _cutoff_train_risks(run_dir: str, pred: pd.DataFrame) -> pd.DataFrame | None:
+    tr = train_risks(run_dir)
+    if tr is None:
+        return None
+    if (pred["fold"] == -1).any():
+        # patients scored by the mean of the fold models: cut at the pooled training risks
+        tr = pd.concat([tr, tr.assign(fold=-1)], ignore_index=True)
+    return tr
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cutoffs(run_dir: str, table: str | None, bag_dir: str | None, rule: str, cutoffs_from: str = "training"):
+    """Cutoffs of a rule (``median``, ``tertiles``, ``quantiles:...``, ``thresholds:...``)."""
+    from deref.stratify import compute_cutoffs
+
+    pred = predictions(run_dir, table, bag_dir)
+    tr = _cutoff_train_risks(run_dir, pred) if cutoffs_from == "training" else None
+    return compute_cutoffs(rule, train_risks=tr, pred_df=pred, cutoffs_from=cutoffs_from)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def risk_groups(
+    run_dir: str, table: str | None, bag_dir: str | None, rule: str, cutoffs_from: str = "training"
+) -> pd.Series:
+    """Risk group of each patient (indexed by case_id, ordered categorical low -> high)."""
+    from deref.stratify import assign_groups
+
+    pred = predictions(run_dir, table, bag_dir)
+    g = assign_groups(pred, cutoffs(run_dir, table, bag_dir, rule, cutoffs_from))
+    g.index = pred["case_id"].to_numpy()
+    return g
+
+
+@st.cache_data(show_spinner="Kaplan–Meier, log-rank and Cox fits…", max_entries=64)
+def stratification(
+    run_dir: str, table: str | None, bag_dir: str | None, rule: str, cutoffs_from: str = "training"
+):
+    from deref.stratify import assign_groups, stratify
+
+    pred = predictions(run_dir, table, bag_dir)
+    cut = cutoffs(run_dir, table, bag_dir, rule, cutoffs_from)
+    return stratify(pred, assign_groups(pred, cut), cutoffs=cut, time_unit=time_unit(run_dir))
+
+
+def time_unit(run_dir: str) -> str:
+    data = run_info(run_dir).get("data", {}) or {}
+    col = str(data.get("time_col", "survival_months"))
+    return (
+        "months"
+        if "month" in col
+        else ("days" if "day" in col else ("years" if "year" in col else "time units"))
+    )
+
+
+def cohort_name(source: Source) -> str:
+    table = source.table or run_table(source.run_dir)[0]
+    if not table:
+        return "cohort"
+    p = Path(table)
+    if p.stem.lower() in ("cohort", "table", "clinical", "data") and p.parent.name:
+        # a generic file name: name the cohort by its folders (".../small-40/cohort/cohort.csv")
+        return f"{p.parent.parent.name}/{p.parent.name}" if p.parent.parent.name else p.parent.name
+    return p.stem
+
+
+def run_name(run_dir: str) -> str:
+    return str(run_info(run_dir).get("name") or Path(run_dir).name)
+
+
+def percentile(values: np.ndarray, cohort_risks: np.ndarray) -> np.ndarray:
+    """Whole-number percentile of each value in the cohort: the share of the cohort at or below it
+    (rounded half up, so every page shows the same number)."""
+    finite = np.sort(cohort_risks[np.isfinite(cohort_risks)])
+    v = np.atleast_1d(np.asarray(values, dtype=float))
+    if finite.size == 0:
+        return np.full(v.shape, np.nan)
+    share = np.searchsorted(finite, v, side="right") / finite.size * 100
+    return np.where(np.isfinite(v), np.floor(share + 0.5), np.nan)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cohort_table(run_dir: str, table: str | None, bag_dir: str | None) -> pd.DataFrame:
+    """One row per patient: survival, prediction, percentile, fold, modalities, clinical columns."""
+    co = cohort(run_dir, table, bag_dir)
+    pred = predictions(run_dir, table, bag_dir).set_index("case_id")
+    pts = co.patients.copy()
+    pts.index = pts.index.astype(str)
+    out = pd.DataFrame(index=pts.index)
+    out.index.name = "case_id"
+    out["time"] = pts["time"]
+    out["event"] = pts["event"].astype(int)
+    out["risk"] = pred["risk"].reindex(out.index)
+    out["risk_std"] = pred["risk_std"].reindex(out.index) if "risk_std" in pred else np.nan
+    out["percentile"] = percentile(out["risk"].to_numpy(float), out["risk"].to_numpy(float))
+    out["fold"] = pred["fold"].reindex(out.index)
+    mods = co.modalities.copy()
+    mods.index = mods.index.astype(str)
+    present = []
+    for case in out.index:
+        m = []
+        if "genomic" in mods and bool(mods.at[case, "genomic"]):
+            m.append("genomic")
+        if "wsi" in mods and bool(mods.at[case, "wsi"]):
+            m.append(f"WSI×{int(mods.at[case, 'n_bags'])}" if "n_bags" in mods else "WSI")
+        present.append(", ".join(m) or "none")
+    out["modalities"] = present
+    out["n_slides"] = pts["n_slides"].astype(int)
+    clinical = [c for c in pts.columns if c not in ("time", "censorship", "event", "n_slides")]
+    for c in clinical:
+        out[c] = pts[c]
+    return out
+
+
+@st.cache_data(show_spinner="Computing per-fold metrics (Harrell, Uno, td-AUC, IBS)…", max_entries=16)
+def metrics_report(run_dir: str, table: str | None, bag_dir: str | None):
+    """``(MetricsReport, note)``: IPCW weights from each fold's training patients when the run's
+    own cohort is shown (else, or when those patients have no outcome here, the pooled cohort)."""
+    from deref.metrics import bin_edges_from_run, evaluate_predictions
+
+    pred = predictions(run_dir, table, bag_dir).dropna(subset=["risk"])
+    edges = bin_edges_from_run(run_info(run_dir))
+    tr = train_risks(run_dir) if table is None else None
+    if tr is not None:
+        try:
+            return evaluate_predictions(
+                pred, tr, edges
+            ), "censoring weights from each fold's training patients"
+        except DataError as exc:
+            note = f"censoring weights from the pooled cohort ({exc})"
+            return evaluate_predictions(pred, None, edges), note
+    return evaluate_predictions(pred, None, edges), "censoring weights from the pooled cohort"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def calibration(
+    run_dir: str, table: str | None, bag_dir: str | None, t: float, n_groups: int = 4
+) -> pd.DataFrame:
+    """Predicted vs observed (Kaplan–Meier) survival at time ``t`` in quantile groups of S(t).
+
+    Predicted S(t) per patient: the library's ``survival_at_times`` on its fold's bins; the
+    observed survival per group: the library's stratification (Kaplan–Meier) of those groups.
+    """
+    from deref.metrics import bin_edges_from_run, survival_at_times, survival_columns
+    from deref.stratify import assign_groups, cohort_cutoffs, stratify
+
+    pred = predictions(run_dir, table, bag_dir)
+    cols = survival_columns(pred)
+    edges = bin_edges_from_run(run_info(run_dir))
+    first = next(iter(edges.values()))
+    per_row = np.stack([np.asarray(edges.get(int(f), first), dtype=float) for f in pred["fold"]])
+    s_t = np.asarray(survival_at_times(pred[cols].to_numpy(float), per_row, [t])).reshape(-1)
+    frame = pred[["case_id", "fold", "time", "censorship", "event"]].assign(risk=-s_t)
+    cut = cohort_cutoffs(
+        frame, f"quantiles:{','.join(f'{q:.6g}' for q in np.arange(1, n_groups) / n_groups)}"
+    )
+    groups = assign_groups(frame, cut)
+    res = stratify(frame, groups, cutoffs=cut)
+    rows = []
+    for g in res.groups:
+        sel = (groups == g.name).to_numpy()
+        obs = float(g.survival_at([t])[0])
+        band = g.km[g.km["time"] <= t].iloc[-1]
+        rows.append(
+            {"group": g.name, "n": g.n, "events": g.events, "predicted": float(s_t[sel].mean()),
+             "observed": obs, "observed_lower": float(band["ci_lower"]), "observed_upper": float(band["ci_upper"])}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# one patient
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PatientView:
+    """One patient's model output, as plain arrays (picklable for st.cache_data)."""
+
+    case_id: str
+    fold: int
+    drop: str | None
+    risk: float
+    risk_std: float
+    hazards: np.ndarray  # (K,)
+    survival: np.ndarray  # (K,)
+    segments: tuple[int, ...]
+    risk_per_s: np.ndarray | None  # (S,)
+    survival_per_s: np.ndarray | None  # (S, K)
+    features: np.ndarray | None  # (F, C2)
+    feature_names: tuple[str, ...]
+    gate: np.ndarray | None  # (N,)
+    wsi_attention: np.ndarray | None  # (2, N_patches)
+    coords: np.ndarray | None  # (N_patches, 2)
+    slide_index: np.ndarray | None
+    slide_ids: list[str]
+    patch_attrs: list[dict]  # per slide: patch_size, patch_level, downsample...
+    bin_edges: list[float]
+
+
+def _fold_of(lr: LoadedRun, case_id: str, fold: int | None) -> int:
+    if fold is not None:
+        return int(fold)
+    return lr.predictor.validation_folds().get(case_id, lr.predictor.run.fold_indices[0])
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def patient_view(
+    run_dir: str,
+    table: str | None,
+    bag_dir: str | None,
+    case_id: str,
+    drop: str | None = None,
+    fold: int | None = None,
+) -> PatientView:
+    """``predict_patient`` for one patient (and one "what if"), plus survival per segment count.
+
+    The band: the model's survival curve for each reorganization segment count
+    (``SurvivalOutput.survival_per_s``); the page draws their min and max.
+    """
+    from deref.metrics import bin_edges_from_run
+
+    problems = compatibility(run_dir, table, bag_dir)
+    if problems:
+        raise ConfigError("the run does not fit this cohort:\n  " + "\n  ".join(problems))
+    lr = loaded_run(run_dir)
+    co = cohort(run_dir, table, bag_dir)
+    if case_id not in co.patients.index:
+        raise DataError(f"patient {case_id!r} is not in the cohort {co.source.name}")
+    k = _fold_of(lr, case_id, fold)
+    with lr.lock:
+        out, inputs = lr.predictor.predict_patient(co, case_id, fold=k, drop=drop, return_attention=True)
+    surv_s = None
+    if out.survival_per_s is not None and len(out.segments) > 1:
+        surv_s = out.survival_per_s[0].numpy()  # (S, K): one survival curve per segment count
+    bag = inputs.bags[0] if inputs.bags else None
+    attrs: list[dict] = []
+    slide_ids: list[str] = []
+    if bag is not None:
+        slide_ids = list(bag.slide_ids or co.slides.get(case_id, []))
+        per = bag.attrs.get("per_slide") or [bag.attrs]
+        attrs = [{k2: v for k2, v in a.items() if isinstance(v, (int, float, str))} for a in per]
+    edges = bin_edges_from_run(run_info(run_dir)).get(k) or []
+
+    def arr(x, squeeze=True):
+        if x is None:
+            return None
+        a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        return a[0] if squeeze else a
+
+    return PatientView(
+        case_id=case_id,
+        fold=k,
+        drop=drop,
+        risk=float(out.risk[0]),
+        risk_std=float(out.risk_std[0]) if out.risk_std is not None else 0.0,
+        hazards=arr(out.hazards),
+        survival=arr(out.survival),
+        segments=tuple(int(s) for s in out.segments),
+        risk_per_s=arr(out.risk_per_s),
+        survival_per_s=surv_s,
+        features=arr(out.features),
+        feature_names=tuple(out.feature_names),
+        gate=arr(out.gate),
+        wsi_attention=arr(out.wsi_attention) if drop != "wsi" else None,
+        coords=None if bag is None or bag.coords is None or drop == "wsi" else np.asarray(bag.coords),
+        slide_index=None if bag is None or bag.slide_index is None else np.asarray(bag.slide_index),
+        slide_ids=slide_ids,
+        patch_attrs=attrs,
+        bin_edges=[float(e) if e is not None else float("inf") for e in edges],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# explanations (deref.explain.attribution / deref.explain.cohort, when installed)
+# --------------------------------------------------------------------------------------------
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+ATTRIBUTION_MODULE = "deref.explain.attribution"
+COHORT_EXPLAIN_MODULE = "deref.explain.cohort"
+
+
+@dataclass
+class AttributionView:
+    """``explain_patient``'s result as plain arrays (see ``deref.explain.attribution``)."""
+
+    method: str
+    fold: int
+    patch_scores: dict[str, np.ndarray]  # target -> (N,), bag order (all slides)
+    family_scores: dict[str, np.ndarray]  # target -> (G,)
+    family_names: list[str]
+    cls_attention: np.ndarray | None  # (2, N)
+    convergence_delta: dict[str, float] | None  # IG only
+    target_values: dict[str, float]
+    baseline: str
+    from_cache: bool
+
+
+@st.cache_data(show_spinner="Computing attributions…", max_entries=128)
+def patient_attribution(
+    run_dir: str, table: str | None, bag_dir: str | None, case_id: str, method: str = "grad",
+    fold: int | None = None, slide_dir: str | None = None,
+) -> AttributionView:  # fmt: skip
+    """Attributions of the risk and of each decoupled feature (read from / written to the run's
+    explanation cache by the library)."""
+    mod = importlib.import_module(ATTRIBUTION_MODULE)
+    lr = loaded_run(run_dir)
+    co = cohort(run_dir, table, bag_dir)
+    with lr.lock:
+        res = mod.explain_patient(lr.predictor, co, case_id, method=method, fold=fold, slide_dir=slide_dir)
+    return AttributionView(
+        method=res.method,
+        fold=int(res.fold),
+        patch_scores={str(k): np.asarray(v, dtype=float).reshape(-1) for k, v in res.patch_scores.items()},
+        family_scores={str(k): np.asarray(v, dtype=float).reshape(-1) for k, v in res.family_scores.items()},
+        family_names=[str(n) for n in res.family_names],
+        cls_attention=None if res.cls_attention is None else np.asarray(res.cls_attention),
+        convergence_delta=None
+        if res.convergence_delta is None
+        else {str(k): float(v) for k, v in res.convergence_delta.items()},
+        target_values={str(k): float(v) for k, v in (res.target_values or {}).items()},
+        baseline=str(res.baseline),
+        from_cache=bool(res.from_cache),
+    )
+
+
+@dataclass
+class CohortFeatures:
+    case_ids: list[str]
+    features: np.ndarray  # (n, F, C2)
+    gates: np.ndarray  # (n, N)
+    risks: np.ndarray  # (n,)
+    folds: np.ndarray  # (n,) fold model of each row
+    feature_names: tuple[str, ...]
+
+
+@st.cache_data(show_spinner="Decoupled features of every patient…", max_entries=16)
+def cohort_features(
+    run_dir: str, table: str | None, bag_dir: str | None, fold: int | str = "oof"
+) -> CohortFeatures:
+    """Every patient's decoupled features and gates: held-out (``"oof"``) or all by fold ``k``."""
+    mod = importlib.import_module(COHORT_EXPLAIN_MODULE)
+    lr = loaded_run(run_dir)
+    co = cohort(run_dir, table, bag_dir)
+    with lr.lock:
+        d = mod.decoupled_features(lr.predictor, co, fold=fold)
+    return CohortFeatures([str(c) for c in d.case_ids], np.asarray(d.features), np.asarray(d.gates),
+                          np.asarray(d.risks).reshape(-1), np.asarray(d.folds), tuple(d.feature_names))  # fmt: skip
+
+
+@st.cache_data(show_spinner="t-SNE of the decoupled features…", max_entries=16)
+def tsne(run_dir: str, table: str | None, bag_dir: str | None, fold: int) -> pd.DataFrame:
+    """``x, y, feature, case_id`` of the patients fold model ``fold`` held out: one model's
+    feature space, held-out patients only (a subset of the cohort's held-out features)."""
+    mod = importlib.import_module(COHORT_EXPLAIN_MODULE)
+    cf = cohort_features(run_dir, table, bag_dir, "oof")
+    sel = np.flatnonzero(cf.folds == int(fold))
+    if sel.size < 2:
+        raise DataError(
+            f"fold {fold} holds out {sel.size} patient(s) of this cohort; a t-SNE needs at least 2"
+        )
+    return mod.tsne_embedding(
+        cf.features[sel], case_ids=[cf.case_ids[i] for i in sel], feature_names=cf.feature_names
+    )
+
+
+@st.cache_data(show_spinner="CKA between the decoupled features…", max_entries=16)
+def cka(run_dir: str, table: str | None, bag_dir: str | None) -> np.ndarray:
+    """(F, F) linear CKA over the held-out features, within each fold model, averaged."""
+    mod = importlib.import_module(COHORT_EXPLAIN_MODULE)
+    cf = cohort_features(run_dir, table, bag_dir, "oof")
+    return np.asarray(mod.cka_matrix(cf.features, groups=cf.folds))
+
+
+def expert_names(n_experts: int, names: tuple[str, ...]) -> list[str]:
+    """Labels of the MoE experts: with DeReF's per-feature gate, expert i is scored by feature i."""
+    if names and n_experts % len(names) == 0:
+        per = n_experts // len(names)
+        return [names[i // per] + (f" #{i % per + 1}" if per > 1 else "") for i in range(n_experts)]
+    return [f"expert {i + 1}" for i in range(n_experts)]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def gate_summary(run_dir: str, table: str | None, bag_dir: str | None, rule: str) -> pd.DataFrame:
+    """Mean held-out gate weight per expert, overall and by risk group (``group, expert, mean, std, sem, n``)."""
+    mod = importlib.import_module(COHORT_EXPLAIN_MODULE)
+    cf = cohort_features(run_dir, table, bag_dir, "oof")
+    groups = (
+        risk_groups(run_dir, table, bag_dir, rule).reindex(cf.case_ids).astype(object).fillna("not predicted")
+    )
+    return mod.gate_summary(cf.gates, groups.to_numpy(), expert_names(cf.gates.shape[1], cf.feature_names))
+
+
+# --------------------------------------------------------------------------------------------
+# slides
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Thumbnail:
+    image: np.ndarray | None  # (H, W, 3) uint8
+    level0_dims: tuple[int, int] | None
+    error: str | None
+
+
+def slide_path(source: Source, slide_id: str) -> Path | None:
+    if not source.slide_dir:
+        return None
+    return Path(source.slide_dir) / slide_id
+
+
+@st.cache_data(show_spinner="Reading the slide thumbnail…", max_entries=64)
+def thumbnail(path: str | None, max_size: int = 1536) -> Thumbnail:
+    """The slide's thumbnail through OpenSlide, or the reason it could not be read."""
+    from deref.explain.heatmap import read_thumbnail
+
+    if path is None:
+        return Thumbnail(None, None, "no slide folder is set for this cohort (Load section)")
+    try:
+        img, dims = read_thumbnail(path, max_size)
+    except DataError as exc:
+        return Thumbnail(None, None, str(exc))
+    return Thumbnail(np.asarray(img), dims, None)
+
+
+@st.cache_data(show_spinner="Reading patches at full resolution…", max_entries=64)
+def top_patches(
+    path: str | None, scores: np.ndarray, coords: np.ndarray, k: int, patch_size: int, patch_level: int
+):
+    """Top-k patches (PatchView list) read at full resolution; images None without a slide."""
+    from deref.explain.patches import top_k_patches
+
+    return top_k_patches(scores, coords, k, patch_size, patch_level, path)
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+def figure_meta(source: Source, rule_text: str) -> dict[str, str]:
+    from deref.figures import figure_meta as _meta
+
+    info = run_info(source.run_dir)
+    return _meta(
+        run=run_name(source.run_dir),
+        cohort=cohort_name(source),
+        cutoff=rule_text,
+        run_created=info.get("created"),
+    )
+
+
+@st.cache_data(show_spinner="Rendering the figure…", max_entries=64)
+def km_export(
+    run_dir: str,
+    table: str | None,
+    bag_dir: str | None,
+    rule: str,
+    cutoffs_from: str,
+    fmt: str,
+    what: str = "km",
+) -> bytes:
+    """KM figure (``what="km"``) or risk box plot (``"box"``) as PNG (300 dpi) / SVG / PDF bytes,
+    or the numbers behind it (``fmt="csv"``), with run / cohort / rule / date recorded."""
+    from deref.figures import (
+        export_figure,
+        km_figure_matplotlib,
+        risk_boxplot_matplotlib,
+        stratification_table,
+    )
+
+    res = stratification(run_dir, table, bag_dir, rule, cutoffs_from)
+    if fmt == "csv":
+        return stratification_table(res).to_csv(index=False).encode()
+    src = Source(run_dir, table, bag_dir)
+    cut = cutoffs(run_dir, table, bag_dir, rule, cutoffs_from)
+    meta = figure_meta(src, cut.describe())
+    title = f"{meta['run']}: {cut.rule.name} split"
+    if what == "box":
+        fig = risk_boxplot_matplotlib(res, title=f"{title}: risk groups", meta=meta)
+        file_meta = {**meta, "title": f"Box plot, {title}"}
+    else:
+        fig = km_figure_matplotlib(res, title=title, meta=meta)
+        file_meta = {**meta, "title": f"Kaplan–Meier, {title}"}
+    return export_figure(fig, fmt, file_meta)
+
+
+def export_file_name(source: Source, rule: str, fmt: str, what: str = "km") -> str:
+    from deref.stratify import CutoffRule
+
+    slug = CutoffRule.parse(rule).slug
+    stem = f"{run_name(source.run_dir)}_{what}_{slug}".replace("/", "_").replace(" ", "_")
+    return f"{stem}.{fmt}"
+
+
+def clear_all() -> None:
+    """Drop every cached value and resource (the sidebar's "reload" button)."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def device_name() -> str:
+    """Where the models run: ``cuda`` (with the GPU's name), ``mps`` or ``cpu``."""
+    from deref.inference import resolve_device
+
+    dev = resolve_device("auto")
+    if dev.type == "cuda":
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return dev.type
+
+
+def model_status() -> str:
+    """One line for the sidebar, without importing torch: devices of the loaded models."""
+    if not MODEL_LOADS:
+        return "no model loaded yet"
+    devices = sorted(set(MODEL_DEVICES.values()))
+    return f"models on **{', '.join(devices)}** · model loads in this server: {sum(MODEL_LOADS.values())}"
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def feature_names(run_dir: str) -> tuple[str, ...]:
+    from deref.runs import RunDir
+
+    return tuple(RunDir(run_dir).config.feature_names)
+
+
+def overlay_image(
+    scores: np.ndarray,
+    coords: np.ndarray,
+    patch_attrs: dict,
+    thumb: Thumbnail,
+    *,
+    opacity: float,
+    cmap: str,
+    normalization: str,
+    clip: tuple[float, float],
+    threshold: float | None,
+    smooth_sigma: float,
+    canvas: int = 1280,
+):
+    """The heatmap of the Attention page's fragment: ``render_heatmap`` over the thumbnail (or a
+    blank canvas), as a (H, W, 3) uint8 array and the HeatmapResult (colour scale, patch boxes).
+    Never hands a level-0 image to the browser: the canvas is the thumbnail (at most ``canvas`` px)."""
+    from deref.explain.heatmap import render_heatmap
+
+    size = int(patch_attrs.get("patch_size", 256))
+    level = int(patch_attrs.get("patch_level", 0))
+    down = patch_attrs.get("downsample")
+    kwargs: dict[str, Any] = {}
+    if level > 0 or (down is not None and float(down) != 1.0):
+        kwargs = {"patch_level": level, "downsample": float(down) if down is not None else 2.0**level}
+    res = render_heatmap(
+        scores, coords, size, thumb.level0_dims, thumb.image, thumbnail_size=canvas, normalization=normalization,
+        clip=clip, threshold=threshold, cmap=cmap, opacity=opacity, smooth_sigma=smooth_sigma, **kwargs,
+    )  # fmt: skip
+    return res.rgba[..., :3], res

@@ -1,0 +1,318 @@
+"""Shared widgets: the sidebar's Load section (run and cohort pickers), the patient picker, and
+messages that turn errors into clear text on the page instead of a traceback."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from app import backend
+from app.backend import Source
+from deref.errors import DeRefError
+
+log = logging.getLogger("deref.app")
+
+# session_state keys shared by every page (widget state is mirrored here, so it survives a
+# page switch: Streamlit forgets the state of widgets a page does not draw)
+K_SOURCE = "source"  # backend.Source in use
+K_PATIENT = "patient"  # selected case_id
+K_COMPARE = "compare_patient"
+K_RULE = "rule"  # cutoff rule spec, e.g. "median"
+K_LOAD_ERROR = "load_error"
+K_QP_DONE = "query_params_applied"
+K_QP_PATIENT = "query_patient_applied"
+
+RULES = {
+    "median": "Median (2 groups)",
+    "tertiles": "Tertiles (3 groups)",
+    "quartiles": "Quartiles (4 groups)",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------------
+def explain_error(exc: BaseException) -> str:
+    """One readable message for an exception (library errors already say what and where)."""
+    if isinstance(exc, DeRefError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"file not found: {exc.filename or exc}"
+    if isinstance(exc, (ValueError, KeyError, OSError)):
+        return f"{type(exc).__name__}: {exc}"
+    return f"unexpected {type(exc).__name__}: {exc} (details in the server log)"
+
+
+@contextmanager
+def guard(what: str, *, warn: bool = False) -> Iterator[None]:
+    """Show an exception raised inside the block as ``st.error`` (or ``st.warning``) and go on.
+
+    Streamlit's own control flow (``st.stop``, ``st.rerun``, ``st.switch_page``) derives from
+    BaseException and passes through.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - the page must keep working whatever happens
+        if not isinstance(exc, (DeRefError, ValueError, KeyError, OSError)):
+            log.exception("%s failed", what)
+        (st.warning if warn else st.error)(f"**{what}:** {explain_error(exc)}")
+
+
+# --------------------------------------------------------------------------------------------
+# the source (run + cohort)
+# --------------------------------------------------------------------------------------------
+def default_source() -> Source | None:
+    """From the environment (DEREF_RUN / DEREF_TABLE / DEREF_BAG_DIR) or the demo; None while
+    the demo is not built."""
+    env_run = os.environ.get(backend.ENV_RUN)
+    if env_run:
+        return backend.make_source(
+            str(backend.resolve_run_dir(env_run)),
+            os.environ.get(backend.ENV_TABLE) or None,
+            os.environ.get(backend.ENV_BAG_DIR) or None,
+            os.environ.get(backend.ENV_SLIDE_DIR) or None,
+        )
+    if not backend.demo_ready():
+        return None
+    return backend.make_source(
+        str(backend.demo_dir() / "run"), slide_dir=os.environ.get(backend.ENV_SLIDE_DIR) or None
+    )
+
+
+def build_demo_with_progress() -> None:
+    """Build the default demo (first start on a fresh machine), showing its progress."""
+    with st.status(
+        f"Building the demo cohort and run in {backend.demo_dir()} (first start only, a few minutes)…",
+        expanded=True,
+    ) as status:
+        bar = st.progress(0.0, text="starting")
+
+        def progress(stage: str, done: int, total: int) -> None:
+            frac = min(max(done / total, 0.0), 1.0) if total else 0.0
+            bar.progress(frac, text=f"{stage}: {done}/{total}")
+
+        backend.build_demo(progress)
+        status.update(label="Demo built", state="complete", expanded=False)
+
+
+def apply_query_params() -> bool:
+    """``?run=…`` picks the run (once per session; a bad one is an error, the rest keeps
+    working); ``?patient=…`` picks the patient. True when a new patient link arrived."""
+    qp = st.query_params
+    run = qp.get("run")
+    if run and st.session_state.get(K_QP_DONE) != run:
+        st.session_state[K_QP_DONE] = run
+        try:
+            st.session_state[K_SOURCE] = backend.make_source(str(backend.resolve_run_dir(run)))
+            st.session_state.pop(K_LOAD_ERROR, None)
+        except Exception as exc:  # noqa: BLE001
+            st.session_state[K_LOAD_ERROR] = f"run {run!r} from the link: {explain_error(exc)}"
+    patient = qp.get("patient")
+    if patient and st.session_state.get(K_QP_PATIENT) != patient:
+        # a new deep link (or a page switch carrying ?patient=): it wins over the old choice
+        st.session_state[K_QP_PATIENT] = patient
+        st.session_state[K_PATIENT] = str(patient)
+        return True
+    return False
+
+
+def current_source() -> Source | None:
+    src = st.session_state.get(K_SOURCE)
+    if src is None:
+        try:
+            src = default_source()
+        except Exception as exc:  # noqa: BLE001
+            st.session_state[K_LOAD_ERROR] = f"default run: {explain_error(exc)}"
+            return None
+        if src is not None:
+            st.session_state[K_SOURCE] = src
+    return src
+
+
+def sidebar_load(source: Source | None) -> None:
+    """The Load section: pick a run directory and a cohort, with clear errors."""
+    with st.sidebar:
+        if source is not None:
+            st.caption(
+                f"**Run:** {backend.run_name(source.run_dir)}  \n**Cohort:** {backend.cohort_name(source)}"
+            )
+        with st.expander("Load a run / cohort", expanded=source is None):
+            known = backend.discover_runs()
+            with st.form("load_form", border=False):
+                options = known + ["other…"]
+                current = source.run_dir if source is not None and source.run_dir in known else None
+                choice = st.selectbox(
+                    "Run directory", options, index=options.index(current) if current else 0, key="load_run",
+                    help="any folder `deref train` or `deref demo` wrote (it holds run.json)",
+                )  # fmt: skip
+                other = st.text_input(
+                    "…or a path", value="", placeholder="runs/blca-deref", key="load_run_path"
+                )
+                own = st.checkbox(
+                    "Use the run's own cohort (from run.json)",
+                    value=source is None or source.own_cohort,
+                    key="load_own",
+                )
+                table = st.text_input(
+                    "Cohort table (MCAT CSV)", value=(source.table or "") if source else "", key="load_table"
+                )
+                bags = st.text_input(
+                    "Bag folder (.h5 / .pt)", value=(source.bag_dir or "") if source else "", key="load_bags"
+                )
+                slides = st.text_input(
+                    "Slide folder (for thumbnails)", value=(source.slide_dir or "") if source else "", key="load_slides",
+                    help="optional: without it the attention is drawn on a blank canvas",
+                )  # fmt: skip
+                submitted = st.form_submit_button("Load", type="primary", key="load_submit")
+            if submitted:
+                try:
+                    run_text = other.strip() or (choice if choice != "other…" else "")
+                    if not run_text:
+                        raise ValueError("choose a run directory or type its path")
+                    run_dir = str(backend.resolve_run_dir(run_text))
+                    new = backend.make_source(
+                        run_dir, None if own else (table.strip() or None), None if own else (bags.strip() or None),
+                        slides.strip() or None,
+                    )  # fmt: skip
+                    if not own and not table.strip():
+                        raise ValueError("give a cohort table, or tick “use the run's own cohort”")
+                    problems = backend.compatibility(*new.key)
+                    if problems:
+                        raise ValueError("the run does not fit this cohort: " + "; ".join(problems))
+                    st.session_state[K_SOURCE] = new
+                    st.session_state.pop(K_LOAD_ERROR, None)
+                    st.session_state.pop(K_PATIENT, None)
+                    st.query_params.pop("patient", None)
+                    st.query_params["run"] = new.run_dir
+                    st.session_state[K_QP_DONE] = new.run_dir
+                    st.rerun()
+                except Exception as exc:  # noqa: BLE001
+                    st.session_state[K_LOAD_ERROR] = explain_error(exc)
+            if st.button("Clear caches and reload", help="re-read runs and cohorts from disk"):
+                backend.clear_all()
+                st.rerun()
+        err = st.session_state.get(K_LOAD_ERROR)
+        if err:
+            st.error(f"**Load:** {err}")
+
+
+def require_source() -> Source:
+    """The source in use, or stop the page with a message saying what to do."""
+    src = st.session_state.get(K_SOURCE)
+    if src is None:
+        st.info("No run is loaded. Pick a run directory in the sidebar's **Load** section.")
+        st.stop()
+    problems = []
+    try:
+        problems = backend.compatibility(*src.key)
+    except Exception as exc:  # noqa: BLE001
+        st.error(f"**Cohort:** {explain_error(exc)}")
+        st.stop()
+    if problems:
+        st.error("**The run does not fit this cohort:**\n\n" + "\n".join(f"- {p}" for p in problems))
+        st.stop()
+    return src
+
+
+# --------------------------------------------------------------------------------------------
+# patients
+# --------------------------------------------------------------------------------------------
+def _mirror(key: str, state_key: str) -> None:
+    st.session_state[state_key] = st.session_state.get(key)
+    if state_key == K_PATIENT:
+        _set_patient_param(st.session_state[state_key])
+
+
+def _set_patient_param(case_id: str | None) -> None:
+    st.session_state[K_QP_PATIENT] = case_id
+    if case_id is None:
+        st.query_params.pop("patient", None)
+    elif st.query_params.get("patient") != case_id:
+        st.query_params["patient"] = case_id
+
+
+def patient_picker(source: Source, *, label: str = "Patient", key: str = "patient_select", state_key: str = K_PATIENT,
+                   allow_none: bool = False) -> str | None:  # fmt: skip
+    """A searchable patient selector (type to filter) mirrored into ``session_state[state_key]``.
+
+    An unknown patient (from a deep link) is reported and the highest-risk patient is shown.
+    """
+    table = backend.cohort_table(*source.key)
+    ids = list(table.index)
+    wanted = st.session_state.get(state_key)
+    if wanted is not None and wanted not in ids:
+        st.warning(
+            f"Patient **{wanted}** is not in the cohort {backend.cohort_name(source)}; "
+            "showing the highest-risk patient instead. Pick another one below."
+        )
+        wanted = None
+        if state_key == K_PATIENT:
+            _set_patient_param(None)
+    if wanted is None and not allow_none and ids:
+        risks = table["risk"].to_numpy(float)
+        wanted = ids[int(np.nanargmax(risks))] if np.isfinite(risks).any() else ids[0]
+    st.session_state[state_key] = wanted
+    # the widget follows the mirrored value (set by a deep link, a table click or another page)
+    if st.session_state.get(key, "__unset__") != wanted:
+        st.session_state[key] = wanted
+    options = ([None] if allow_none else []) + ids
+
+    def fmt(c: str | None) -> str:
+        if c is None:
+            return "—"
+        row = table.loc[c]
+        return f"{c}  ·  risk {row['risk']:.3f} ({row['percentile']:.0f}th pct)"
+
+    choice = st.selectbox(label, options, key=key, format_func=fmt, help="type to search by case id",
+                          on_change=_mirror, args=(key, state_key))  # fmt: skip
+    if state_key == K_PATIENT and choice is not None and st.query_params.get("patient") != choice:
+        _set_patient_param(choice)
+    return choice
+
+
+def open_patient(case_id: str, page: str = "views/patient.py") -> None:
+    """Select a patient everywhere and go to its page."""
+    st.session_state[K_PATIENT] = case_id
+    st.session_state[K_QP_PATIENT] = case_id
+    st.switch_page(page, query_params={"patient": case_id})
+
+
+def rule_picker(key: str = "rule_select") -> str:
+    """Cutoff rule (median / tertiles / quartiles / custom), mirrored into ``session_state['rule']``."""
+    current = st.session_state.get(K_RULE, "median")
+    kinds = list(RULES) + ["custom quantiles", "custom thresholds"]
+    kind_now = (
+        current
+        if current in RULES
+        else ("custom quantiles" if current.startswith("quantiles:") else "custom thresholds")
+    )
+    kind = st.radio("Cutoff rule", kinds, index=kinds.index(kind_now), key=f"{key}_kind", horizontal=True,
+                    format_func=lambda k: RULES.get(k, k))  # fmt: skip
+    if kind in RULES:
+        spec = kind
+    elif kind == "custom quantiles":
+        default = current.partition(":")[2] if current.startswith("quantiles:") else "0.25, 0.75"
+        text = st.text_input(
+            "Quantiles of the training risks (comma-separated, in (0, 1))", default, key=f"{key}_q"
+        )
+        spec = "quantiles:" + ",".join(x.strip() for x in text.split(",") if x.strip())
+    else:
+        default = current.partition(":")[2] if current.startswith("thresholds:") else "-2.5"
+        text = st.text_input("Absolute risk thresholds (comma-separated)", default, key=f"{key}_t")
+        spec = "thresholds:" + ",".join(x.strip() for x in text.split(",") if x.strip())
+    st.session_state[K_RULE] = spec
+    return spec
+
+
+def page_header(title: str, source: Source | None) -> None:
+    st.title(title)
+    if source is not None:
+        st.caption(
+            f"run **{backend.run_name(source.run_dir)}** · cohort **{backend.cohort_name(source)}** · `{Path(source.run_dir)}`"
+        )

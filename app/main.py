@@ -1,0 +1,63 @@
+"""DeReF Studio: ``streamlit run app/main.py``.
+
+With no configuration the dashboard opens the demo run and cohort (``assets/demo``, built once
+with visible progress when missing). Environment variables (all optional): ``DEREF_RUN`` (a run
+directory), ``DEREF_TABLE`` / ``DEREF_BAG_DIR`` / ``DEREF_SLIDE_DIR`` (another cohort),
+``DEREF_DEMO_DIR`` (where the demo lives), ``DEREF_RUNS_ROOT`` (runs offered in the sidebar).
+``DEREF_NO_PREWARM=1`` keeps the models from loading in the background after the first page.
+Deep links: ``?patient=<case_id>&run=<run directory>``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:  # `streamlit run app/main.py` puts app/ first, not the repository
+    sys.path.insert(0, str(_REPO))
+
+import streamlit as st  # noqa: E402
+
+from app import backend, components  # noqa: E402
+
+st.set_page_config(page_title="DeReF Studio", page_icon=":material/genetics:", layout="wide")
+
+st.session_state["script_runs"] = st.session_state.get("script_runs", 0) + 1
+new_patient_link = components.apply_query_params()
+source = components.current_source()
+if (
+    source is None
+    and st.session_state.get(components.K_SOURCE) is None
+    and not st.session_state.get(components.K_LOAD_ERROR)
+):
+    # first start on a fresh machine: build the demo, then show it
+    try:
+        components.build_demo_with_progress()
+        source = components.current_source()
+    except Exception as exc:  # noqa: BLE001
+        st.error(f"**The demo could not be built:** {components.explain_error(exc)}")
+
+PAGES = {
+    "cohort": st.Page("views/cohort.py", title="Cohort", icon=":material/groups:", default=True),
+    "patient": st.Page("views/patient.py", title="Patient", icon=":material/person:"),
+    "stratification": st.Page(
+        "views/stratification.py", title="Stratification", icon=":material/monitoring:"
+    ),
+    "attention": st.Page("views/attention.py", title="Attention", icon=":material/biotech:"),
+    "model": st.Page("views/model.py", title="Model", icon=":material/model_training:"),
+}
+page = st.navigation(list(PAGES.values()))
+if new_patient_link and page.url_path == PAGES["cohort"].url_path and source is not None:
+    # a deep link to the app's root (?patient=…) opens that patient's page
+    st.switch_page(PAGES["patient"], query_params=dict(st.query_params))
+components.sidebar_load(source)
+status = st.sidebar.empty()
+status.caption(f"DeReF Studio · {backend.model_status()}")
+page.run()
+if source is not None:
+    backend.prewarm(source)  # after the page is drawn: load the models in the background
+with status.container():
+    st.caption(f"DeReF Studio · {backend.model_status()}")
+    # marks a finished script run for the browser test and the benchmark
+    st.html(f'<span class="deref-run-done" data-run="{st.session_state["script_runs"]}"></span>')

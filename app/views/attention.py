@@ -1,0 +1,218 @@
+"""Attention: a slide's thumbnail (OpenSlide) with the WSI encoder's class-token attention, or a
+decoupled feature's patch attribution, overlaid (opacity / colormap / normalization / threshold /
+smoothing in a fragment, so only the image reruns); the top-k patches read at full resolution;
+and the gene-family attribution of each decoupled feature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import backend, components
+from deref.figures import OKABE_ITO
+
+CMAPS = ["jet", "viridis", "inferno", "magma", "coolwarm", "RdYlBu_r", "cividis"]
+NORMS = {"percentile": "rank (percentile)", "clip": "clip to percentiles", "raw": "raw (min–max)"}
+FEATURE_TARGETS = {
+    "risk": "risk (whole model)",
+    "specific_wsi": "pathology-specific feature",
+    "share": "shared feature",
+    "explore": "explored (cross-modal) feature",
+    "specific_genomic": "genomics-specific feature",
+}
+
+
+def _targets(v: backend.PatientView, att: backend.AttributionView | None) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if v.wsi_attention is not None:
+        a = np.asarray(v.wsi_attention)
+        if a.ndim == 2 and a.shape[0] >= 2:
+            out["class-token attention, last layer"] = a[-1]
+            out["class-token attention, first layer"] = a[0]
+            out["class-token attention, mean of layers"] = a.mean(axis=0)
+        else:
+            out["class-token attention"] = a.reshape(-1)
+    if att is not None:
+        for t, s in att.patch_scores.items():
+            if t == "specific_genomic":
+                continue  # no path from the slide to the genomics-specific feature: zero by construction
+            out[f"{FEATURE_TARGETS.get(t, t)} ({att.method})"] = s
+    return out
+
+
+def _colour_bar(cmap: str, lo_text: str, hi_text: str) -> None:
+    import matplotlib
+
+    bar = (matplotlib.colormaps[cmap](np.linspace(0, 1, 240))[:, :3] * 255).astype(np.uint8)
+    st.image(np.repeat(bar[None, :, :], 16, axis=0), caption=f"{lo_text} → {hi_text}", width="stretch")
+
+
+def _outline(img: np.ndarray, box: np.ndarray, width: int = 3) -> np.ndarray:
+    """The overlay with one patch's rectangle drawn in black and white (the selected patch)."""
+    out = img.copy()
+    x0, y0, x1, y1 = (int(v) for v in box)
+    h, w = out.shape[:2]
+    for k, colour in ((width, (0, 0, 0)), (max(1, width - 2), (255, 255, 255))):
+        xa, ya, xb, yb = max(x0 - k, 0), max(y0 - k, 0), min(x1 + k, w), min(y1 + k, h)
+        out[ya:yb, xa : xa + k] = colour
+        out[ya:yb, max(xb - k, 0) : xb] = colour
+        out[ya : ya + k, xa:xb] = colour
+        out[max(yb - k, 0) : yb, xa:xb] = colour
+    return out
+
+
+@st.fragment
+def overlay(
+    scores: np.ndarray,
+    coords: np.ndarray,
+    attrs: dict,
+    thumb: backend.Thumbnail,
+    path: str | None,
+    label: str,
+) -> None:
+    """Only this part reruns when a control moves."""
+    c = st.columns(5)
+    opacity = c[0].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="ov_opacity")
+    cmap = c[1].selectbox("Colormap", CMAPS, key="ov_cmap")
+    norm = c[2].selectbox("Normalization", list(NORMS), format_func=NORMS.get, key="ov_norm",
+                          help="attention is sparse: a rank scale shows its structure, raw maps look 'all blue'")  # fmt: skip
+    threshold = c[3].slider("Hide below (normalized)", 0.0, 1.0, 0.0, 0.05, key="ov_threshold")
+    sigma = c[4].slider("Smoothing σ (px)", 0.0, 8.0, 0.0, 0.5, key="ov_sigma")
+    clip = (1.0, 99.0)
+    if norm == "clip":
+        clip = st.slider("Clip percentiles", 0.0, 100.0, (1.0, 99.0), 0.5, key="ov_clip")
+    with components.guard("Heatmap"):
+        img, res = backend.overlay_image(scores, coords, attrs, thumb, opacity=opacity, cmap=cmap, normalization=norm,
+                                         clip=clip, threshold=threshold if threshold > 0 else None, smooth_sigma=sigma)  # fmt: skip
+        left, right = st.columns([4, 1])
+        with right:
+            rank = st.number_input("Inspect the patch ranked", 1, len(scores), 1, key="ov_rank",
+                                   help="1 = highest score; the patch is outlined on the slide")  # fmt: skip
+            idx = int(np.lexsort((np.arange(len(scores)), -scores))[rank - 1])
+            size, level = int(attrs.get("patch_size", 256)), int(attrs.get("patch_level", 0))
+            view = backend.top_patches(
+                path if thumb.error is None else None, scores, coords, int(rank), size, level
+            )[-1]
+            if view.image is not None:
+                st.image(
+                    view.image,
+                    caption=f"patch {idx} · score {scores[idx]:.3g} · ({view.x}, {view.y}) · full resolution",
+                )
+            else:
+                st.caption(
+                    f"patch {idx} · score {scores[idx]:.3g} · level-0 ({view.x}, {view.y}); no slide file to read it from"
+                )
+            lo, hi = res.norm_range
+            if norm == "percentile":
+                _colour_bar(cmap, "lowest rank", "highest rank")
+            else:
+                _colour_bar(cmap, f"{lo:.3g}", f"{hi:.3g}")
+        with left:
+            st.image(_outline(img, res.boxes[idx]), output_format="JPEG",
+                     caption=f"{label} · {len(scores)} patches · canvas {img.shape[1]}×{img.shape[0]} px (thumbnail, never level 0)")  # fmt: skip
+
+
+def _gallery(
+    path: str | None, thumb: backend.Thumbnail, scores: np.ndarray, coords: np.ndarray, attrs: dict
+) -> None:
+    c1, c2 = st.columns([2, 1])
+    k = c1.slider("Top-k patches", 1, min(24, len(scores)), min(8, len(scores)), key="topk_k")
+    largest = c2.radio("Order", ["highest", "lowest"], horizontal=True, key="topk_order") == "highest"
+    size, level = int(attrs.get("patch_size", 256)), int(attrs.get("patch_level", 0))
+    order_scores = scores if largest else -scores
+    views = backend.top_patches(
+        path if path and thumb.error is None else None, order_scores, coords, k, size, level
+    )
+    if views and views[0].image is None:
+        st.info("The slide file is not available: the top patches are listed by coordinates only.")
+        st.dataframe(pd.DataFrame([{"rank": i + 1, "patch": pv.index, "score": scores[pv.index], "x": pv.x, "y": pv.y}
+                                   for i, pv in enumerate(views)]), hide_index=True, key="topk_table")  # fmt: skip
+        return
+    ncol = 6
+    for start in range(0, len(views), ncol):
+        cols = st.columns(ncol)
+        for col, (i, pv) in zip(cols, enumerate(views[start : start + ncol], start=start)):
+            col.image(pv.image, caption=f"#{i + 1} · {scores[pv.index]:.3g} · ({pv.x}, {pv.y})")
+    st.caption(f"Read at full resolution through OpenSlide: {size} px at level {level}.")
+
+
+def _family_bars(att: backend.AttributionView) -> None:
+    targets = [
+        t for t in ("specific_genomic", "share", "explore", "specific_wsi", "risk") if t in att.family_scores
+    ]
+    names = att.family_names or [
+        f"family {i + 1}" for i in range(len(next(iter(att.family_scores.values()))))
+    ]
+    cols = st.columns(min(3, len(targets)) or 1)
+    for i, t in enumerate(targets):
+        s = att.family_scores[t]
+        fig = go.Figure(go.Bar(x=s, y=names, orientation="h",
+                               marker_color=[OKABE_ITO["vermillion"] if x > 0 else OKABE_ITO["blue"] for x in s]))  # fmt: skip
+        fig.update_layout(template="simple_white", height=300, margin={"l": 190, "r": 10, "t": 40, "b": 30},
+                          title=FEATURE_TARGETS.get(t, t), yaxis={"autorange": "reversed"})  # fmt: skip
+        cols[i % len(cols)].plotly_chart(fig, key=f"family_{t}")
+    words = {"grad": "gradient × (input − baseline)", "ig": "Integrated Gradients"}.get(
+        att.method, att.method
+    )
+    text = f"Method: {words}, fold {att.fold} model; baseline: {att.baseline}."
+    if att.convergence_delta:
+        d = np.abs(np.asarray(list(att.convergence_delta.values()), dtype=float))
+        text += f" Convergence delta (completeness error of IG): max |δ| = {np.nanmax(d):.2e}."
+    st.caption(
+        text
+        + " The pathology-specific feature has no path from the genes: its bars are zero by construction."
+    )
+
+
+src = st.session_state.get(components.K_SOURCE)
+components.page_header("Attention", src)
+src = components.require_source()
+
+with components.guard("Attention"):
+    case = components.patient_picker(src)
+    if case is None:
+        st.stop()
+    v = backend.patient_view(*src.key, case)
+    if v.coords is None or v.wsi_attention is None and not backend.has_module(backend.ATTRIBUTION_MODULE):
+        st.info("This model or patient has no slide input (no bag with coordinates): nothing to draw.")
+        st.stop()
+
+    att = None
+    method = None
+    if backend.has_module(backend.ATTRIBUTION_MODULE):
+        method = st.radio("Attribution method", ["grad", "ig"], horizontal=True, key="att_method",
+                          format_func=lambda m: {"grad": "gradient × input (fast)", "ig": "Integrated Gradients"}[m])  # fmt: skip
+        with components.guard("Attributions", warn=True):
+            att = backend.patient_attribution(*src.key, case, method, v.fold, src.slide_dir)
+    else:
+        st.caption("Per-feature patch and gene-family attributions appear once `deref.explain.attribution` is installed; "
+                   "the class-token attention below is the model's own output.")  # fmt: skip
+
+    targets = _targets(v, att)
+    c1, c2 = st.columns([2, 3])
+    slide_names = v.slide_ids or ["slide"]
+    si = c1.selectbox("Slide", range(len(slide_names)), format_func=lambda i: slide_names[i], key="att_slide")
+    target = c2.selectbox("What to draw", list(targets), key="att_target")
+    scores_all = np.asarray(targets[target], dtype=float)
+    sel = np.ones(len(scores_all), bool) if v.slide_index is None else (v.slide_index == si)
+    scores, coords = scores_all[sel], v.coords[sel]
+    attrs = v.patch_attrs[si] if si < len(v.patch_attrs) else (v.patch_attrs[0] if v.patch_attrs else {})
+
+    path = backend.slide_path(src, slide_names[si])
+    thumb = backend.thumbnail(str(path) if path else None)
+    if thumb.error:
+        st.warning(f"**Slide not available** ({thumb.error}). The scores are drawn on a blank canvas from the patch "
+                   "coordinates alone.")  # fmt: skip
+    overlay(scores, coords, attrs, thumb, str(path) if path else None, target)
+
+    st.subheader("Top patches")
+    _gallery(str(path) if path else None, thumb, scores, coords, attrs)
+
+    st.subheader("Gene families per decoupled feature")
+    if att is not None:
+        _family_bars(att)
+    else:
+        st.info("Gene-family attributions (Integrated Gradients, with convergence delta) need `deref.explain.attribution`, "
+                "which is not installed in this version.")  # fmt: skip

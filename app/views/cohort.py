@@ -1,0 +1,151 @@
+"""Cohort: every patient with survival, predicted risk, risk group, fold, modalities and clinical
+columns; filters and search; the risk distribution; click a row to open the patient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import backend, components
+from deref.figures import group_colors
+
+NOT_PREDICTED = "not predicted"
+
+
+def _filters(table: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
+    c1, c2, c3, c4 = st.columns([2, 2, 1.2, 1.5])
+    query = c1.text_input("Search", placeholder="case id or any text in the row", key="cohort_search")
+    names = [str(n) for n in groups.cat.categories]
+    if (table["risk_group"] == NOT_PREDICTED).any():
+        names.append(NOT_PREDICTED)
+    chosen = c2.multiselect("Risk group", names, default=names, key="cohort_groups")
+    status = c3.selectbox("Outcome", ["all", "events", "censored"], key="cohort_outcome")
+    folds = sorted(table["fold"].dropna().unique().tolist())
+    fold_sel = c4.multiselect("Fold", folds, default=folds, key="cohort_folds",
+                              format_func=lambda f: "mean of folds" if f == -1 else f"fold {f}")  # fmt: skip
+    keep = table["risk_group"].astype(str).isin(chosen) & (
+        table["fold"].isin(fold_sel) | table["fold"].isna()
+    )
+    if status != "all":
+        keep &= table["event"] == (1 if status == "events" else 0)
+    if query.strip():
+        q = query.strip().lower()
+        text = table.reset_index().astype(str).agg(" ".join, axis=1).str.lower()
+        keep &= text.str.contains(q, regex=False).to_numpy()
+    return table[keep]
+
+
+def _risk_histogram(table: pd.DataFrame, names: list[str]) -> go.Figure:
+    colors = group_colors(len(names))
+    fig = go.Figure()
+    table = table[np.isfinite(table["risk"].to_numpy(float))]
+    edges = np.histogram_bin_edges(table["risk"].to_numpy(float), bins=30)
+    for name, col in zip(names, colors):
+        sub = table[table["risk_group"].astype(str) == name]
+        fig.add_trace(go.Histogram(x=sub["risk"], name=f"{name} (n={len(sub)})", marker_color=col, opacity=0.85,
+                                   xbins={"start": edges[0], "end": edges[-1], "size": edges[1] - edges[0]}))  # fmt: skip
+    fig.update_layout(barmode="stack", template="simple_white", height=320, margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                      title="Risk distribution by group", xaxis_title="predicted risk (higher = worse)",
+                      yaxis_title="patients", legend={"orientation": "h", "y": 1.12})  # fmt: skip
+    return fig
+
+
+def _risk_vs_time(table: pd.DataFrame, names: list[str], unit: str) -> go.Figure:
+    colors = dict(zip(names, group_colors(len(names))))
+    table = table[table["risk_group"] != NOT_PREDICTED]
+    fig = go.Figure()
+    for name in names:
+        for event, symbol, label in ((1, "circle", "event"), (0, "cross-thin-open", "censored")):
+            sub = table[(table["event"] == event) & (table["risk_group"].astype(str) == name)]
+            fig.add_trace(go.Scatter(
+                x=sub["time"], y=sub["risk"], mode="markers", name=f"{name} · {label}", text=sub.index,
+                marker={"symbol": symbol, "size": 8, "color": colors[name], "line": {"width": 1.5, "color": colors[name]}},
+                hovertemplate="%{text}<br>time %{x:.1f}<br>risk %{y:.3f}<extra>" + f"{name} · {label}</extra>",
+            ))  # fmt: skip
+    fig.update_layout(template="simple_white", height=320, margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                      title="Risk against observed time", xaxis_title=f"time ({unit})",
+                      yaxis_title="risk", legend={"orientation": "h", "y": 1.12})  # fmt: skip
+    return fig
+
+
+src = st.session_state.get(components.K_SOURCE)
+components.page_header("Cohort", src)
+src = components.require_source()
+
+with components.guard("Cohort"):
+    table = backend.cohort_table(*src.key)
+    rule = st.session_state.get(components.K_RULE, "median")
+    try:
+        groups = backend.risk_groups(*src.key, rule)
+    except Exception as exc:  # noqa: BLE001
+        st.warning(
+            f"Risk groups with the rule {rule!r}: {components.explain_error(exc)}; using the median split."
+        )
+        rule = "median"
+        groups = backend.risk_groups(*src.key, rule)
+    table = table.assign(
+        risk_group=groups.reindex(table.index).astype(object).fillna(NOT_PREDICTED).to_numpy()
+    )
+    info = backend.run_info(src.run_dir)
+    head = (info.get("metrics") or {}).get("headline") or {}
+
+    m = st.columns(5)
+    m[0].metric("Patients", len(table))
+    m[1].metric(
+        "Events", int(table["event"].sum()), help="observed deaths / progressions (the rest are censored)"
+    )
+    m[2].metric("Slides", int(table["n_slides"].sum()))
+    if src.own_cohort and head.get("cindex_mean") is not None:
+        m[3].metric("C-index (out-of-fold)", f"{head['cindex_mean']:.3f} ± {head.get('cindex_std') or 0:.3f}",
+                    help=f"Harrell's C, mean ± sd over folds; {head.get('protocol', '')}")  # fmt: skip
+    else:
+        m[3].metric(
+            "C-index", "—", help="available for the run's own cohort (see the Model page for any cohort)"
+        )
+    m[4].metric(
+        "Risk groups",
+        f"{len(groups.cat.categories)} ({rule})",
+        help="rule of the Stratification page; cutoffs from the training folds",
+    )
+
+    shown = _filters(table, groups)
+    st.caption(f"{len(shown)} of {len(table)} patients · click a row to open the patient")
+    columns = ["time", "event", "risk", "percentile", "risk_group", "fold", "modalities"] + [
+        c
+        for c in table.columns
+        if c not in ("time", "event", "risk", "risk_std", "percentile", "risk_group", "fold", "modalities")
+    ]
+    view = shown[columns].reset_index()
+    event = st.dataframe(
+        view,
+        key="cohort_table",
+        hide_index=True,
+        on_select="rerun",
+        selection_mode="single-row",
+        height=420,
+        column_config={
+            "case_id": st.column_config.TextColumn("case id"),
+            "time": st.column_config.NumberColumn(f"time ({backend.time_unit(src.run_dir)})", format="%.1f"),
+            "event": st.column_config.CheckboxColumn("event"),
+            "risk": st.column_config.NumberColumn("risk", format="%.3f"),
+            "percentile": st.column_config.ProgressColumn(
+                "percentile", min_value=0, max_value=100, format="%.0f"
+            ),
+            "risk_group": st.column_config.TextColumn("risk group"),
+            "fold": st.column_config.NumberColumn(
+                "fold", help="-1: mean of the fold models (patient in no validation fold)"
+            ),
+        },
+    )
+    rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
+    if rows:
+        components.open_patient(str(view.iloc[rows[0]]["case_id"]))
+
+    c1, c2 = st.columns(2)
+    names = [str(n) for n in groups.cat.categories]
+    c1.plotly_chart(_risk_histogram(table, names), key="risk_hist")
+    c2.plotly_chart(_risk_vs_time(table, names, backend.time_unit(src.run_dir)), key="risk_time")
+    st.download_button("Download the table (CSV)", shown.reset_index().to_csv(index=False).encode(),
+                       file_name=f"{backend.run_name(src.run_dir)}_cohort.csv", mime="text/csv", on_click="ignore")  # fmt: skip

@@ -1,0 +1,311 @@
+"""Every dashboard page driven through streamlit.testing.v1.AppTest on the small demo."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+def problems(at) -> list[str]:
+    """Exceptions and error messages on the page (main area and sidebar)."""
+    return [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]
+
+
+def metric(at, label: str) -> str:
+    for m in at.metric:
+        if m.label == label:
+            return str(m.value)
+    raise AssertionError(f"no metric {label!r}; metrics are {[m.label for m in at.metric]}")
+
+
+def frame(at, *columns: str) -> pd.DataFrame:
+    """The first table on the page with these columns (plain st.dataframe has no key in AppTest)."""
+    for df in at.dataframe:
+        value = df.value
+        if all(c in value.columns for c in columns):
+            return value
+    raise AssertionError(f"no table with columns {columns}")
+
+
+def predictions(demo: Path) -> pd.DataFrame:
+    return pd.read_csv(demo / "run" / "predictions.csv", dtype={"case_id": str})
+
+
+# ------------------------------------------------------------------------------------ pages
+def test_cohort_page_lists_every_patient(make_app, small_demo):
+    at = make_app()
+    assert not problems(at)
+    pred = predictions(small_demo)
+    assert metric(at, "Patients") == str(len(pred))
+    assert metric(at, "Events") == str(int(pred["event"].sum()))
+    table = at.dataframe(key="cohort_table").value
+    assert set(table["case_id"]) == set(pred["case_id"])
+    assert {"risk", "risk_group", "fold", "modalities", "age"} <= set(table.columns)
+    assert len(at.get("plotly_chart")) >= 2  # risk distribution + risk vs time
+    # search narrows the table
+    at.text_input(key="cohort_search").input(pred["case_id"].iloc[3]).run()
+    assert list(at.dataframe(key="cohort_table").value["case_id"]) == [pred["case_id"].iloc[3]]
+    # clicking a row (the table's selection state) opens that patient's page
+    at.session_state["cohort_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    assert [t.value for t in at.title] == ["Patient"]
+    assert at.selectbox(key="patient_select").value == pred["case_id"].iloc[3]
+
+
+def test_patient_page_numbers_follow_the_selected_patient(make_app, small_demo):
+    pred = predictions(small_demo).set_index("case_id")
+    at = make_app("views/patient.py")
+    assert not problems(at)
+    first = at.selectbox(key="patient_select").value
+    shown = (metric(at, "Risk"), metric(at, "Percentile in the cohort"), metric(at, "Observed (months)"))
+    # the page recomputes the held-out fold model's risk: it must match predictions.csv
+    assert float(shown[0]) == pytest.approx(pred.loc[first, "risk"], abs=1e-4)
+    other = pred.index[pred.index != first][0]
+    at.selectbox(key="patient_select").select(other).run()
+    assert not problems(at)
+    now = (metric(at, "Risk"), metric(at, "Percentile in the cohort"), metric(at, "Observed (months)"))
+    assert now != shown
+    assert float(now[0]) == pytest.approx(pred.loc[other, "risk"], abs=1e-4)
+    assert at.query_params["patient"] == [other] or at.query_params["patient"] == other
+    assert len(at.get("plotly_chart")) >= 3  # survival with band, hazards, gate (+ features)
+    what_if = frame(at, "input", "change")
+    assert list(what_if["input"]) == ["both modalities", "without genomics", "without the slide(s)"]
+    assert what_if["change"].iloc[0] == 0 and np.isfinite(what_if["risk"]).all()
+
+
+def test_deep_link_opens_the_patient(make_app, small_demo):
+    pred = predictions(small_demo)
+    case = pred["case_id"].iloc[7]
+    at = make_app(query={"patient": case})
+    assert not problems(at)
+    assert at.selectbox(key="patient_select").value == case
+    assert float(metric(at, "Risk")) == pytest.approx(pred.set_index("case_id").loc[case, "risk"], abs=1e-4)
+
+
+def test_unknown_patient_in_the_link_is_a_message(make_app):
+    at = make_app(query={"patient": "NOT-A-PATIENT"})
+    assert not problems(at)
+    assert any("NOT-A-PATIENT" in str(w.value) for w in at.warning)
+    assert metric(at, "Risk")  # the page still works, on another patient
+
+
+def test_bad_run_in_the_link_keeps_the_app_working(make_app):
+    at = make_app(query={"run": "/no/such/run"})
+    assert not at.exception
+    assert any("/no/such/run" in str(e.value) for e in at.sidebar.error)
+    assert metric(at, "Patients")  # the default run is still shown
+
+
+def test_stratification_cutoffs_move_patients_between_groups(make_app, small_demo):
+    at = make_app("views/stratification.py")
+    assert not problems(at)
+    groups = frame(at, "group", "n", "events", "median survival")
+    assert list(groups["group"]) == ["low", "high"]
+    assert groups["n"].sum() == len(predictions(small_demo))
+    assert metric(at, "Log-rank").startswith("p = ")
+    at.radio(key="rule_select_kind").set_value("tertiles").run()
+    assert list(frame(at, "group", "n", "events", "median survival")["group"]) == [
+        "low",
+        "intermediate",
+        "high",
+    ]
+    assert frame(at, "p_holm").shape[0] == 3
+    at.radio(key="rule_select_kind").set_value("custom quantiles").run()
+    at.text_input(key="rule_select_q").input("0.25").run()
+    low_25 = int(frame(at, "group", "n", "events", "median survival").set_index("group").loc["low", "n"])
+    at.text_input(key="rule_select_q").input("0.75").run()
+    low_75 = int(frame(at, "group", "n", "events", "median survival").set_index("group").loc["low", "n"])
+    assert low_75 > low_25  # patients moved from high to low
+    # a bad custom rule is a message, the page keeps its controls
+    at.text_input(key="rule_select_q").input("0.9, 0.2").run()
+    assert not at.exception and any("increase" in str(e.value) for e in at.error)
+    at.radio(key="rule_select_kind").set_value("median").run()
+    assert len(at.get("download_button")) >= 5 and not problems(at)
+
+
+def test_stratification_group_without_events(make_app, app_env, small_demo, tmp_path):
+    """A cohort where the low-risk group has no event: KM shown, HR not estimable, a note."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("run.json", "train_risks.csv"):
+        shutil.copy(small_demo / "run" / f, run / f)
+    from deref.stratify import assign_groups, compute_cutoffs
+
+    pred = predictions(small_demo)
+    train = pd.read_csv(small_demo / "run" / "train_risks.csv", dtype={"case_id": str})
+    low = (assign_groups(pred, compute_cutoffs("median", train_risks=train)) == "low").to_numpy()
+    pred.loc[low, ["event", "censorship"]] = [0, 1]
+    pred.to_csv(run / "predictions.csv", index=False)
+    app_env(DEREF_RUN=run)
+    at = make_app("views/stratification.py")
+    assert not at.exception
+    assert any("no events" in str(w.value) for w in at.warning)
+    assert metric(at, "Hazard ratio") == "not estimable"
+
+
+def test_attention_page_draws_the_overlay_and_patches(make_app):
+    at = make_app("views/attention.py")
+    assert not problems(at)
+    images = at.get("image")
+    assert len(images) >= 2  # the overlay + the top-k gallery
+    targets = at.selectbox(key="att_target").options
+    assert any("class-token attention" in t for t in targets)
+    assert any("shared feature" in t for t in targets)  # attribution targets
+    url_before = images[0].proto.imgs[0].url
+    at.slider(key="ov_opacity").set_value(0.9).run()
+    assert not problems(at)
+    assert at.get("image")[0].proto.imgs[0].url != url_before
+    at.selectbox(key="ov_norm").set_value("raw").run()
+    at.slider(key="ov_sigma").set_value(2.0).run()
+    assert not problems(at)
+    assert len(at.get("plotly_chart")) >= 4  # gene-family bars per decoupled feature
+
+
+def test_attention_without_the_slide_uses_a_blank_canvas(make_app, app_env, small_demo, tmp_path):
+    app_env(DEREF_RUN=small_demo / "run", DEREF_SLIDE_DIR=tmp_path)
+    at = make_app("views/attention.py")
+    assert not problems(at)
+    assert any("Slide not available" in str(w.value) for w in at.warning)
+    assert len(at.get("image")) >= 1  # the overlay on a blank canvas
+    assert frame(at, "rank", "patch", "x", "y").shape[0] >= 1  # patches by coordinates
+
+
+def test_model_page_metrics_and_provenance(make_app):
+    at = make_app("views/model.py")
+    assert not problems(at)
+    table = frame(at, "harrell", "uno")
+    assert {"harrell", "uno", "td_auc", "ibs"} <= set(table.columns)
+    assert list(table["fold"])[:5] == ["0", "1", "2", "3", "4"]
+    assert 0 <= float(metric(at, "Harrell C")) <= 1
+    keys = {c.proto.id for c in at.get("plotly_chart")}
+    assert len(keys) >= 5  # calibration, curves, gates, t-SNE, CKA
+    assert frame(at, "train", "validation").shape[0] == 5
+    assert len(at.get("json")) >= 3
+
+
+def test_load_section_reports_a_cohort_that_does_not_fit(make_app, small_demo, tmp_path):
+    table = pd.read_csv(small_demo / "cohort" / "cohort.csv")
+    drop = [c for c in table.columns if c.startswith("ONC")][:5]
+    bad = tmp_path / "cohort.csv"
+    table.drop(columns=drop).to_csv(bad, index=False)
+    at = make_app()
+    at.checkbox(key="load_own").uncheck()
+    at.text_input(key="load_table").input(str(bad))
+    at.text_input(key="load_bags").input(str(small_demo / "cohort" / "bags"))
+    at.button(key="load_submit").click().run()
+    assert not at.exception
+    errors = " ".join(str(e.value) for e in at.sidebar.error)
+    assert "gene" in errors and "missing" in errors
+    assert metric(at, "Patients")  # the previous run and cohort are still shown
+
+
+def test_one_model_in_memory(make_app, small_demo):
+    from app import backend
+
+    make_app("views/patient.py")
+    make_app("views/attention.py")
+    run = str((small_demo / "run").resolve())
+    assert backend.MODEL_LOADS.get(run) == 1
+
+
+# ------------------------------------------------------------------------------------ export
+def test_exports_are_real_files_with_provenance(app_env, small_demo):
+    """The bytes the download buttons hand out (they call backend.km_export)."""
+    import io
+
+    from PIL import Image
+
+    from app import backend
+
+    src = backend.make_source(str(small_demo / "run"))
+    sizes = {}
+    for rule in ("median", "quartiles"):
+        png = backend.km_export(*src.key, rule, "training", "png")
+        svg = backend.km_export(*src.key, rule, "training", "svg")
+        pdf = backend.km_export(*src.key, rule, "training", "pdf")
+        csv = backend.km_export(*src.key, rule, "training", "csv")
+        assert png.startswith(b"\x89PNG") and b"<svg" in svg[:2000] and pdf.startswith(b"%PDF")
+        img = Image.open(io.BytesIO(png))
+        assert round(img.info["dpi"][0]) == 300
+        assert "run" in img.info.get("Description", "") and rule in img.info.get("Description", "")
+        assert rule.encode() in svg and b"date" in svg
+        table = pd.read_csv(io.BytesIO(csv))
+        assert {"km", "at_risk", "group", "logrank"} <= set(table["section"])
+        sizes[rule] = (len(png), len(svg), len(pdf))
+    assert all(a != b for a, b in zip(sizes["median"], sizes["quartiles"]))  # the file follows the figure
+    assert backend.export_file_name(src, "quartiles", "pdf").endswith("_km_quartiles.pdf")
+
+
+def test_load_check_names_a_feature_dimension_mismatch(app_env, small_demo, tmp_path):
+    """Bags whose embedding width differs from the model's wsi_dim are refused with both numbers."""
+    from app import backend
+    from deref.data.bags import write_bag_h5
+
+    table = pd.read_csv(small_demo / "cohort" / "cohort.csv", dtype={"case_id": str, "slide_id": str})
+    bags = tmp_path / "bags"
+    for slide in table["slide_id"]:
+        write_bag_h5(
+            bags / f"{Path(slide).stem}.h5",
+            np.zeros((3, 7), np.float32),
+            np.zeros((3, 2)),
+            {"patch_size": 256},
+        )
+    shutil.copy(small_demo / "cohort" / "cohort.csv", tmp_path / "cohort.csv")
+    src = backend.make_source(str(small_demo / "run"), str(tmp_path / "cohort.csv"), str(bags))
+    problems_found = backend.compatibility(*src.key)
+    assert any("D = 7" in p and "wsi_dim" in p for p in problems_found), problems_found
+
+
+def test_another_cohort_table_is_predicted_by_the_run(make_app, small_demo, tmp_path):
+    """A cohort given in the Load section is scored by the run's models (held-out fold when the
+    patient was in a validation fold): the numbers match predictions.csv."""
+    table = pd.read_csv(small_demo / "cohort" / "cohort.csv", dtype={"case_id": str, "slide_id": str})
+    keep = table["case_id"].drop_duplicates().iloc[:12]
+    table[table["case_id"].isin(keep)].to_csv(tmp_path / "subset.csv", index=False)
+    at = make_app()
+    at.checkbox(key="load_own").uncheck()
+    at.text_input(key="load_table").input(str(tmp_path / "subset.csv"))
+    at.text_input(key="load_bags").input(str(small_demo / "cohort" / "bags"))
+    at.button(key="load_submit").click().run()
+    assert not problems(at)
+    assert metric(at, "Patients") == "12"
+    shown = at.dataframe(key="cohort_table").value.set_index("case_id")["risk"]
+    ref = predictions(small_demo).set_index("case_id")["risk"].reindex(shown.index)
+    np.testing.assert_allclose(shown.to_numpy(float), ref.to_numpy(float), atol=1e-4)
+
+
+def test_first_start_builds_the_demo_with_visible_progress(
+    make_app, app_env, small_demo, tmp_path, monkeypatch
+):
+    """No demo yet: the app builds it (here a stand-in for deref.demo.build_demo that reports
+    progress and writes the small demo's run), shows the progress, then opens it."""
+    import deref.demo
+
+    calls = []
+
+    def fake_build(out_dir, progress=None, **kwargs):
+        for i in range(3):
+            progress("fold 0 epoch 1/2", i + 1, 3)
+            calls.append(i)
+        out = Path(out_dir)
+        shutil.copytree(
+            small_demo / "run", out / "run", ignore=shutil.ignore_patterns("fold_*", "explanations")
+        )
+        (out / "cohort").mkdir()
+        shutil.copy(small_demo / "cohort" / "demo.json", out / "cohort" / "demo.json")
+        shutil.copy(small_demo / "demo_summary.json", out / "demo_summary.json")
+
+    monkeypatch.setattr(deref.demo, "build_demo", fake_build)
+    app_env(DEREF_DEMO_DIR=tmp_path / "demo")
+    at = make_app()
+    assert calls == [0, 1, 2]
+    assert [(s.label, s.state) for s in at.status] == [("Demo built", "complete")]
+    assert len(at.get("progress")) == 1
+    assert not problems(at)
+    assert metric(at, "Patients") == str(len(predictions(small_demo)))
