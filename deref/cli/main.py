@@ -42,13 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"deref.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"deref.cli.{name}":
-                continue  # subcommand not part of this build
-            raise
-        module.register(sub)
+        importlib.import_module(f"deref.cli.{name}").register(sub)
     return parser
 
 
