@@ -182,7 +182,9 @@ def test_cli_train_end_to_end(small_demo, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "C-index, fixed last epoch (1)" in done.stdout
     assert RunDir(tmp_path / "run").config.wsi_dim == 64  # read from the bags
-    bad = subprocess.run(cmd[:-6] + ["--out", str(tmp_path / "r2"), "--set", "rca_mode=nonsense"], capture_output=True, text=True)
+    out_at = cmd.index("--out")
+    bad_cmd = cmd[:out_at] + ["--out", str(tmp_path / "r2"), "--set", "rca_mode=nonsense"]
+    bad = subprocess.run(bad_cmd, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1 and "rca_mode" in bad.stderr and "Traceback" not in bad.stderr
 
 
