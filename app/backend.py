@@ -237,25 +237,12 @@ def cohort(run_dir: str, table: str | None, bag_dir: str | None):
     Same resolution as ``Predictor.load_cohort`` (families JSON, else signatures; the run's time
     and censorship columns), without importing the model code: the Cohort page needs no model.
     """
-    from deref.data.cohort import load_cohort
+    from deref.data.cohort import load_run_cohort
 
     data = run_info(run_dir).get("data", {}) or {}
-    table = table or data.get("table")
-    if not table:
+    if not (table or data.get("table")):
         raise CheckpointError(f"{run_dir}: run.json names no cohort table; pick one in the Load section")
-    kwargs = {}
-    families = data.get("families_json")
-    if families and Path(families).exists():
-        kwargs["families_json"] = families
-    elif data.get("signatures"):
-        kwargs["signatures"] = data["signatures"]
-    return load_cohort(
-        table,
-        bag_dir=bag_dir if bag_dir is not None else data.get("bag_dir"),
-        time_col=data.get("time_col", "survival_months"),
-        censorship_col=data.get("censorship_col", "censorship"),
-        **kwargs,
-    )
+    return load_run_cohort(data, table, bag_dir)
 
 
 _PREWARMED: set[str] = set()

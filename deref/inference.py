@@ -14,16 +14,15 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from deref.data.bags import Bag
-from deref.data.cohort import Cohort, load_cohort
+from deref.data.cohort import Cohort, load_run_cohort
 from deref.data.preprocess import Preprocessing
-from deref.errors import CheckpointError, ConfigError, DataError
+from deref.errors import ConfigError, DataError
 from deref.model import SurvivalOutput, collate_bags
 from deref.runs import FoldCheckpoint, RunDir
 
@@ -168,23 +167,7 @@ class Predictor:
 
     def load_cohort(self, table: str | None = None, bag_dir: str | None = None) -> Cohort:
         """The cohort the run was trained on (paths from run.json), or another table."""
-        data = self.run.info.get("data", {})
-        table = table or data.get("table")
-        if not table:
-            raise CheckpointError(f"{self.run.path}: run.json names no cohort table; pass one")
-        families = data.get("families_json")
-        kwargs = {}
-        if families and Path(families).exists():
-            kwargs["families_json"] = families
-        elif data.get("signatures"):
-            kwargs["signatures"] = data["signatures"]
-        return load_cohort(
-            table,
-            bag_dir=bag_dir if bag_dir is not None else data.get("bag_dir"),
-            time_col=data.get("time_col", "survival_months"),
-            censorship_col=data.get("censorship_col", "censorship"),
-            **kwargs,
-        )
+        return load_run_cohort(self.run.info.get("data", {}) or {}, table, bag_dir)
 
     def validation_folds(self) -> dict[str, int]:
         """case_id -> the fold whose validation set holds it (from the run's splits)."""

@@ -330,6 +330,12 @@ def _target_matrix(out, targets: tuple[str, ...], names: tuple[str, ...], g: Ten
     return torch.stack(cols, dim=1)
 
 
+def _to_device(x: Tensor | np.ndarray, dev: torch.device) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.detach().to(device=dev, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)
+
+
 def _default_batch(n_patches: int, steps: int) -> int:
     return max(1, min(steps, IG_TOKENS_PER_BATCH // max(1, n_patches)))
 
@@ -410,7 +416,7 @@ def attribute_inputs(
     if wsi_baseline is None:
         base_patch = torch.zeros(cfg.wsi_dim, device=dev)
     else:
-        base_patch = torch.as_tensor(np.asarray(wsi_baseline, dtype=np.float32)).reshape(-1).to(dev)
+        base_patch = _to_device(wsi_baseline, dev).reshape(-1)
         if base_patch.numel() != cfg.wsi_dim:
             raise InputError(
                 f"wsi_baseline has {base_patch.numel()} values; expected wsi_dim = {cfg.wsi_dim}"
@@ -419,9 +425,7 @@ def attribute_inputs(
     if m1_baseline is None:
         tok_base = family_tokens(model, [torch.zeros_like(x) for x in m1])
     else:
-        tok_base = (
-            torch.as_tensor(np.asarray(m1_baseline, dtype=np.float32)).to(dev).reshape(1, *tok.shape[1:])
-        )
+        tok_base = _to_device(m1_baseline, dev).reshape(1, *tok.shape[1:])
 
     h = _fc1(model, wsi)  # (1, N, C1)
     h_base = _fc1(model, base_patch.view(1, 1, -1)).expand_as(h).contiguous()
