@@ -155,7 +155,10 @@ def run(args: argparse.Namespace) -> int:
         f"risk {attr.risk:.4f}{' (cached)' if attr.from_cache else ''}"
     )
     for tgt in attr.targets:
-        top = ", ".join(attr.family_ranking(tgt)[:2])
+        if np.all(attr.family_scores[tgt] == 0):
+            top = "none (all zero: no path from modality 1)"
+        else:
+            top = ", ".join(attr.family_ranking(tgt)[:2])
         delta = "" if attr.convergence_delta is None else f", IG delta {attr.convergence_delta[tgt]:+.2e}"
         print(f"  {tgt}: value {attr.target_values[tgt]:+.4f}; top families: {top}{delta}")
     print(f"-> {out}/ ({prefix.name}__patches.csv, __families.csv, .npz, .json, {len(pngs)} heatmap PNG(s))")
