@@ -157,13 +157,10 @@ def _demo_lock() -> threading.Lock:
 
 
 def demo_ready() -> bool:
-    """``deref.demo.demo_is_built`` without importing it (it pulls torch in): the same three files."""
-    out = demo_dir()
-    return (
-        (out / "run" / "run.json").exists()
-        and (out / "cohort" / "demo.json").exists()
-        and (out / "demo_summary.json").exists()
-    )
+    """A complete demo of the current build is in the demo folder (``deref.demo`` imports no torch)."""
+    from deref.demo import demo_is_built
+
+    return demo_is_built(demo_dir())
 
 
 def build_demo(progress: Callable[[str, int, int], None] | None = None) -> None:
@@ -173,7 +170,8 @@ def build_demo(progress: Callable[[str, int, int], None] | None = None) -> None:
 
     with _demo_lock():
         if not demo_is_built(demo_dir()):
-            _build(demo_dir(), progress=progress)
+            # Our own folder: a demo of an older build there is replaced (only its files).
+            _build(demo_dir(), progress=progress, overwrite=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -189,10 +189,6 @@ def test_cli_train_end_to_end(small_demo, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="issue 3 open: the 3-minute demo schedule gives an OOF C-index of ~0.64-0.66, below the 0.70 target",
-    strict=False,
-)
 def test_demo_learns_the_planted_signal_but_not_beyond_the_oracle(full_demo):
     summary = json.loads((full_demo / "demo_summary.json").read_text())
     assert 0.75 <= summary["oracle_cindex"] <= 0.85

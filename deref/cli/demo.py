@@ -6,6 +6,7 @@ import argparse
 import time
 
 from deref.cli.common import BarProgress
+from deref.demo import DEMO_PATIENTS
 
 EPILOG = """\
 examples:
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=200)
+    p.add_argument("--patients", type=int, default=DEMO_PATIENTS, help=f"cohort size (default {DEMO_PATIENTS})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="override the demo schedule's epochs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo in --out")

@@ -25,7 +25,7 @@ Survival times are Weibull with that log-risk as the log hazard ratio, censored 
 independent random follow-up time.
 
 :func:`simulate_demo` computes the tables, the slide layouts and the oracle C-index without
-rendering any slide (well under a second for 200 patients).
+rendering any slide (well under a second for 300 patients).
 """
 
 from __future__ import annotations
@@ -49,15 +49,15 @@ from deref.errors import DataError
 
 # --------------------------------------------------------------------------- constants
 #: Version of the generator; bumped whenever the same seed would give different files.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 PATCH_SIZE = 256
 MPP = 0.5
 APP_MAG = 20
 #: Downsample between successive pyramid levels (Aperio's usual factor).
 LEVEL_FACTOR = 4
-#: Default level-0 slide size (width, height) in pixels: 18 x 14 patches of 256 px.
-SLIDE_SIZE = (4608, 3584)
+#: Default level-0 slide size (width, height) in pixels: 14 x 12 patches of 256 px.
+SLIDE_SIZE = (3584, 3072)
 JPEG_QUALITY = 60
 BACKGROUND = (243, 242, 244)
 #: A patch is part of the bag when at least this fraction of it is tissue (CLAM-style).
@@ -106,8 +106,8 @@ MODIFIER_FAMILY = "Cytokines and Growth Factors"
 #: Coefficients of the log-risk (per unit of the component as defined in the module doc).
 B_ONC = 1.1
 B_TSG = -1.1
-B_FRAC = 4.2
-B_INT = 5.5
+B_FRAC = 7.0
+B_INT = 4.5
 #: Centre of the risky-patch fraction in the fraction and interaction terms.
 R0 = 0.35
 #: Risky fraction of a patient: Beta(a, b).
@@ -471,7 +471,7 @@ def _check_args(n_patients: int, seed: int, slide_size: tuple[int, int]) -> tupl
 
 
 def simulate_demo(
-    n_patients: int = 200, seed: int = 0, *, slide_size: tuple[int, int] = SLIDE_SIZE
+    n_patients: int = 300, seed: int = 0, *, slide_size: tuple[int, int] = SLIDE_SIZE
 ) -> DemoSimulation:
     """Simulate the demo cohort's tables, slide layouts and truth without rendering anything.
 
@@ -1084,7 +1084,7 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
 
 def make_demo_cohort(
     out_dir: str | os.PathLike,
-    n_patients: int = 200,
+    n_patients: int = 300,
     seed: int = 0,
     wsi_dim: int = 64,
     workers: int = 2,

@@ -55,7 +55,7 @@ fold's training mean *there*:
   token encoder's LayerNorm blows tiny differences up to unit scale; the risk then swings by
   up to ~1 within the first percent of the IG path (measured on the demo run), and IG with 32
   or 64 points misses the completeness by up to 30%. From the mean token the same quadrature
-  converges: on the 200-patient demo run (40 patients x 5 targets) the relative convergence
+  converges: on the first (200-patient, version-1) demo run (40 patients x 5 targets) the relative convergence
   delta has a median of 0.8% at 32 points and 0.3% at 64 points (80% of cases within 1%, all
   within 5%). A family's score is the sum over its token's ``C1`` attributions; gene-level
   scores are not computed.

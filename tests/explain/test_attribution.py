@@ -38,10 +38,6 @@ from deref.model.deref import survival_from_logits
 FEATURES = ("specific_genomic", "specific_wsi", "share", "explore")
 PLANTED = {"Oncogenes", "Tumor Suppressor Genes"}
 
-#: Known gap (issue 5 open): the demo run that fits the 3-minute / 2-core budget reaches an
-#: out-of-fold C-index of only ~0.64-0.66 (oracle 0.80), and its maps miss these bars.
-DEMO_GAP = "demo model under-trained for the planted-signal bars (see the issue note); kept running to report XPASS when fixed"
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -385,7 +381,6 @@ def demo_maps(full_demo):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=DEMO_GAP, strict=False)
 def test_planted_risky_patches_get_the_highest_attributions(demo_maps):
     """AUROC(patch score, planted phenotype) >= 0.80, mean over patients with both phenotypes."""
     from sklearn.metrics import roc_auc_score
@@ -404,7 +399,6 @@ def test_planted_risky_patches_get_the_highest_attributions(demo_maps):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=DEMO_GAP, strict=False)
 def test_planted_gene_families_rank_in_the_top_two(demo_maps):
     """Oncogenes and Tumor Suppressor Genes are the top two families of the genomic-specific
     feature's attribution (by |score|) in >= 70% of the patients with signal: both planted
