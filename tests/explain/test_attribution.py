@@ -419,9 +419,12 @@ def test_planted_gene_families_rank_in_the_top_two(demo_maps):
 
 @pytest.mark.slow
 def test_ig_completeness_on_the_trained_demo(demo_maps):
+    """Every target of a trained-demo patient converges to within 1% at 256 points. (At 64
+    points this patient's WSI-specific target is off by 3.4%: the ReLU kinks of the specific
+    heads on the path; the convergence delta that explain_patient reports shows it.)"""
     pred, coh, _, _ = demo_maps
     case = coh.case_ids[0]
-    a = explain_patient(pred, coh, case, method="ig", steps=64, use_cache=False)
+    a = explain_patient(pred, coh, case, method="ig", steps=256, use_cache=False)
     for t in a.targets:
         diff = a.target_values[t] - a.baseline_values[t]
         assert abs(a.convergence_delta[t]) <= 0.01 * abs(diff), (t, a.convergence_delta[t], diff)
