@@ -206,10 +206,13 @@ class Predictor:
         *,
         segments: int | str | None = None,
         return_attention: bool = False,
+        m1_tokens: torch.Tensor | None = None,
     ) -> SurvivalOutput:
         model = self.fold(k).model
         x = inputs.to(self.device)
         kwargs = {}
+        if m1_tokens is not None:
+            kwargs["m1_tokens"] = m1_tokens.to(self.device)
         if segments is not None and self.config.model_type == "deref":
             kwargs["segments"] = segments
         if return_attention:
@@ -298,13 +301,22 @@ class Predictor:
         """Full output for one patient (features, gates, per-s risks, attention).
 
         ``fold`` defaults to the fold that held the patient out (else fold 0). ``drop``
-        ("m1" or "wsi") replaces that modality by a neutral input for a what-if: genomics
-        at the training mean (zeros after standardization), or a one-patch bag holding the
-        training fold's mean patch embedding.
+        ("m1" or "wsi") replaces that modality by a neutral input for a what-if. Without
+        genomics (DeReF): every family token at the mean token of the fold's training
+        patients, the IG baseline of ``deref.explain`` (the all-zero standardized profile
+        is no neutral point: a trained SNN maps it to near-zero tokens, which the token
+        encoder's LayerNorm blows up); other models get the training-mean profile (zeros
+        after standardization). Without the slide: a one-patch bag holding the training
+        fold's mean patch embedding.
         """
         k = fold if fold is not None else self.validation_folds().get(case_id, self.run.fold_indices[0])
         inputs = self.inputs(cohort, [case_id], k)
-        if drop == "m1":
+        tokens = None
+        if drop == "m1" and self.config.model_type == "deref":
+            from deref.explain.attribution import training_family_tokens
+
+            tokens = training_family_tokens(self, k, cohort).unsqueeze(0)
+        elif drop == "m1":
             inputs.m1 = [torch.zeros_like(x) for x in inputs.m1]
         elif drop == "wsi":
             mean = self.fold(k).wsi_mean
@@ -314,7 +326,9 @@ class Predictor:
             inputs.mask = torch.ones(1, 1, dtype=torch.bool)
         elif drop is not None:
             raise ConfigError(f"drop={drop!r}; expected 'm1', 'wsi' or None")
-        out = self.forward(inputs, k, return_attention=return_attention and self.needs_wsi and drop != "wsi")
+        out = self.forward(
+            inputs, k, return_attention=return_attention and self.needs_wsi and drop != "wsi", m1_tokens=tokens
+        )
         return out, inputs
 
 

@@ -139,7 +139,8 @@ with components.guard("Patient"):
         views.append((other, backend.patient_view(*src.key, other), OKABE_ITO["blue"], "solid"))
 
     st.subheader("What if a modality were missing?")
-    st.caption("The held-out fold model is run again with genomics at the training mean, or the slides replaced by the "
+    st.caption("The held-out fold model is run again with every gene-family token at the training patients' mean token, "
+               "or the slides replaced by the "
                "training fold's mean patch embedding (`Predictor.predict_patient(drop=…)`).")  # fmt: skip
     what = st.radio("Show the survival curve", list(DROP_LABELS), format_func=lambda d: DROP_LABELS[d], horizontal=True,
                     key="whatif")  # fmt: skip

@@ -199,10 +199,25 @@ class DeReF(nn.Module):
 
     # ----------------------------------------------------------------- pieces
     def encode(
-        self, m1: list[Tensor], wsi: Tensor, wsi_mask: Tensor | None = None, *, return_attention: bool = False
+        self,
+        m1: list[Tensor],
+        wsi: Tensor,
+        wsi_mask: Tensor | None = None,
+        *,
+        return_attention: bool = False,
+        m1_tokens: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Class tokens ``(B, C1)`` of both modalities (and the WSI attention if asked)."""
-        cls_m1 = self.m1_encoder(m1)
+        """Class tokens ``(B, C1)`` of both modalities (and the WSI attention if asked).
+
+        ``m1_tokens`` ``(B, G, C1)`` replaces the modality-1 tokens (the SNN outputs) and
+        ``m1`` is then not used: the "what if" without genomics puts every family token at
+        the training patients' mean token.
+        """
+        if m1_tokens is not None:
+            tokens = m1_tokens.to(device=wsi.device, dtype=torch.float32)
+            cls_m1 = self.m1_encoder.encoder(tokens.expand(wsi.shape[0], -1, -1) if tokens.shape[0] == 1 else tokens)
+        else:
+            cls_m1 = self.m1_encoder(m1)
         cls_wsi, attn = self.wsi_encoder(wsi, wsi_mask, return_attention=return_attention)
         return cls_m1, cls_wsi, attn
 
@@ -253,12 +268,16 @@ class DeReF(nn.Module):
         segments: int | str | None = None,
         return_attention: bool = False,
         validate: bool = True,
+        m1_tokens: Tensor | None = None,
     ) -> SurvivalOutput:
         """Predict for a batch. ``segments`` overrides the configured reorganization mode
-        (an int ``s``, or "all" / "fixed" / "none" / "random")."""
+        (an int ``s``, or "all" / "fixed" / "none" / "random"); ``m1_tokens`` (B, G, C1)
+        stands in for the modality-1 tokens (see :meth:`encode`)."""
         if validate:
             check_inputs(self.config, m1, wsi, wsi_mask)
-        cls_m1, cls_wsi, attn = self.encode(m1, wsi, wsi_mask, return_attention=return_attention)
+        cls_m1, cls_wsi, attn = self.encode(
+            m1, wsi, wsi_mask, return_attention=return_attention, m1_tokens=m1_tokens
+        )
         # Everything after the encoders is tiny; it runs in float32 even under autocast so
         # that risks keep their resolution (bf16 would quantize them to ~4e-3 and tie ranks).
         with torch.autocast(device_type=cls_wsi.device.type, enabled=False):

@@ -91,6 +91,22 @@ def _model_output_with(predictor, cohort, case_id, k, *, tokens=None, wsi=None):
             handle.remove()
 
 
+def test_what_if_without_genomics_puts_every_family_token_at_the_training_mean(predictor, cohort):
+    """predict_patient(drop="m1") == the plain model with the family tokens replaced by the fold's
+    training mean token through a hook (an independent route); its genomic class token is then
+    the same for every patient of that fold, and the risk differs from the patient's own."""
+    case = "DEMO-0006"
+    k = predictor.validation_folds()[case]
+    what_if, _ = predictor.predict_patient(cohort, case, drop="m1", return_attention=False)
+    ref = _model_output_with(predictor, cohort, case, k, tokens=training_family_tokens(predictor, k))
+    assert float(what_if.risk[0]) == pytest.approx(float(ref.risk[0]), abs=1e-6)
+    other = next(c for c, f in predictor.validation_folds().items() if f == k and c != case)
+    what_if_other, _ = predictor.predict_patient(cohort, other, fold=k, drop="m1", return_attention=False)
+    torch.testing.assert_close(what_if_other.cls_m1, what_if.cls_m1, rtol=0, atol=1e-6)
+    own, _ = predictor.predict_patient(cohort, case, return_attention=False)
+    assert not torch.allclose(own.cls_m1, what_if.cls_m1)
+
+
 # ----------------------------------------------------------------------------- exactness
 def test_gradient_scores_equal_plain_autograd_at_the_input(predictor, cohort, grad_all):
     """Patch scores (taken at fc1's output) equal grad x (x - mean patch) at the D-wide input."""

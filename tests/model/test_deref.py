@@ -279,3 +279,19 @@ def test_mri_branch_and_device_agnostic_build():
     with torch.no_grad():
         out = model(m1, wsi, mask)
     assert out.feature_names[0] == "specific_mri" and out.risk.shape == (2,)
+
+
+def test_m1_tokens_stand_in_for_the_profiles_exactly(tiny_model, random_inputs):
+    """forward(m1_tokens=the model's own SNN tokens) == forward(profiles); one (1, G, C1) token
+    set is broadcast over the batch, and the profiles are then not used."""
+    m1, bags = random_inputs(tiny_model.config, [5, 9])
+    wsi, mask = collate_bags(bags)
+    with torch.no_grad():
+        plain = tiny_model(m1, wsi, mask)
+        tokens = tiny_model.m1_encoder.tokens(m1)
+        via_tokens = tiny_model(m1, wsi, mask, m1_tokens=tokens)
+        shared = tiny_model([torch.randn_like(x) for x in m1], wsi, mask, m1_tokens=tokens[:1])
+    torch.testing.assert_close(via_tokens.risk, plain.risk, rtol=0, atol=1e-6)
+    torch.testing.assert_close(via_tokens.cls_m1, plain.cls_m1, rtol=0, atol=1e-6)
+    assert torch.equal(shared.cls_m1[0], shared.cls_m1[1])
+    torch.testing.assert_close(shared.cls_m1[0], plain.cls_m1[0], rtol=0, atol=1e-6)
