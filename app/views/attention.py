@@ -157,6 +157,9 @@ def _family_bars(att: backend.AttributionView) -> None:
         att.method, att.method
     )
     text = f"Method: {words}, fold {att.fold} model; baseline: {att.baseline}."
+    if att.method == "grad":
+        text += (" A first-order approximation: rank gene families with Integrated Gradients (on the demo, gradient ×"
+                 " input puts the two planted families on top for about 3 in 10 patients, IG for 3 in 4).")  # fmt: skip
     if att.convergence_delta:
         d = np.abs(np.asarray(list(att.convergence_delta.values()), dtype=float))
         text += f" Convergence delta (completeness error of IG): max |δ| = {np.nanmax(d):.2e}."
