@@ -166,10 +166,9 @@ def demo_ready() -> bool:
 def build_demo(progress: Callable[[str, int, int], None] | None = None) -> None:
     """Build the default demo once per process (other sessions wait for the first)."""
     from deref.demo import build_demo as _build
-    from deref.demo import demo_is_built
 
     with _demo_lock():
-        if not demo_is_built(demo_dir()):
+        if not demo_ready():
             # Our own folder: a demo of an older build there is replaced (only its files).
             _build(demo_dir(), progress=progress, overwrite=True)
 

@@ -15,8 +15,8 @@ model of the paper's widths memorizes the training fold within a few epochs (tra
 both modalities. Schedule: 12 epochs, batches of 16, lr 1.5e-3 with the paper's decay.
 Measured on 2 cores: see ``assets/DEMO.md``.
 
-This module imports no torch at import time (the dashboard reads :data:`DEMO_BUILD` and
-:func:`demo_is_built` before it loads any model).
+This module imports no torch at import time (the dashboard calls :func:`demo_is_built`
+before it loads any model).
 """
 
 from __future__ import annotations
@@ -44,9 +44,14 @@ DEMO_MODEL = dict(
     expert_dropout=0.3,
 )
 DEMO_TRAIN = dict(epochs=12, batch_size=16, lr=1.5e-3, track_validation=False)
-#: Bumped with any change of the demo's data or recipe; a demo folder built by another
-#: version is rebuilt (``demo_summary.json`` records the version it was built with).
-DEMO_BUILD = 2
+
+
+def build_recipe() -> dict:
+    """What a demo folder is built from: the generator's version and the model and training
+    settings. ``demo_summary.json`` records it; a folder built from another recipe is rebuilt."""
+    from deref.data.demo import DEMO_VERSION
+
+    return {"generator_version": DEMO_VERSION, "model": dict(DEMO_MODEL), "train": dict(DEMO_TRAIN)}
 
 
 @dataclass
@@ -59,20 +64,15 @@ class DemoBuild:
 
 
 def demo_is_built(out_dir: str | Path) -> bool:
-    """A complete demo of the current :data:`DEMO_BUILD` is in ``out_dir``."""
+    """A complete demo built from the current :func:`build_recipe` is in ``out_dir``."""
     out = Path(out_dir)
     if not ((out / "run" / "run.json").exists() and (out / "cohort" / "demo.json").exists()):
         return False
-    return summary_build(out) == DEMO_BUILD
-
-
-def summary_build(out_dir: str | Path) -> int | None:
-    """The ``DEMO_BUILD`` recorded in ``out_dir/demo_summary.json`` (None: absent or unreadable)."""
     try:
-        value = json.loads((Path(out_dir) / "demo_summary.json").read_text()).get("demo_build")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None
+        summary = json.loads((out / "demo_summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get("recipe") == build_recipe()
 
 
 def build_demo(
@@ -125,7 +125,7 @@ def build_demo(
         "fold_cindex": result.metrics["headline"]["cindex_folds"],
         "n_patients": n_patients,
         "seed": seed,
-        "demo_build": DEMO_BUILD,
+        "recipe": build_recipe(),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))

@@ -212,7 +212,7 @@ class Predictor:
         x = inputs.to(self.device)
         kwargs = {}
         if m1_tokens is not None:
-            kwargs["m1_tokens"] = m1_tokens.to(self.device)
+            kwargs["m1_tokens"] = m1_tokens
         if segments is not None and self.config.model_type == "deref":
             kwargs["segments"] = segments
         if return_attention:

@@ -194,3 +194,22 @@ def test_demo_learns_the_planted_signal_but_not_beyond_the_oracle(full_demo):
     assert 0.75 <= summary["oracle_cindex"] <= 0.85
     assert summary["model_oof_cindex"] >= 0.70
     assert summary["model_oof_cindex"] < summary["oracle_cindex"]
+
+
+def test_a_demo_folder_counts_as_built_only_for_the_current_recipe(tmp_path):
+    from deref.demo import build_recipe, demo_is_built
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    (tmp_path / "cohort" / "demo.json").write_text("{}")
+    summary = tmp_path / "demo_summary.json"
+    assert not demo_is_built(tmp_path)  # no summary
+    summary.write_text(json.dumps({"recipe": build_recipe()}))
+    assert demo_is_built(tmp_path)
+    older = build_recipe()
+    older["train"]["epochs"] += 1
+    summary.write_text(json.dumps({"recipe": older}))
+    assert not demo_is_built(tmp_path)
+    summary.write_text("not json")
+    assert not demo_is_built(tmp_path)
