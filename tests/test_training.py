@@ -162,6 +162,20 @@ def test_cli_predict_evaluate_figures_validate(small_demo, tmp_path, capsys):
     assert cli(["evaluate", str(run), "--json", str(tmp_path / "m.json")]) == 0
     out = capsys.readouterr().out
     assert "log-rank" in out and "harrell" in out.lower()
+    # Uno's C / td-AUC / IBS weigh censoring by each fold's training patients, not the pooled cohort
+    assert "training patients of fold 0" in out
+    from deref.metrics import bin_edges_from_run, evaluate_predictions
+    from deref.runs import RunDir
+
+    rd = RunDir(run)
+    lib = evaluate_predictions(rd.predictions(), rd.train_risks(), bin_edges_from_run(rd.info)).to_frame()
+    pooled = evaluate_predictions(rd.predictions(), None, bin_edges_from_run(rd.info)).to_frame()
+    saved = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    for i in range(len(lib)):
+        for m in ("harrell", "uno", "ibs"):
+            want, got = lib.iloc[i][m], saved[str(i)][m]
+            assert (np.isnan(want) and got is None) or got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert not np.allclose(lib["ibs"].iloc[:-3].astype(float), pooled["ibs"].iloc[:-3].astype(float), equal_nan=True)
     assert cli(["figures", str(run), "--out", str(tmp_path / "fig"), "--formats", "png"]) == 0
     assert (tmp_path / "fig" / "km_median.png").stat().st_size > 10_000
     args = ["validate", str(c / "cohort.csv"), "--signatures", str(c / "signatures.csv"), "--bags", str(c / "bags"), "--run", str(run)]

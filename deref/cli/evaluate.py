@@ -12,7 +12,7 @@ examples:
   deref evaluate runs/blca-deref --rule tertiles --json metrics.json
 
 Prints per fold and overall: Harrell's C, Uno's C, mean time-dependent AUC, integrated
-Brier score; then the Kaplan-Meier stratification (cutoffs from each fold's training
+Brier score (censoring weights from each fold's training patients); then the Kaplan-Meier stratification (cutoffs from each fold's training
 risks): log-rank p, hazard ratio with 95% CI, median survival per group.
 """
 
@@ -33,17 +33,29 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from deref.errors import DataError
     from deref.metrics import bin_edges_from_run, evaluate_predictions
     from deref.runs import RunDir, write_json
     from deref.stratify import assign_groups, compute_cutoffs, stratify
 
     run_dir = RunDir(args.run)
     preds = pd.read_csv(args.predictions, dtype={"case_id": str}) if args.predictions else run_dir.predictions()
-    report = evaluate_predictions(preds, None, bin_edges_from_run(run_dir.info))
+    train_risks = run_dir.train_risks()
+    # Censoring weights (Uno's C, td-AUC, IBS) from each fold's training patients for the run's
+    # own out-of-fold table (every training patient is another fold's test patient, so their
+    # outcomes are in it); another predictions table uses its own pooled cohort.
+    edges = bin_edges_from_run(run_dir.info)
+    if args.predictions:
+        report = evaluate_predictions(preds, None, edges)
+    else:
+        try:
+            report = evaluate_predictions(preds, train_risks, edges)
+        except DataError as exc:  # e.g. a run of some folds only: training outcomes not all known
+            print(f"note: censoring weights from the pooled cohort ({exc})")
+            report = evaluate_predictions(preds, None, edges)
     table = report.to_frame()
     with pd.option_context("display.width", 120, "display.precision", 3):
         print(table.to_string())
-    train_risks = run_dir.train_risks()
     cut = compute_cutoffs(args.rule, train_risks=train_risks)
     groups = assign_groups(preds, cut)
     res = stratify(preds, groups, cutoffs=cut)
