@@ -17,8 +17,9 @@ Figures (targets from the issue in brackets):
 - ``overlay_ms`` [<= 300 ms]: what the Attention page's fragment does when the opacity slider
   moves, on a 20,000-patch slide (``benchmarks.bench_explain.heatmap_case``: 120,000 x 80,000 px
   slide, 2,048-px thumbnail): ``backend.overlay_image`` (render_heatmap on the 1,280-px canvas),
-  the selected patch's outline, and the JPEG encoding ``st.image`` does; median over opacities.
-  The browser's transfer and paint of one ~200 kB JPEG are not included.
+  and the clickable plotly figure (JPEG of the canvas, one invisible marker per patch centre, the
+  selected patch's outline) serialized as ``st.plotly_chart`` sends it; median over opacities.
+  ``overlay_payload_kb`` is that figure's size; the browser's transfer and paint are not included.
 - ``km_export_ms`` [<= 1 s]: the PDF the Stratification page's download button produces
   (matplotlib Kaplan–Meier figure + ``export_figure``; the stratification itself is cached).
 - ``rss_mb``: resident memory of the server process after opening every page;
@@ -29,7 +30,6 @@ Figures (targets from the issue in brackets):
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import socket
@@ -73,7 +73,6 @@ def find_demo(arg: str | None) -> Path:
 
 # ----------------------------------------------------------------------------- in-process figures
 def measure_overlay(repeats: int) -> dict[str, float]:
-    from PIL import Image
 
     from app import backend
     from benchmarks.bench_explain import heatmap_case
@@ -82,14 +81,17 @@ def measure_overlay(repeats: int) -> dict[str, float]:
     t = backend.Thumbnail(np.asarray(thumb), dims, None)
     attrs = {"patch_size": ps, "patch_level": 0}
 
+    import plotly.io as pio
+
+    from app.overlay import overlay_figure
+
+    sizes = []
+
     def once(opacity: float) -> None:
         img, res = backend.overlay_image(scores, coords, attrs, t, opacity=opacity, cmap="jet", normalization="percentile",
                                          clip=(1.0, 99.0), threshold=None, smooth_sigma=0.0)  # fmt: skip
-        i = int(np.argmax(scores))
-        x0, y0, x1, y1 = res.boxes[i]
-        out = img.copy()
-        out[y0:y1, x0 : x0 + 3] = 0
-        Image.fromarray(out).save(io.BytesIO(), format="JPEG", quality=90)
+        fig = overlay_figure(img, res.boxes, scores, int(np.argmax(scores)))  # JPEG + clickable patch centres
+        sizes.append(len(pio.to_json(fig, validate=False)))  # what st.plotly_chart serializes
 
     once(0.5)
     times = []
@@ -97,7 +99,11 @@ def measure_overlay(repeats: int) -> dict[str, float]:
         t0 = time.perf_counter()
         once(float(op))
         times.append(time.perf_counter() - t0)
-    return {"overlay_ms": round(1000 * statistics.median(times), 1), "overlay_patches": int(len(scores))}
+    return {
+        "overlay_ms": round(1000 * statistics.median(times), 1),
+        "overlay_patches": int(len(scores)),
+        "overlay_payload_kb": round(statistics.median(sizes) / 1024, 1),
+    }
 
 
 def measure_export(demo: Path, repeats: int) -> dict[str, float]:

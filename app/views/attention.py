@@ -1,6 +1,6 @@
 """Attention: a slide's thumbnail (OpenSlide) with the WSI encoder's class-token attention, or a
 decoupled feature's patch attribution, overlaid (opacity / colormap / normalization / threshold /
-smoothing in a fragment, so only the image reruns); the top-k patches read at full resolution;
+smoothing in a fragment, so only the image reruns; a click on the slide inspects that patch); the top-k patches read at full resolution;
 and the gene-family attribution of each decoupled feature."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import backend, components
+from app.overlay import apply_click, overlay_figure
 from deref.figures import OKABE_ITO
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "coolwarm", "RdYlBu_r", "cividis"]
@@ -49,20 +50,6 @@ def _colour_bar(cmap: str, lo_text: str, hi_text: str) -> None:
     st.image(np.repeat(bar[None, :, :], 16, axis=0), caption=f"{lo_text} → {hi_text}", width="stretch")
 
 
-def _outline(img: np.ndarray, box: np.ndarray, width: int = 3) -> np.ndarray:
-    """The overlay with one patch's rectangle drawn in black and white (the selected patch)."""
-    out = img.copy()
-    x0, y0, x1, y1 = (int(v) for v in box)
-    h, w = out.shape[:2]
-    for k, colour in ((width, (0, 0, 0)), (max(1, width - 2), (255, 255, 255))):
-        xa, ya, xb, yb = max(x0 - k, 0), max(y0 - k, 0), min(x1 + k, w), min(y1 + k, h)
-        out[ya:yb, xa : xa + k] = colour
-        out[ya:yb, max(xb - k, 0) : xb] = colour
-        out[ya : ya + k, xa:xb] = colour
-        out[max(yb - k, 0) : yb, xa:xb] = colour
-    return out
-
-
 @st.fragment
 def overlay(
     scores: np.ndarray,
@@ -83,6 +70,8 @@ def overlay(
     clip = (1.0, 99.0)
     if norm == "clip":
         clip = st.slider("Clip percentiles", 0.0, 100.0, (1.0, 99.0), 0.5, key="ov_clip")
+    # A click on the slide picks that patch: the callback makes it the inspected rank.
+    click_key = f"ov_click_{label}_{len(scores)}_{int(coords[:, 0].sum())}_{int(coords[:, 1].sum())}"
     with components.guard("Heatmap"):
         img, res = backend.overlay_image(scores, coords, attrs, thumb, opacity=opacity, cmap=cmap, normalization=norm,
                                          clip=clip, threshold=threshold if threshold > 0 else None, smooth_sigma=sigma)  # fmt: skip
@@ -110,8 +99,11 @@ def overlay(
             else:
                 _colour_bar(cmap, f"{lo:.3g}", f"{hi:.3g}")
         with left:
-            st.image(_outline(img, res.boxes[idx]), output_format="JPEG",
-                     caption=f"{label} · {len(scores)} patches · canvas {img.shape[1]}×{img.shape[0]} px (thumbnail, never level 0)")  # fmt: skip
+            st.plotly_chart(overlay_figure(img, res.boxes, scores, idx), key=click_key,
+                            on_select=lambda: apply_click(st.session_state, click_key, scores),
+                            selection_mode="points", config={"displaylogo": False, "scrollZoom": True})  # fmt: skip
+            st.caption(f"{label} · {len(scores)} patches · canvas {img.shape[1]}×{img.shape[0]} px (thumbnail, never "
+                       "level 0) · click a patch to inspect it; scroll to zoom, drag to pan")  # fmt: skip
 
 
 def _gallery(

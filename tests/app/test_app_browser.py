@@ -94,6 +94,46 @@ def assert_no_error(page, name: str) -> None:
     )
 
 
+# Where the marker of patch j of the Attention overlay is on the screen (plotly's decoded data).
+FIND_PATCH = """j => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(
+      g => g._fullData && g._fullData.some(t => t.type === 'image'));
+  if (!gd) return null;
+  const tr = gd._fullData.find(t => t.type === 'scattergl');
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, bb = gd.getBoundingClientRect();
+  return {n: tr.x.length, x: bb.left + xa._offset + xa.l2p(tr.x[j]), y: bb.top + ya._offset + ya.l2p(tr.y[j])};
+}"""
+
+
+def click_a_patch(page) -> None:
+    """A click on the slide opens that patch: the inspect panel names it and the rank box follows."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.js-plotly-plot')].some("
+        "g => g._fullData && g._fullData.some(t => t.type === 'image'))",
+        timeout=60_000,
+    )
+    shown = int(re.search(r"patch (\d+) · score", page.inner_text("body")).group(1))  # rank 1
+    j = 1 if shown == 0 else 0
+    target = page.evaluate(FIND_PATCH, j)
+    assert target is not None and target["n"] >= 2
+    page.mouse.move(target["x"], target["y"])
+    page.wait_for_timeout(300)
+    page.mouse.click(target["x"], target["y"])
+    # the inspect panel's caption (the hover label reads "patch j · score" too, so wait for the rank box)
+    page.wait_for_function(
+        "() => { const b = document.querySelector(\"[data-testid='stNumberInput'] input\"); return b && b.value !== '1'; }",
+        timeout=30_000,
+    )
+    wait_ready(page)
+    assert f"patch {j} · score" in " ".join(
+        page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
+    )
+    box = page.locator("[data-testid='stNumberInput'] input")
+    assert box.count() == 1 and int(box.input_value()) > 1  # the rank box follows the click
+    page.screenshot(path=str(ARTIFACTS / "attention-clicked.png"), full_page=True)
+    assert_no_error(page, "attention after a click")
+
+
 def test_dashboard_in_a_real_browser(server, small_demo):
     from playwright.sync_api import sync_playwright
 
@@ -128,6 +168,8 @@ def test_dashboard_in_a_real_browser(server, small_demo):
                 wait_ready(page)
                 page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
                 assert_no_error(page, name)
+                if name == "attention":
+                    click_a_patch(page)
 
             page.goto(f"{server}/?patient=NO-SUCH-PATIENT", wait_until="domcontentloaded")
             wait_ready(page)

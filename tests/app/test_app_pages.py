@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 from pathlib import Path
 
@@ -152,15 +154,32 @@ def test_stratification_group_without_events(make_app, app_env, small_demo, tmp_
 def test_attention_page_draws_the_overlay_and_patches(make_app):
     at = make_app("views/attention.py")
     assert not problems(at)
-    images = at.get("image")
-    assert len(images) >= 2  # the overlay + the top-k gallery
+    assert len(at.get("image")) >= 2  # the inspected patch + the top-k gallery
     targets = at.selectbox(key="att_target").options
     assert any("class-token attention" in t for t in targets)
     assert any("shared feature" in t for t in targets)  # attribution targets
-    url_before = images[0].proto.imgs[0].url
+
+    def overlay_spec():
+        charts = [c for c in at.get("plotly_chart") if "ov_click_" in c.proto.id]
+        assert len(charts) == 1  # the clickable overlay
+        return json.loads(charts[0].proto.spec)
+
+    spec = overlay_spec()
+    image = next(t for t in spec["data"] if t["type"] == "image")
+    assert image["source"].startswith("data:image/jpeg;base64,")
+    centres = next(t for t in spec["data"] if t["type"] == "scattergl")
+
+    def decode(a):  # plotly's binary array encoding
+        if isinstance(a, dict):
+            shape = [int(v) for v in str(a.get("shape", "-1")).split(",")]
+            return np.frombuffer(base64.b64decode(a["bdata"]), dtype=a["dtype"]).reshape(shape)
+        return np.asarray(a)
+
+    xs, ys = decode(centres["x"]), decode(centres["y"])
+    assert len(xs) == len(ys) >= 20  # one clickable marker per patch of the slide
     at.slider(key="ov_opacity").set_value(0.9).run()
     assert not problems(at)
-    assert at.get("image")[0].proto.imgs[0].url != url_before
+    assert next(t for t in overlay_spec()["data"] if t["type"] == "image")["source"] != image["source"]
     at.selectbox(key="ov_norm").set_value("raw").run()
     at.slider(key="ov_sigma").set_value(2.0).run()
     assert not problems(at)

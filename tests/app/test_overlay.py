@@ -1,0 +1,73 @@
+"""The Attention page's clickable overlay: a click names the patch under it, the rank box follows,
+and the figure's markers and outline sit on the heatmap's own patch boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.overlay import apply_click, clicked_patch, overlay_figure, rank_of
+from deref.explain.heatmap import pixel_to_patch, render_heatmap
+
+
+def _event(*points: dict) -> dict:
+    return {"selection": {"points": list(points), "point_indices": [], "box": [], "lasso": []}}
+
+
+def test_clicked_patch_reads_customdata_then_point_index():
+    assert clicked_patch(_event({"customdata": 7, "point_index": 2}), 10) == 7
+    assert clicked_patch(_event({"customdata": [4.0, 0.37], "point_index": 2}), 10) == 4
+    assert clicked_patch(_event({"point_index": 3}), 10) == 3
+    # what Streamlit hands back for a typed-array customdata (seen in the browser test)
+    assert clicked_patch(_event({"point_index": 0, "customdata": {"0": 6, "1": 0.06}}), 10) == 6
+    assert clicked_patch(_event({"point_index": 2, "customdata": {"1": 0.06}}), 10) == 2
+    # out of range (a stale event from another slide) and non-patch points are ignored
+    assert clicked_patch(_event({"customdata": 12}), 10) is None
+    assert clicked_patch(_event({"customdata": "x"}, {"customdata": 5}), 10) == 5
+    assert clicked_patch(_event({"customdata": 12, "point_index": 4}), 10) == 4
+    for nothing in (None, {}, {"selection": {}}, _event(), "junk"):
+        assert clicked_patch(nothing, 10) is None
+
+
+def test_rank_of_matches_the_rank_box_order():
+    scores = np.array([0.2, 0.9, 0.5, 0.9, -1.0])
+    order = np.lexsort((np.arange(5), -scores))  # what the page uses for "rank r"
+    for r, idx in enumerate(order, start=1):
+        assert rank_of(scores, int(idx)) == r
+    assert [rank_of(scores, i) for i in (1, 3)] == [1, 2]  # ties: lower index first
+
+
+def test_apply_click_sets_the_rank_and_keeps_it_without_a_patch():
+    scores = np.array([0.1, 0.3, 0.2])
+    state = {"ov_click_a": _event({"customdata": 2}), "ov_rank": 1}
+    assert apply_click(state, "ov_click_a", scores) == 2
+    assert state["ov_rank"] == 2  # 0.3 > 0.2 > 0.1
+    state["ov_click_a"] = _event()  # a click on the background clears the selection
+    assert apply_click(state, "ov_click_a", scores) is None
+    assert state["ov_rank"] == 2
+
+
+def test_figure_markers_and_outline_sit_on_the_heatmap_boxes():
+    # level-0 size not a multiple of the canvas; a 4 x 3 grid of 256-px patches, no overlap
+    xs, ys = np.meshgrid(np.arange(4) * 256 + 100, np.arange(3) * 256 + 40)
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    scores = np.linspace(0, 1, len(coords))
+    res = render_heatmap(scores, coords, 256, (1337, 901), None, thumbnail_size=400)
+    img = res.rgba[..., :3]
+    fig = overlay_figure(img, res.boxes, scores, selected=5)
+    marks = next(t for t in fig.data if t.type == "scattergl")
+    assert len(marks.x) == len(marks.y) == len(coords)  # marker k is patch k (point_index)
+    for i, (x, y) in enumerate(zip(marks.x, marks.y)):
+        x0, y0, x1, y1 = res.boxes[i]
+        assert x0 <= x < x1 and y0 <= y < y1
+        assert pixel_to_patch(res, x, y) == i  # the clicked marker is the patch under that pixel
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    x0, y0, x1, y1 = res.boxes[5]
+    assert all(
+        (r.x0, r.y0, r.x1, r.y1) == pytest.approx((x0 - 0.5, y0 - 0.5, x1 - 0.5, y1 - 0.5)) for r in rects
+    )
+    h, w = img.shape[:2]
+    assert tuple(fig.layout.xaxis.range) == (-0.5, w - 0.5)
+    assert tuple(fig.layout.yaxis.range) == (h - 0.5, -0.5)  # y down, like the image
+    image = next(t for t in fig.data if t.type == "image")
+    assert image.source.startswith("data:image/jpeg;base64,")
