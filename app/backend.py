@@ -248,7 +248,8 @@ _PREWARM_LOCK = threading.Lock()
 
 def prewarm(source: Source) -> None:
     """Load the run's models in a background thread (once per process), after the first page is
-    drawn, so that opening a patient does not wait for torch and the checkpoints."""
+    drawn, so that opening a patient does not wait for torch and the checkpoints (nor the
+    Stratification page for lifelines)."""
     if os.environ.get(ENV_NO_PREWARM):
         return
     with _PREWARM_LOCK:
@@ -261,6 +262,12 @@ def prewarm(source: Source) -> None:
             loaded_run(source.run_dir)
         except Exception:  # noqa: BLE001 - the page that needs the model reports the error
             log.warning("prewarming %s failed", source.run_dir, exc_info=True)
+        # the survival statistics and static figures load lazily (the Cohort page needs neither)
+        for name in ("lifelines", "matplotlib.figure"):
+            try:
+                importlib.import_module(name)
+            except ImportError:  # noqa: PERF203 - reported by the page that needs it
+                log.warning("prewarming: cannot import %s", name, exc_info=True)
 
     threading.Thread(target=work, name="deref-prewarm", daemon=True).start()
 

@@ -20,17 +20,28 @@ import datetime as _dt
 import io
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
 from deref import __version__
 from deref.stratify import GroupSummary, StratificationResult
+
+if TYPE_CHECKING:  # matplotlib loads with the first static figure, not with this module
+    from matplotlib.figure import Figure
+
+
+def _mpl_figure(**kwargs: Any) -> Figure:
+    """A bare matplotlib Figure with an Agg canvas (no pyplot state, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 logger = logging.getLogger(__name__)
 
@@ -330,8 +341,7 @@ def km_figure_matplotlib(
     heights = [0.95 + 0.2 * n, 3.9, 0.8, 0.3 + 0.24 * n]
     top_in, bottom_in = 0.15, 0.3
     fig_h = sum(heights) + top_in + bottom_in
-    fig = Figure(figsize=(width, fig_h), facecolor="white")
-    FigureCanvasAgg(fig)
+    fig = _mpl_figure(figsize=(width, fig_h), facecolor="white")
     gs = fig.add_gridspec(
         4,
         1,
@@ -466,8 +476,7 @@ def risk_boxplot_matplotlib(
     """Static box plot (with jittered points) of the t-test's quantity per group."""
     ylabel, values = _box_values(result)
     colors = group_colors(len(values))
-    fig = Figure(figsize=figsize, facecolor="white")
-    FigureCanvasAgg(fig)
+    fig = _mpl_figure(figsize=figsize, facecolor="white")
     ax = fig.add_subplot(1, 1, 1)
     data = [v for v in values.values()]
     bp = ax.boxplot(data, patch_artist=True, widths=0.55, showfliers=False, medianprops={"color": "black"})
@@ -537,6 +546,8 @@ def export_figure(fig: Figure, fmt: str, meta: Mapping[str, Any] | None = None) 
     ValueError
         Unknown ``fmt``.
     """
+    from matplotlib.figure import Figure
+
     if not isinstance(fig, Figure):
         raise TypeError(
             f"export_figure needs a matplotlib Figure, got {type(fig).__name__}; "

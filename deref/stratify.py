@@ -42,17 +42,17 @@ import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from lifelines import CoxPHFitter, KaplanMeierFitter
-from lifelines.exceptions import ConvergenceError, ConvergenceWarning
-from lifelines.statistics import multivariate_logrank_test, pairwise_logrank_test
-from lifelines.utils import median_survival_times
-from scipy import stats
 
 from deref.errors import DataError
+
+# lifelines and scipy (about 1 s to import) load on the first fit, not with this module: cutoffs
+# and group assignment (the dashboard's Cohort page) need neither.
+if TYPE_CHECKING:
+    from lifelines import CoxPHFitter, KaplanMeierFitter
 
 logger = logging.getLogger(__name__)
 
@@ -637,6 +637,9 @@ def _finite_or_none(x: float) -> float | None:
 def _fit_group(
     name: str, t: np.ndarray, e: np.ndarray, alpha: float
 ) -> tuple[GroupSummary, KaplanMeierFitter]:
+    from lifelines import KaplanMeierFitter
+    from lifelines.utils import median_survival_times
+
     kmf = KaplanMeierFitter(label=name, alpha=alpha).fit(t, e)
     ci = kmf.confidence_interval_survival_function_
     km = pd.DataFrame(
@@ -664,6 +667,8 @@ def _logrank(t, e, g, names: list[str]) -> tuple[LogRankResult, pd.DataFrame | N
     if not e.any():
         reason = "no events in the cohort"
         return LogRankResult(float("nan"), float("nan"), len(names) - 1, False, reason), None
+    from lifelines.statistics import multivariate_logrank_test, pairwise_logrank_test
+
     res = multivariate_logrank_test(t, g, e)
     lr = LogRankResult(float(res.test_statistic), float(res.p_value), int(res.degrees_of_freedom))
     if len(names) <= 2:
@@ -692,6 +697,9 @@ def _holm(p: np.ndarray) -> np.ndarray:
 
 
 def _cox(df: pd.DataFrame, covariates: list[str], alpha: float) -> tuple[CoxPHFitter, list[str]]:
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceWarning
+
     cph = CoxPHFitter(alpha=alpha)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -724,6 +732,8 @@ def _hazard_ratio(
     if empty:
         reason = "no events in group " + ", ".join(f"'{n}'" for n in empty)
         return HazardRatioResult([], None, False, reason, alpha=alpha)
+    from lifelines.exceptions import ConvergenceError
+
     df = pd.DataFrame({"time": t, "event": e.astype(int)})
     covs = []
     for k in range(1, len(names)):
@@ -768,6 +778,8 @@ def _ttest(data: pd.DataFrame, names: list[str], quantity: str) -> TTestResult:
         return TTestResult(
             label, lo, hi, int(a.size), int(b.size), mean_a, mean_b, float("nan"), float("nan"), False, reason
         )
+    from scipy import stats
+
     res = stats.ttest_ind(b, a, equal_var=False)
     return TTestResult(
         label, lo, hi, int(a.size), int(b.size), mean_a, mean_b, float(res.statistic), float(res.pvalue)
