@@ -226,6 +226,8 @@ def km_figure_plotly(
         vertical_spacing=0.1,
         subplot_titles=("", "Number at risk"),
     )
+    # the at-risk table's title sits left, clear of the time axis title centred above it
+    fig.for_each_annotation(lambda a: a.update(x=0, xanchor="left") if a.text == "Number at risk" else None)
     for g, col in zip(result.groups, colors):
         km = g.km
         if show_ci:

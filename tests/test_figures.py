@@ -139,6 +139,8 @@ def test_plotly_km_content(results):
     colors = {t.line.color for t in fig.data if t.mode == "lines" and t.showlegend is not False}
     assert colors <= set(OKABE_ITO.values())
     assert any(t.fill == "tonexty" for t in fig.data)  # CI bands
+    at_risk_title = next(a for a in fig.layout.annotations if a.text == "Number at risk")
+    assert (at_risk_title.x, at_risk_title.xanchor) == (0, "left")  # clear of the centred time-axis title
 
 
 def test_not_reached_and_not_estimable_are_spelled_out(tables):

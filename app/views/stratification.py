@@ -41,8 +41,6 @@ with components.guard("Stratification"):
     meta = backend.figure_meta(src, cut.describe())
     title = f"{meta['run']}: {cut.rule.name} split"
     km = km_figure_plotly(result, title=title, meta=meta)
-    # the at-risk table's title sits left, clear of the time axis title above it
-    km.for_each_annotation(lambda a: a.update(x=0, xanchor="left") if a.text == "Number at risk" else None)
     st.plotly_chart(km, key="km_plot", theme=None)
     for note in result.notes:
         st.warning(note)
