@@ -14,17 +14,15 @@ def _event(*points: dict) -> dict:
     return {"selection": {"points": list(points), "point_indices": [], "box": [], "lasso": []}}
 
 
-def test_clicked_patch_reads_customdata_then_point_index():
-    assert clicked_patch(_event({"customdata": 7, "point_index": 2}), 10) == 7
-    assert clicked_patch(_event({"customdata": [4.0, 0.37], "point_index": 2}), 10) == 4
+def test_clicked_patch_is_the_point_index():
+    # what Streamlit hands back for a click (seen in the browser test): customdata is the score
+    click = {"curve_number": 1, "point_number": 6, "point_index": 6, "x": 240, "y": 240, "customdata": 0.06}
+    assert clicked_patch(_event(click), 10) == 6
     assert clicked_patch(_event({"point_index": 3}), 10) == 3
-    # what Streamlit hands back for a typed-array customdata (seen in the browser test)
-    assert clicked_patch(_event({"point_index": 0, "customdata": {"0": 6, "1": 0.06}}), 10) == 6
-    assert clicked_patch(_event({"point_index": 2, "customdata": {"1": 0.06}}), 10) == 2
-    # out of range (a stale event from another slide) and non-patch points are ignored
-    assert clicked_patch(_event({"customdata": 12}), 10) is None
-    assert clicked_patch(_event({"customdata": "x"}, {"customdata": 5}), 10) == 5
-    assert clicked_patch(_event({"customdata": 12, "point_index": 4}), 10) == 4
+    # out of range (a stale event from another slide) and points without an index are ignored
+    assert clicked_patch(_event({"point_index": 12}), 10) is None
+    assert clicked_patch(_event({"point_index": None}, {"point_index": 5}), 10) == 5
+    assert clicked_patch(_event("junk", {"point_index": "4"}), 10) == 4
     for nothing in (None, {}, {"selection": {}}, _event(), "junk"):
         assert clicked_patch(nothing, 10) is None
 
@@ -39,7 +37,7 @@ def test_rank_of_matches_the_rank_box_order():
 
 def test_apply_click_sets_the_rank_and_keeps_it_without_a_patch():
     scores = np.array([0.1, 0.3, 0.2])
-    state = {"ov_click_a": _event({"customdata": 2}), "ov_rank": 1}
+    state = {"ov_click_a": _event({"point_index": 2}), "ov_rank": 1}
     assert apply_click(state, "ov_click_a", scores) == 2
     assert state["ov_rank"] == 2  # 0.3 > 0.2 > 0.1
     state["ov_click_a"] = _event()  # a click on the background clears the selection
@@ -57,6 +55,7 @@ def test_figure_markers_and_outline_sit_on_the_heatmap_boxes():
     fig = overlay_figure(img, res.boxes, scores, selected=5)
     marks = next(t for t in fig.data if t.type == "scattergl")
     assert len(marks.x) == len(marks.y) == len(coords)  # marker k is patch k (point_index)
+    assert np.allclose(marks.customdata, scores, atol=1e-6)  # the score shown on hover
     for i, (x, y) in enumerate(zip(marks.x, marks.y)):
         x0, y0, x1, y1 = res.boxes[i]
         assert x0 <= x < x1 and y0 <= y < y1
