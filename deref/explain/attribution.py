@@ -26,7 +26,10 @@ Methods
 -------
 ``"grad"`` (interactive)
     Gradient x (input - baseline): one forward and one backward per target. The first-order
-    Taylor term of the target around the baseline, the same baseline as IG.
+    Taylor term of the target around the baseline, the same baseline as IG. This is captum's
+    ``InputXGradient`` applied to the displacement from the baseline; it is computed here with
+    one shared forward for all targets (a backward each), and the tests check it against
+    captum's ``InputXGradient`` run through the plain model.
 ``"ig"``
     Integrated Gradients (captum ``IntegratedGradients``, Gauss-Legendre, ``steps`` points,
     batched ``internal_batch_size`` steps per forward) from the baseline to the input, all

@@ -122,6 +122,32 @@ def test_gradient_scores_equal_plain_autograd_at_the_input(predictor, cohort, gr
     )
 
 
+def test_gradient_scores_equal_captum_input_x_gradient(predictor, cohort, grad_all):
+    """The interactive method is captum's InputXGradient on the displacement from the baseline
+    (patches from the fold's mean patch, family tokens from the training mean token), run here
+    through the plain model's public forward (``m1_tokens=``) for the risk."""
+    from captum.attr import InputXGradient
+
+    from deref.explain.attribution import family_tokens
+
+    k = grad_all.fold
+    model = predictor.fold(k).model
+    inp = predictor.inputs(cohort, ["DEMO-0006"], k)
+    tok = family_tokens(model, inp.m1).detach()
+    base_tok = training_family_tokens(predictor, k).reshape(tok.shape)
+    base_wsi = torch.from_numpy(predictor.fold(k).wsi_mean).view(1, 1, -1).expand_as(inp.wsi)
+
+    def risk(d_tok, d_wsi):
+        return model(inp.m1, base_wsi + d_wsi, None, m1_tokens=base_tok + d_tok, validate=False).risk
+
+    d = (tok - base_tok, inp.wsi - base_wsi)
+    a_tok, a_wsi = InputXGradient(risk).attribute(tuple(x.clone().requires_grad_(True) for x in d))
+    patch, fam = (a.detach().sum(-1)[0].double().numpy() for a in (a_wsi, a_tok))
+    np.testing.assert_allclose(grad_all.patch_scores["risk"], patch, rtol=1e-4, atol=1e-6 * np.abs(patch).max())
+    np.testing.assert_allclose(grad_all.family_scores["risk"], fam, rtol=1e-4, atol=1e-6 * np.abs(fam).max())
+    assert np.abs(fam).max() > 0 and np.abs(patch).max() > 0
+
+
 def test_targets_are_the_risk_and_first_order_feature_contributions(predictor, cohort, grad_all):
     k = grad_all.fold
     preds = predictor.run.predictions().set_index("case_id")
