@@ -10,7 +10,7 @@ Caching design
 * ``st.cache_data`` (per argument values, returned as copies): predictions, the cohort table,
   cutoffs and stratifications, metrics, one patient's model output (and its "what if"
   variants), attributions, cohort-level decoupled features, t-SNE / CKA, thumbnails, top-k
-  patches and the exported figure bytes.
+  patches, the inspected patch and the exported figure bytes.
 
 The models of the run in use are loaded in a background thread right after the first page is
 drawn (:func:`prewarm`), so the Cohort page never waits for torch and opening a patient rarely
@@ -23,7 +23,6 @@ model math: everything below calls the ``deref`` library and reshapes its output
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import threading
@@ -184,14 +183,6 @@ class LoadedRun:
     predictor: Any
     lock: threading.RLock = field(default_factory=threading.RLock)
 
-    @property
-    def info(self) -> dict:
-        return self.predictor.run.info
-
-    @property
-    def config(self):
-        return self.predictor.config
-
 
 #: How many times a model was loaded in this process (the tests and the benchmark read it).
 MODEL_LOADS: dict[str, int] = {}
@@ -275,43 +266,23 @@ def prewarm(source: Source) -> None:
 # --------------------------------------------------------------------------------------------
 # data: copies per call
 # --------------------------------------------------------------------------------------------
-RUN_FORMAT = "deref-run/1"  # deref.runs.RUN_FORMAT (read here without importing torch)
+def _run(run_dir: str):
+    """The run directory, checked (``deref.runs.RunDir``: JSON and CSV only, no torch)."""
+    from deref.runs import RunDir
 
-
-def _read_run_csv(run_dir: str, name: str) -> pd.DataFrame:
-    path = Path(run_dir) / name
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found (was the run finished?)")
-    try:
-        return pd.read_csv(path, dtype={"case_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot be read as CSV ({exc})") from exc
+    return RunDir(run_dir)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def run_info(run_dir: str) -> dict:
-    """run.json, checked like ``RunDir`` does (plain JSON: the Cohort page needs no torch)."""
-    import json
-
-    path = Path(run_dir) / "run.json"
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"{run_dir}: run directory not found")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
-        fmt = info.get("format") if isinstance(info, dict) else None
-        raise CheckpointError(f"{path}: format {fmt!r}; expected {RUN_FORMAT!r}")
-    return info
+    """run.json, checked by ``RunDir`` (its format and model config)."""
+    return _run(run_dir).info
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def train_risks(run_dir: str) -> pd.DataFrame | None:
     path = Path(run_dir) / "train_risks.csv"
-    return _read_run_csv(run_dir, "train_risks.csv") if path.is_file() else None
+    return _run(run_dir).read_csv("train_risks.csv") if path.is_file() else None
 
 
 @st.cache_data(show_spinner="Checking the run against the cohort…", max_entries=16)
@@ -377,7 +348,7 @@ def predictions(run_dir: str, table: str | None, bag_dir: str | None) -> pd.Data
     model; everyone else gets the mean over the fold models (``fold = -1``).
     """
     if table is None:
-        df = _read_run_csv(run_dir, "predictions.csv")
+        df = _run(run_dir).read_csv("predictions.csv")
     else:
         problems = compatibility(run_dir, table, bag_dir)
         if problems:
@@ -390,23 +361,15 @@ def predictions(run_dir: str, table: str | None, bag_dir: str | None) -> pd.Data
     return df
 
 
-def _cutoff_train_risks(run_dir: str, pred: pd.DataFrame) -> pd.DataFrame | None:
-    tr = train_risks(run_dir)
-    if tr is None:
-        return None
-    if (pred["fold"] == -1).any():
-        # patients scored by the mean of the fold models: cut at the pooled training risks
-        tr = pd.concat([tr, tr.assign(fold=-1)], ignore_index=True)
-    return tr
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def cutoffs(run_dir: str, table: str | None, bag_dir: str | None, rule: str, cutoffs_from: str = "training"):
     """Cutoffs of a rule (``median``, ``tertiles``, ``quantiles:...``, ``thresholds:...``)."""
     from deref.stratify import compute_cutoffs
 
     pred = predictions(run_dir, table, bag_dir)
-    tr = _cutoff_train_risks(run_dir, pred) if cutoffs_from == "training" else None
+    # patients scored by the mean of the fold models (fold -1) are cut at every fold's training
+    # risks together (``Cutoffs.pooled``)
+    tr = train_risks(run_dir) if cutoffs_from == "training" else None
     return compute_cutoffs(rule, train_risks=tr, pred_df=pred, cutoffs_from=cutoffs_from)
 
 
@@ -507,20 +470,11 @@ def cohort_table(run_dir: str, table: str | None, bag_dir: str | None) -> pd.Dat
 def metrics_report(run_dir: str, table: str | None, bag_dir: str | None):
     """``(MetricsReport, note)``: IPCW weights from each fold's training patients when the run's
     own cohort is shown (else, or when those patients have no outcome here, the pooled cohort)."""
-    from deref.metrics import bin_edges_from_run, evaluate_predictions
+    from deref.metrics import bin_edges_from_run, evaluate_run_predictions
 
     pred = predictions(run_dir, table, bag_dir).dropna(subset=["risk"])
-    edges = bin_edges_from_run(run_info(run_dir))
     tr = train_risks(run_dir) if table is None else None
-    if tr is not None:
-        try:
-            return evaluate_predictions(
-                pred, tr, edges
-            ), "censoring weights from each fold's training patients"
-        except DataError as exc:
-            note = f"censoring weights from the pooled cohort ({exc})"
-            return evaluate_predictions(pred, None, edges), note
-    return evaluate_predictions(pred, None, edges), "censoring weights from the pooled cohort"
+    return evaluate_run_predictions(pred, tr, bin_edges_from_run(run_info(run_dir)))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -537,9 +491,8 @@ def calibration(
 
     pred = predictions(run_dir, table, bag_dir)
     cols = survival_columns(pred)
-    edges = bin_edges_from_run(run_info(run_dir))
-    first = next(iter(edges.values()))
-    per_row = np.stack([np.asarray(edges.get(int(f), first), dtype=float) for f in pred["fold"]])
+    edges = bin_edges_from_run(run_info(run_dir))  # fold -1 (mean of the fold models): the mean edges
+    per_row = np.stack([np.asarray(edges[int(f)], dtype=float) for f in pred["fold"]])
     s_t = np.asarray(survival_at_times(pred[cols].to_numpy(float), per_row, [t])).reshape(-1)
     frame = pred[["case_id", "fold", "time", "censorship", "event"]].assign(risk=-s_t)
     cut = cohort_cutoffs(
@@ -587,12 +540,6 @@ class PatientView:
     bin_edges: list[float]
 
 
-def _fold_of(lr: LoadedRun, case_id: str, fold: int | None) -> int:
-    if fold is not None:
-        return int(fold)
-    return lr.predictor.validation_folds().get(case_id, lr.predictor.run.fold_indices[0])
-
-
 @st.cache_data(show_spinner=False, max_entries=512)
 def patient_view(
     run_dir: str,
@@ -616,7 +563,7 @@ def patient_view(
     co = cohort(run_dir, table, bag_dir)
     if case_id not in co.patients.index:
         raise DataError(f"patient {case_id!r} is not in the cohort {co.source.name}")
-    k = _fold_of(lr, case_id, fold)
+    k = lr.predictor.fold_for(case_id, fold)
     with lr.lock:
         out, inputs = lr.predictor.predict_patient(co, case_id, fold=k, drop=drop, return_attention=True)
     surv_s = None
@@ -631,11 +578,11 @@ def patient_view(
         attrs = [{k2: v for k2, v in a.items() if isinstance(v, (int, float, str))} for a in per]
     edges = bin_edges_from_run(run_info(run_dir)).get(k) or []
 
-    def arr(x, squeeze=True):
+    def arr(x):
         if x is None:
             return None
         a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-        return a[0] if squeeze else a
+        return a[0]
 
     return PatientView(
         case_id=case_id,
@@ -656,24 +603,13 @@ def patient_view(
         slide_index=None if bag is None or bag.slide_index is None else np.asarray(bag.slide_index),
         slide_ids=slide_ids,
         patch_attrs=attrs,
-        bin_edges=[float(e) if e is not None else float("inf") for e in edges],
+        bin_edges=list(edges),  # floats (the last one inf), from bin_edges_from_run
     )
 
 
 # --------------------------------------------------------------------------------------------
-# explanations (deref.explain.attribution / deref.explain.cohort, when installed)
+# explanations (deref.explain.attribution / deref.explain.cohort)
 # --------------------------------------------------------------------------------------------
-def has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-ATTRIBUTION_MODULE = "deref.explain.attribution"
-COHORT_EXPLAIN_MODULE = "deref.explain.cohort"
-
-
 @dataclass
 class AttributionView:
     """``explain_patient``'s result as plain arrays (see ``deref.explain.attribution``)."""
@@ -697,11 +633,12 @@ def patient_attribution(
 ) -> AttributionView:  # fmt: skip
     """Attributions of the risk and of each decoupled feature (read from / written to the run's
     explanation cache by the library)."""
-    mod = importlib.import_module(ATTRIBUTION_MODULE)
+    from deref.explain.attribution import explain_patient
+
     lr = loaded_run(run_dir)
     co = cohort(run_dir, table, bag_dir)
     with lr.lock:
-        res = mod.explain_patient(lr.predictor, co, case_id, method=method, fold=fold, slide_dir=slide_dir)
+        res = explain_patient(lr.predictor, co, case_id, method=method, fold=fold, slide_dir=slide_dir)
     return AttributionView(
         method=res.method,
         fold=int(res.fold),
@@ -718,42 +655,31 @@ def patient_attribution(
     )
 
 
-@dataclass
-class CohortFeatures:
-    case_ids: list[str]
-    features: np.ndarray  # (n, F, C2)
-    gates: np.ndarray  # (n, N)
-    risks: np.ndarray  # (n,)
-    folds: np.ndarray  # (n,) fold model of each row
-    feature_names: tuple[str, ...]
-
-
 @st.cache_data(show_spinner="Decoupled features of every patient…", max_entries=16)
-def cohort_features(
-    run_dir: str, table: str | None, bag_dir: str | None, fold: int | str = "oof"
-) -> CohortFeatures:
-    """Every patient's decoupled features and gates: held-out (``"oof"``) or all by fold ``k``."""
-    mod = importlib.import_module(COHORT_EXPLAIN_MODULE)
+def cohort_features(run_dir: str, table: str | None, bag_dir: str | None, fold: int | str = "oof"):
+    """Every patient's decoupled features and gates (``deref.explain.cohort.DecoupledFeatures``,
+    plain arrays): held-out (``"oof"``) or all by fold ``k``."""
+    from deref.explain.cohort import decoupled_features
+
     lr = loaded_run(run_dir)
     co = cohort(run_dir, table, bag_dir)
     with lr.lock:
-        d = mod.decoupled_features(lr.predictor, co, fold=fold)
-    return CohortFeatures([str(c) for c in d.case_ids], np.asarray(d.features), np.asarray(d.gates),
-                          np.asarray(d.risks).reshape(-1), np.asarray(d.folds), tuple(d.feature_names))  # fmt: skip
+        return decoupled_features(lr.predictor, co, fold=fold)
 
 
 @st.cache_data(show_spinner="t-SNE of the decoupled features…", max_entries=16)
 def tsne(run_dir: str, table: str | None, bag_dir: str | None, fold: int) -> pd.DataFrame:
     """``x, y, feature, case_id`` of the patients fold model ``fold`` held out: one model's
     feature space, held-out patients only (a subset of the cohort's held-out features)."""
-    mod = importlib.import_module(COHORT_EXPLAIN_MODULE)
+    from deref.explain.cohort import tsne_embedding
+
     cf = cohort_features(run_dir, table, bag_dir, "oof")
     sel = np.flatnonzero(cf.folds == int(fold))
     if sel.size < 2:
         raise DataError(
             f"fold {fold} holds out {sel.size} patient(s) of this cohort; a t-SNE needs at least 2"
         )
-    return mod.tsne_embedding(
+    return tsne_embedding(
         cf.features[sel], case_ids=[cf.case_ids[i] for i in sel], feature_names=cf.feature_names
     )
 
@@ -761,33 +687,32 @@ def tsne(run_dir: str, table: str | None, bag_dir: str | None, fold: int) -> pd.
 @st.cache_data(show_spinner="CKA between the decoupled features…", max_entries=16)
 def cka(run_dir: str, table: str | None, bag_dir: str | None) -> np.ndarray:
     """(F, F) linear CKA over the held-out features, within each fold model, averaged."""
-    mod = importlib.import_module(COHORT_EXPLAIN_MODULE)
+    from deref.explain.cohort import cka_matrix
+
     cf = cohort_features(run_dir, table, bag_dir, "oof")
-    return np.asarray(mod.cka_matrix(cf.features, groups=cf.folds))
-
-
-def expert_names(n_experts: int, names: tuple[str, ...]) -> list[str]:
-    """Labels of the MoE experts: with DeReF's per-feature gate, expert i is scored by feature i."""
-    if names and n_experts % len(names) == 0:
-        per = n_experts // len(names)
-        return [names[i // per] + (f" #{i % per + 1}" if per > 1 else "") for i in range(n_experts)]
-    return [f"expert {i + 1}" for i in range(n_experts)]
+    return np.asarray(cka_matrix(cf.features, groups=cf.folds))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def gate_summary(run_dir: str, table: str | None, bag_dir: str | None, rule: str) -> pd.DataFrame:
     """Mean held-out gate weight per expert, overall and by risk group (``group, expert, mean, std, sem, n``)."""
-    mod = importlib.import_module(COHORT_EXPLAIN_MODULE)
+    from deref.explain.cohort import gate_summary as _gate_summary
+
     cf = cohort_features(run_dir, table, bag_dir, "oof")
     groups = (
         risk_groups(run_dir, table, bag_dir, rule).reindex(cf.case_ids).astype(object).fillna("not predicted")
     )
-    return mod.gate_summary(cf.gates, groups.to_numpy(), expert_names(cf.gates.shape[1], cf.feature_names))
+    return _gate_summary(cf.gates, groups.to_numpy(), cf.expert_names)
 
 
 # --------------------------------------------------------------------------------------------
 # slides
 # --------------------------------------------------------------------------------------------
+#: Longer side (px) of the cached slide thumbnail and of the Attention page's heatmap canvas: one
+#: size, so that ``render_heatmap`` draws on the cached thumbnail without resizing it on every rerun.
+CANVAS_PX = 1280
+
+
 @dataclass
 class Thumbnail:
     image: np.ndarray | None  # (H, W, 3) uint8
@@ -802,7 +727,7 @@ def slide_path(source: Source, slide_id: str) -> Path | None:
 
 
 @st.cache_data(show_spinner="Reading the slide thumbnail…", max_entries=64)
-def thumbnail(path: str | None, max_size: int = 1536) -> Thumbnail:
+def thumbnail(path: str | None, max_size: int = CANVAS_PX) -> Thumbnail:
     """The slide's thumbnail through OpenSlide, or the reason it could not be read."""
     from deref.explain.heatmap import read_thumbnail
 
@@ -823,6 +748,16 @@ def top_patches(
     from deref.explain.patches import top_k_patches
 
     return top_k_patches(scores, coords, k, patch_size, patch_level, path)
+
+
+@st.cache_data(show_spinner="Reading the patch at full resolution…", max_entries=256)
+def patch_view(
+    path: str | None, scores: np.ndarray, coords: np.ndarray, index: int, patch_size: int, patch_level: int
+):
+    """Patch ``index`` alone (a PatchView) read at full resolution; image None without a slide."""
+    from deref.explain.patches import patches_at
+
+    return patches_at(scores, coords, [int(index)], patch_size, patch_level, path)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -911,9 +846,7 @@ def model_status() -> str:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def feature_names(run_dir: str) -> tuple[str, ...]:
-    from deref.runs import RunDir
-
-    return tuple(RunDir(run_dir).config.feature_names)
+    return tuple(_run(run_dir).config.feature_names)
 
 
 def overlay_image(
@@ -928,7 +861,7 @@ def overlay_image(
     clip: tuple[float, float],
     threshold: float | None,
     smooth_sigma: float,
-    canvas: int = 1280,
+    canvas: int = CANVAS_PX,
 ):
     """The heatmap of the Attention page's fragment: ``render_heatmap`` over the thumbnail (or a
     blank canvas), as a (H, W, 3) uint8 array and the HeatmapResult (colour scale, patch boxes).

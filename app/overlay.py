@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from deref.explain.patches import top_k_indices
+
 
 def clicked_patch(event: object, n: int) -> int | None:
     """The patch a click on the overlay picked, or None: the ``point_index`` of the first
@@ -28,9 +30,15 @@ def clicked_patch(event: object, n: int) -> int | None:
     return None
 
 
+def patch_at_rank(scores: np.ndarray, rank: int) -> int:
+    """The patch the rank box's 1-based ``rank`` names: ``top_k_indices``' order (highest score
+    first, ties by the lower index), the order of the top-k gallery too."""
+    return int(top_k_indices(scores, int(rank))[int(rank) - 1])
+
+
 def rank_of(scores: np.ndarray, idx: int) -> int:
-    """1-based rank of patch ``idx`` in the order the rank box uses (highest score first, ties by index)."""
-    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=float)))
+    """1-based rank of patch ``idx`` in the order the rank box uses (inverse of :func:`patch_at_rank`)."""
+    order = top_k_indices(scores, len(scores))
     return int(np.flatnonzero(order == idx)[0]) + 1
 
 

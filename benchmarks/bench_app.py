@@ -16,7 +16,8 @@ Figures (targets from the issue in brackets):
   before (everything from the caches).
 - ``overlay_ms`` [<= 300 ms]: what the Attention page's fragment does when the opacity slider
   moves, on a 20,000-patch slide (``benchmarks.bench_explain.heatmap_case``: 120,000 x 80,000 px
-  slide, 2,048-px thumbnail): ``backend.overlay_image`` (render_heatmap on the 1,280-px canvas),
+  slide, its thumbnail at the 1,280-px canvas size as ``backend.thumbnail`` caches it):
+  ``backend.overlay_image`` (render_heatmap on that canvas),
   and the clickable plotly figure (JPEG of the canvas, one invisible marker per patch centre, the
   selected patch's outline) serialized as ``st.plotly_chart`` sends it; median over opacities.
   ``overlay_payload_kb`` is that figure's size; the browser's transfer and paint are not included.
@@ -73,11 +74,12 @@ def find_demo(arg: str | None) -> Path:
 
 # ----------------------------------------------------------------------------- in-process figures
 def measure_overlay(repeats: int) -> dict[str, float]:
-
     from app import backend
     from benchmarks.bench_explain import heatmap_case
 
     scores, coords, ps, dims, thumb = heatmap_case()
+    thumb = thumb.copy()
+    thumb.thumbnail((backend.CANVAS_PX, backend.CANVAS_PX))  # what backend.thumbnail() caches
     t = backend.Thumbnail(np.asarray(thumb), dims, None)
     attrs = {"patch_size": ps, "patch_level": 0}
 

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "OKABE_ITO",
     "group_colors",
+    "rgba",
     "figure_meta",
     "caption_text",
     "format_p",
@@ -98,7 +99,8 @@ def group_colors(n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def _rgba(hex_color: str, alpha: float) -> str:
+def rgba(hex_color: str, alpha: float) -> str:
+    """A ``#rrggbb`` colour with opacity ``alpha``, as a CSS ``rgba(r,g,b,a)`` string (plotly fills)."""
     h = hex_color.lstrip("#")
     r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
@@ -241,7 +243,7 @@ def km_figure_plotly(
             fig.add_trace(
                 go.Scatter(
                     x=km["time"], y=km["ci_lower"], mode="lines", line={"width": 0, "shape": "hv", "color": col},
-                    fill="tonexty", fillcolor=_rgba(col, 0.18), legendgroup=g.name, showlegend=False,
+                    fill="tonexty", fillcolor=rgba(col, 0.18), legendgroup=g.name, showlegend=False,
                     name=f"{g.name} {int(round(100 * (1 - result.alpha)))}% CI", hoverinfo="skip",
                 ),
                 row=1, col=1,
@@ -440,7 +442,7 @@ def risk_boxplot_plotly(
         fig.add_trace(
             go.Box(
                 y=vals, name=f"{name} ({vals.size} {unit})", marker_color=col, boxpoints="all", jitter=0.35,
-                pointpos=0, line={"width": 1.6}, fillcolor=_rgba(col, 0.2),
+                pointpos=0, line={"width": 1.6}, fillcolor=rgba(col, 0.2),
             )
         )  # fmt: skip
     caption = caption_text(meta)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,9 +23,9 @@ import torch
 from deref.data.bags import Bag
 from deref.data.cohort import Cohort, load_run_cohort
 from deref.data.preprocess import Preprocessing
-from deref.errors import ConfigError, DataError
+from deref.errors import ConfigError, DataError, InputError
 from deref.model import SurvivalOutput, collate_bags
-from deref.runs import FoldCheckpoint, RunDir
+from deref.runs import MEAN_OF_FOLDS, FoldCheckpoint, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,26 @@ def surv_columns(n_bins: int) -> list[str]:
     return [f"surv_{k}" for k in range(n_bins)]
 
 
+@torch.no_grad()
+def family_tokens(model: torch.nn.Module, m1: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The modality-1 tokens ``(B, G, C1)`` of standardized profiles (one ``(B, d_g)`` per group)."""
+    dev = next(model.parameters()).device
+    return model.m1_encoder.tokens([torch.as_tensor(x, dtype=torch.float32).to(dev) for x in m1]).float()
+
+
+def mean_family_tokens(model: torch.nn.Module, m1: Sequence[torch.Tensor | np.ndarray], batch_size: int = 256) -> torch.Tensor:
+    """``(G, C1)`` mean family token over patients (``m1``: one ``(n, d_g)`` array per group)."""
+    n = int(np.shape(m1[0])[0])
+    if n == 0:
+        raise InputError("no patients to average the family tokens over")
+    total = None
+    for start in range(0, n, batch_size):
+        part = family_tokens(model, [torch.as_tensor(np.asarray(x[start : start + batch_size])) for x in m1])
+        s = part.double().sum(dim=0)
+        total = s if total is None else total + s
+    return (total / n).float()
+
+
 class Predictor:
     """Loads a run once and predicts batches of patients with any of its fold models."""
 
@@ -146,6 +167,8 @@ class Predictor:
         self._folds: dict[int, FoldCheckpoint] = {}
         self._m1_cache: dict[tuple[int, str], tuple[list[np.ndarray], dict[str, int]]] = {}
         self._bag_stores: dict[str, BagStore] = {}
+        self._token_baselines: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def from_run(cls, path: str | os.PathLike, device: str | torch.device = "auto", bf16: bool = False) -> Predictor:
@@ -176,6 +199,40 @@ class Predictor:
             for c in f.get("val_ids", []):
                 out[str(c)] = int(f["index"])
         return out
+
+    def fold_for(self, case_id: str, fold: int | None = None) -> int:
+        """``fold`` (checked against the run's folds), else the fold whose validation set held
+        ``case_id``, else the first fold."""
+        folds = self.run.fold_indices
+        if fold is not None:
+            if int(fold) not in folds:
+                raise ConfigError(f"fold {fold} is not in run {self.run.path} (folds {folds})")
+            return int(fold)
+        return int(self.validation_folds().get(str(case_id), folds[0]))
+
+    def family_token_baseline(self, k: int, cohort: Cohort | None = None) -> torch.Tensor:
+        """``(G, C1)`` mean family token of fold ``k``'s training patients: the "no genomics"
+        input of :meth:`predict_patient` and the genomic baseline of ``deref.explain``.
+
+        The training patients' profiles come from ``cohort`` when it holds all of them (the
+        run's own cohort usually), else from the run's own table (:meth:`load_cohort`).
+        Computed once per fold model.
+        """
+        with self._lock:
+            hit = self._token_baselines.get(k)
+        if hit is not None:
+            return hit
+        info = next((f for f in self.run.info.get("folds", []) if int(f["index"]) == int(k)), None)
+        train_ids = [str(c) for c in (info or {}).get("train_ids", [])]
+        if not train_ids:
+            raise ConfigError(f"{self.run.path}: run.json lists no training patients for fold {k}")
+        source = cohort
+        if source is None or not all(c in source.genomic.index for c in train_ids):
+            source = self.load_cohort()
+        tokens = mean_family_tokens(self.fold(k).model, m1_matrix(source, self.fold(k).preprocessing, train_ids))
+        with self._lock:
+            self._token_baselines[k] = tokens
+        return tokens
 
     def _m1(self, cohort: Cohort, k: int) -> tuple[list[np.ndarray], dict[str, int]]:
         key = (k, cohort.fingerprint)
@@ -260,7 +317,7 @@ class Predictor:
                 cols = ["risk"] + surv_columns(self.config.n_bins)
                 frame[cols] = np.mean([p[cols].to_numpy() for p in parts], axis=0)
                 frame["risk_std"] = np.std([p["risk"].to_numpy() for p in parts], axis=0)
-                frame["fold"] = -1
+                frame["fold"] = MEAN_OF_FOLDS
             rows.append(frame)
             done += len(members)
             if progress:
@@ -272,13 +329,20 @@ class Predictor:
         out.insert(4, "event", pts["event"].to_numpy())
         return out
 
-    def _predict_fold(self, cohort, ids, k, batch_size, segments) -> pd.DataFrame:
+    def forward_batches(
+        self, cohort: Cohort, ids: Sequence[str], k: int, batch_size: int, segments: int | str | None = None
+    ) -> Iterator[tuple[list[str], SurvivalOutput]]:
+        """``(case ids, output)`` of fold ``k``'s model over ``ids`` in batches, bags sorted by
+        size to limit padding (the batched model gives each patient what it gives alone)."""
         store = self.bag_store(cohort)
         order = sorted(ids, key=store.size) if store is not None else list(ids)
-        risks, stds, survs, names = [], [], [], []
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            out = self.forward(self.inputs(cohort, batch, k), k, segments=segments)
+            yield batch, self.forward(self.inputs(cohort, batch, k), k, segments=segments)
+
+    def _predict_fold(self, cohort, ids, k, batch_size, segments) -> pd.DataFrame:
+        risks, stds, survs, names = [], [], [], []
+        for batch, out in self.forward_batches(cohort, ids, k, batch_size, segments):
             names += batch
             risks.append(out.risk.numpy())
             stds.append(out.risk_std.numpy() if out.risk_std is not None else np.zeros(len(batch)))
@@ -309,13 +373,11 @@ class Predictor:
         after standardization). Without the slide: a one-patch bag holding the training
         fold's mean patch embedding.
         """
-        k = fold if fold is not None else self.validation_folds().get(case_id, self.run.fold_indices[0])
+        k = self.fold_for(case_id, fold)
         inputs = self.inputs(cohort, [case_id], k)
         tokens = None
         if drop == "m1" and self.config.model_type == "deref":
-            from deref.explain.attribution import training_family_tokens
-
-            tokens = training_family_tokens(self, k, cohort).unsqueeze(0)
+            tokens = self.family_token_baseline(k, cohort).unsqueeze(0)
         elif drop == "m1":
             inputs.m1 = [torch.zeros_like(x) for x in inputs.m1]
         elif drop == "wsi":

@@ -41,6 +41,7 @@ from sksurv.metrics import (
 )
 
 from deref.errors import DataError
+from deref.runs import MEAN_OF_FOLDS
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ __all__ = [
     "default_eval_times",
     "survival_columns",
     "evaluate_predictions",
+    "evaluate_run_predictions",
     "bin_edges_from_run",
 ]
 
@@ -591,7 +593,9 @@ def _fold_metrics(
 
 
 def bin_edges_from_run(run_info: Mapping) -> dict[int, list[float]]:
-    """Fold -> bin edges from a parsed ``run.json`` (``folds: [{"index", "bin_edges"}, ...]``).
+    """Fold -> bin edges from a parsed ``run.json`` (``folds: [{"index", "bin_edges"}, ...]``),
+    plus ``deref.runs.MEAN_OF_FOLDS`` -> the folds' mean edges, the bins of a survival curve
+    averaged over the fold models.
 
     Raises
     ------
@@ -606,6 +610,8 @@ def bin_edges_from_run(run_info: Mapping) -> dict[int, list[float]]:
         if not isinstance(f, Mapping) or "index" not in f or "bin_edges" not in f:
             raise DataError(f"run.json: folds[{i}] needs 'index' and 'bin_edges'")
         out[int(f["index"])] = [float(x) for x in f["bin_edges"]]
+    if len({len(e) for e in out.values()}) == 1:
+        out[MEAN_OF_FOLDS] = np.mean(list(out.values()), axis=0).tolist()
     return out
 
 
@@ -700,3 +706,18 @@ def evaluate_predictions(
         mean[m] = float(vals.mean()) if vals.size else float("nan")
         std[m] = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
     return MetricsReport(fold_results, pooled, mean, std, count)
+
+
+def evaluate_run_predictions(
+    pred_df: pd.DataFrame, train_df: pd.DataFrame | None, bin_edges
+) -> tuple[MetricsReport, str]:
+    """:func:`evaluate_predictions` with each fold's training patients as the IPCW sample when
+    ``train_df`` is given and their outcomes are known (a run's own out-of-fold table: every
+    training patient is another fold's test patient), else the pooled cohort. Returns the
+    report and a note saying which sample weighted the censoring (and why not the folds')."""
+    if train_df is not None:
+        try:
+            return evaluate_predictions(pred_df, train_df, bin_edges), "censoring weights from each fold's training patients"
+        except DataError as exc:  # e.g. a run of some folds only: training outcomes not all known
+            return evaluate_predictions(pred_df, None, bin_edges), f"censoring weights from the pooled cohort ({exc})"
+    return evaluate_predictions(pred_df, None, bin_edges), "censoring weights from the pooled cohort"

@@ -26,18 +26,21 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
 from deref import __version__
 from deref.data.preprocess import Preprocessing
 from deref.errors import CheckpointError, ConfigError
 from deref.model import ModelConfig, build_model
 
+if TYPE_CHECKING:  # torch and safetensors load with the weights: run.json and the CSVs need neither
+    import torch
+
 RUN_FORMAT = "deref-run/1"
+# ``fold`` of a prediction made by the mean of the fold models (a patient in no validation fold)
+MEAN_OF_FOLDS = -1
 
 
 def _json_default(obj: Any) -> Any:
@@ -93,6 +96,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def save_checkpoint(fold_dir: Path, model: torch.nn.Module, preprocessing: Preprocessing, extra: dict | None = None) -> None:
     """Write ``model.safetensors`` and ``preprocessing.json`` of one fold (atomically)."""
+    from safetensors.torch import save_file
+
     fold_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = fold_dir / f".model.safetensors.tmp-{os.getpid()}"
@@ -106,6 +111,8 @@ def save_checkpoint(fold_dir: Path, model: torch.nn.Module, preprocessing: Prepr
 
 def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     """Load safetensors weights strictly, naming any missing, unexpected or misshapen tensor."""
+    from safetensors.torch import load_file
+
     if not path.exists():
         raise CheckpointError(f"{path}: weights file not found")
     try:
@@ -147,7 +154,7 @@ class RunDir:
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: run directory not found")
         self.info = read_json(self.path / "run.json")
-        fmt = self.info.get("format")
+        fmt = self.info.get("format") if isinstance(self.info, dict) else None
         if fmt != RUN_FORMAT:
             raise CheckpointError(f"{self.path / 'run.json'}: format {fmt!r}; expected {RUN_FORMAT!r}")
         try:
@@ -189,9 +196,12 @@ class RunDir:
         import pandas as pd
 
         path = self.path / name
-        if not path.exists():
+        if not path.is_file():
             raise CheckpointError(f"{path}: not found (was the run finished?)")
-        return pd.read_csv(path, dtype={"case_id": str})
+        try:
+            return pd.read_csv(path, dtype={"case_id": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path}: cannot be read as CSV ({exc})") from exc
 
     def predictions(self):
         return self.read_csv("predictions.csv")

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from deref.errors import DataError
+from deref.runs import MEAN_OF_FOLDS
 
 # lifelines and scipy (about 1 s to import) load on the first fit, not with this module: cutoffs
 # and group assignment (the dashboard's Cohort page) need neither.
@@ -200,11 +201,16 @@ class Cutoffs(Mapping):
         thresholds.
     thresholds : dict
         Fold -> increasing thresholds; the key ``"all"`` applies to every fold.
+    pooled : ndarray or None
+        ``training`` only: the rule applied to every fold's training risks together, the
+        cutoff of a patient scored by the mean of the fold models (``fold`` =
+        ``deref.runs.MEAN_OF_FOLDS``).
     """
 
     rule: CutoffRule
     source: str
     thresholds: dict[Any, np.ndarray] = field(default_factory=dict)
+    pooled: np.ndarray | None = None
 
     def __getitem__(self, fold: Any) -> np.ndarray:
         return self.for_fold(fold)
@@ -221,6 +227,8 @@ class Cutoffs(Mapping):
             return self.thresholds[fold]
         if ALL_FOLDS in self.thresholds:
             return self.thresholds[ALL_FOLDS]
+        if fold == MEAN_OF_FOLDS and self.pooled is not None:
+            return self.pooled
         raise DataError(
             f"no {self.rule.name} cutoff for fold {fold!r}: training risks cover folds {sorted(map(str, self.thresholds))}"
         )
@@ -300,7 +308,7 @@ def training_cutoffs(train_risks_df: pd.DataFrame, rule: str | CutoffRule) -> Cu
         out[key] = _quantile_thresholds(risk[idx], rule, f"training risks of fold {fold}")
     if not out:
         raise DataError("training risks: the table is empty")
-    return Cutoffs(rule, "training", out)
+    return Cutoffs(rule, "training", out, pooled=_quantile_thresholds(risk, rule, "training risks of all folds"))
 
 
 def cohort_cutoffs(pred_df: pd.DataFrame, rule: str | CutoffRule) -> Cutoffs:

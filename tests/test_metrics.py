@@ -200,7 +200,13 @@ def test_evaluate_predictions_per_fold_uses_fold_training_patients():
     frame = rep.to_frame()
     assert list(frame.fold) == [0, 1, 2, "pooled", "mean", "std"]
     run_json = {"folds": [{"index": f, "bin_edges": e, "metrics": {}} for f, e in edges.items()]}
-    assert evaluate_predictions(df, train, bin_edges_from_run(run_json)).folds[2].ibs == rep.folds[2].ibs
+    from_run = bin_edges_from_run(run_json)
+    assert evaluate_predictions(df, train, from_run).folds[2].ibs == rep.folds[2].ibs
+    # patients scored by the mean of the fold models (fold -1) use the folds' mean edges
+    np.testing.assert_allclose(from_run[-1], np.mean([edges[f] for f in (0, 1, 2)], axis=0))
+    mixed = df.assign(fold=np.where(df.index % 4 == 0, -1, df.fold))
+    rep_mixed = evaluate_predictions(mixed, None, from_run)
+    assert [f.fold for f in rep_mixed.folds] == [-1, 0, 1, 2] and np.isfinite(rep_mixed.pooled.ibs)
     # without training patients: the pooled cohort is the IPCW sample, Harrell unchanged
     rep2 = evaluate_predictions(df, None, edges)
     assert rep2.folds[0].ipcw_source == "pooled cohort"

@@ -88,6 +88,11 @@ def test_cutoff_thresholds_equal_numpy_quantiles():
     cut = training_cutoffs(train, "tertiles")
     for f in range(3):
         np.testing.assert_allclose(cut[f], np.quantile(train.risk[train.fold == f], [1 / 3, 2 / 3]))
+    # a patient scored by the mean of the fold models: the rule on every fold's training risks
+    np.testing.assert_allclose(cut[-1], np.quantile(train.risk, [1 / 3, 2 / 3]))
+    assert -1 not in cut.thresholds  # not a fold of its own in the exported thresholds
+    mean_row = df.iloc[:1].assign(fold=-1, risk=float(np.quantile(train.risk, 0.9)))
+    assert assign_groups(mean_row, cut).tolist() == ["high"]
     absolute = training_cutoffs(train, CutoffRule.thresholds([0.0]))
     assert absolute.source == "absolute"
     assert (assign_groups(df, absolute) == np.where(df.risk > 0, "high", "low")).all()

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import backend, components
-from app.overlay import apply_click, overlay_figure
+from app.overlay import apply_click, overlay_figure, patch_at_rank
 from deref.figures import OKABE_ITO
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "coolwarm", "RdYlBu_r", "cividis"]
@@ -79,11 +79,9 @@ def overlay(
         with right:
             rank = st.number_input("Inspect the patch ranked", 1, len(scores), 1, key="ov_rank",
                                    help="1 = highest score; the patch is outlined on the slide")  # fmt: skip
-            idx = int(np.lexsort((np.arange(len(scores)), -scores))[rank - 1])
+            idx = patch_at_rank(scores, int(rank))
             size, level = int(attrs.get("patch_size", 256)), int(attrs.get("patch_level", 0))
-            view = backend.top_patches(
-                path if thumb.error is None else None, scores, coords, int(rank), size, level
-            )[-1]
+            view = backend.patch_view(path if thumb.error is None else None, scores, coords, idx, size, level)
             if view.image is not None:
                 st.image(
                     view.image,
@@ -170,20 +168,15 @@ with components.guard("Attention"):
     if case is None:
         st.stop()
     v = backend.patient_view(*src.key, case)
-    if v.coords is None or v.wsi_attention is None and not backend.has_module(backend.ATTRIBUTION_MODULE):
+    if v.coords is None:
         st.info("This model or patient has no slide input (no bag with coordinates): nothing to draw.")
         st.stop()
 
     att = None
-    method = None
-    if backend.has_module(backend.ATTRIBUTION_MODULE):
-        method = st.radio("Attribution method", ["grad", "ig"], horizontal=True, key="att_method",
-                          format_func=lambda m: {"grad": "gradient × input (fast)", "ig": "Integrated Gradients"}[m])  # fmt: skip
-        with components.guard("Attributions", warn=True):
-            att = backend.patient_attribution(*src.key, case, method, v.fold, src.slide_dir)
-    else:
-        st.caption("Per-feature patch and gene-family attributions appear once `deref.explain.attribution` is installed; "
-                   "the class-token attention below is the model's own output.")  # fmt: skip
+    method = st.radio("Attribution method", ["grad", "ig"], horizontal=True, key="att_method",
+                      format_func=lambda m: {"grad": "gradient × input (fast)", "ig": "Integrated Gradients"}[m])  # fmt: skip
+    with components.guard("Attributions", warn=True):
+        att = backend.patient_attribution(*src.key, case, method, v.fold, src.slide_dir)
 
     targets = _targets(v, att)
     c1, c2 = st.columns([2, 3])
@@ -209,5 +202,4 @@ with components.guard("Attention"):
     if att is not None:
         _family_bars(att)
     else:
-        st.info("Gene-family attributions (Integrated Gradients, with convergence delta) need `deref.explain.attribution`, "
-                "which is not installed in this version.")  # fmt: skip
+        st.info("No gene-family attributions: computing them failed (the warning above says why).")

@@ -109,54 +109,47 @@ with components.guard("Training curves"):
 # ------------------------------------------------------------------------------ features
 st.subheader("Decoupled features: gates, t-SNE, CKA")
 names = backend.feature_names(src.run_dir)
-if backend.has_module(backend.COHORT_EXPLAIN_MODULE):
-    with components.guard("Gate weights"):
-        rule = st.session_state.get(components.K_RULE, "median")
-        gs = backend.gate_summary(*src.key, rule)
-        fig = go.Figure()
-        # low -> high risk, coloured like the Kaplan–Meier curves ("all" in grey first)
-        order = [str(c) for c in backend.risk_groups(*src.key, rule).cat.categories]
-        present = list(dict.fromkeys(gs["group"]))
-        groups = (
-            ["all"]
-            + [g for g in order if g in present]
-            + [g for g in present if g not in order and g != "all"]
-        )
-        colors = ["#666666"] + group_colors(max(2, len(order))) + ["#999999"] * len(present)
-        for grp, col in zip(groups, colors):
-            sub = gs[gs["group"] == grp]
-            fig.add_trace(go.Bar(x=sub["expert"], y=sub["mean"], name=f"{grp} (n={int(sub['n'].iloc[0])})", marker_color=col,
-                                 error_y={"type": "data", "array": sub["sem"].fillna(0)}))  # fmt: skip
-        fig.update_layout(template="simple_white", height=340, barmode="group", margin={"l": 50, "r": 10, "t": 40, "b": 60},
-                          title=f"Mean gate weight by risk group ({rule}; ± sem; held-out patients)",
-                          legend={"orientation": "h", "y": -0.2})  # fmt: skip
-        st.plotly_chart(fig, key="mean_gates")
-    c2, c3 = st.columns(2)
-    with c2, components.guard("t-SNE"):
-        folds = [int(f["index"]) for f in info.get("folds", [])]
-        tfold = st.selectbox("t-SNE of the patients held out by fold model", folds, key="tsne_fold",
-                             help="each fold model has its own feature space: one model's held-out patients keep the points comparable")  # fmt: skip
-        emb = backend.tsne(*src.key, int(tfold))
-        fig = go.Figure()
-        for name, col in zip(names, group_colors(max(2, len(names)))):
-            sub = emb[emb["feature"] == name]
-            fig.add_trace(go.Scattergl(x=sub["x"], y=sub["y"], mode="markers", name=name, text=sub["case_id"],
-                                       marker={"color": col, "size": 6}, hovertemplate="%{text}<extra>" + name + "</extra>"))  # fmt: skip
-        fig.update_layout(template="simple_white", height=380, title="t-SNE of the decoupled features",
-                          margin={"l": 30, "r": 10, "t": 40, "b": 30}, legend={"orientation": "h", "y": -0.12})  # fmt: skip
-        st.plotly_chart(fig, key="tsne")
-    with c3, components.guard("CKA"):
-        mat = backend.cka(*src.key)
-        fig = go.Figure(go.Heatmap(z=mat, x=list(names), y=list(names), zmin=0, zmax=1, colorscale="Viridis",
-                                   text=np.round(mat, 2), texttemplate="%{text}"))  # fmt: skip
-        fig.update_layout(template="simple_white", height=420, title="Linear CKA between the features (within each fold model)",
-                          margin={"l": 120, "r": 10, "t": 40, "b": 100}, yaxis={"autorange": "reversed"})  # fmt: skip
-        st.plotly_chart(fig, key="cka")
-        st.caption("Low CKA between the specific and shared features is what decoupling aims for.")
-else:
-    st.info(
-        "Gate summaries, t-SNE and CKA come from `deref.explain.cohort`, which is not installed in this version."
+with components.guard("Gate weights"):
+    rule = st.session_state.get(components.K_RULE, "median")
+    gs = backend.gate_summary(*src.key, rule)
+    fig = go.Figure()
+    # low -> high risk, coloured like the Kaplan–Meier curves ("all" in grey first)
+    order = [str(c) for c in backend.risk_groups(*src.key, rule).cat.categories]
+    present = list(dict.fromkeys(gs["group"]))
+    groups = (
+        ["all"] + [g for g in order if g in present] + [g for g in present if g not in order and g != "all"]
     )
+    colors = ["#666666"] + group_colors(max(2, len(order))) + ["#999999"] * len(present)
+    for grp, col in zip(groups, colors):
+        sub = gs[gs["group"] == grp]
+        fig.add_trace(go.Bar(x=sub["expert"], y=sub["mean"], name=f"{grp} (n={int(sub['n'].iloc[0])})", marker_color=col,
+                             error_y={"type": "data", "array": sub["sem"].fillna(0)}))  # fmt: skip
+    fig.update_layout(template="simple_white", height=340, barmode="group", margin={"l": 50, "r": 10, "t": 40, "b": 60},
+                      title=f"Mean gate weight by risk group ({rule}; ± sem; held-out patients)",
+                      legend={"orientation": "h", "y": -0.2})  # fmt: skip
+    st.plotly_chart(fig, key="mean_gates")
+c2, c3 = st.columns(2)
+with c2, components.guard("t-SNE"):
+    folds = [int(f["index"]) for f in info.get("folds", [])]
+    tfold = st.selectbox("t-SNE of the patients held out by fold model", folds, key="tsne_fold",
+                         help="each fold model has its own feature space: one model's held-out patients keep the points comparable")  # fmt: skip
+    emb = backend.tsne(*src.key, int(tfold))
+    fig = go.Figure()
+    for name, col in zip(names, group_colors(max(2, len(names)))):
+        sub = emb[emb["feature"] == name]
+        fig.add_trace(go.Scattergl(x=sub["x"], y=sub["y"], mode="markers", name=name, text=sub["case_id"],
+                                   marker={"color": col, "size": 6}, hovertemplate="%{text}<extra>" + name + "</extra>"))  # fmt: skip
+    fig.update_layout(template="simple_white", height=380, title="t-SNE of the decoupled features",
+                      margin={"l": 30, "r": 10, "t": 40, "b": 30}, legend={"orientation": "h", "y": -0.12})  # fmt: skip
+    st.plotly_chart(fig, key="tsne")
+with c3, components.guard("CKA"):
+    mat = backend.cka(*src.key)
+    fig = go.Figure(go.Heatmap(z=mat, x=list(names), y=list(names), zmin=0, zmax=1, colorscale="Viridis",
+                               text=np.round(mat, 2), texttemplate="%{text}"))  # fmt: skip
+    fig.update_layout(template="simple_white", height=420, title="Linear CKA between the features (within each fold model)",
+                      margin={"l": 120, "r": 10, "t": 40, "b": 100}, yaxis={"autorange": "reversed"})  # fmt: skip
+    st.plotly_chart(fig, key="cka")
+    st.caption("Low CKA between the specific and shared features is what decoupling aims for.")
 
 # ------------------------------------------------------------------------------ provenance
 st.subheader("Configuration and provenance")

@@ -10,7 +10,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import backend, components
-from deref.figures import OKABE_ITO
+from deref.explain.cohort import expert_labels
+from deref.figures import OKABE_ITO, rgba
 from deref.metrics import survival_at_times
 
 DROP_LABELS = {None: "both modalities", "m1": "without genomics", "wsi": "without the slide(s)"}
@@ -38,7 +39,7 @@ def _survival_figure(
                                      showlegend=False, hoverinfo="skip"))  # fmt: skip
             fig.add_trace(go.Scatter(
                 x=grid, y=per_s.min(axis=0), mode="lines", line={"width": 0, "shape": "hv", "color": color}, fill="tonexty",
-                fillcolor=_rgba(color, 0.2), name=f"{label}: range over segment counts s ∈ {{{', '.join(map(str, v.segments))}}}",
+                fillcolor=rgba(color, 0.2), name=f"{label}: range over segment counts s ∈ {{{', '.join(map(str, v.segments))}}}",
                 hoverinfo="skip",
             ))  # fmt: skip
         fig.add_trace(go.Scatter(x=grid, y=_curve(v.survival, v, grid)[0], mode="lines", name=label,
@@ -52,11 +53,6 @@ def _survival_figure(
                       xaxis_title=f"time ({unit})", yaxis_title="survival probability", yaxis_range=[0, 1.03],
                       legend={"orientation": "h", "y": -0.22})  # fmt: skip
     return fig
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
 
 
 def _bin_labels(edges: list[float]) -> list[str]:
@@ -76,14 +72,6 @@ def _hazard_figure(views: list[tuple[str, backend.PatientView, str, str]], unit:
                       xaxis_title=f"time bin ({unit})", yaxis_title="hazard", yaxis_range=[0, 1],
                       legend={"orientation": "h", "y": -0.3})  # fmt: skip
     return fig
-
-
-def _gate_labels(v: backend.PatientView) -> list[str]:
-    n, f = len(v.gate), len(v.feature_names)
-    if f and n % f == 0:
-        per = n // f
-        return [f"{v.feature_names[i // per]}" + (f" #{i % per + 1}" if per > 1 else "") for i in range(n)]
-    return [f"expert {i + 1}" for i in range(n)]
 
 
 def _percentile(risk: float, cohort_risks: np.ndarray) -> float:
@@ -174,7 +162,7 @@ with components.guard("Patient"):
     else:
         g1, g2 = st.columns(2)
         if v.gate is not None:
-            labels = _gate_labels(v)
+            labels = expert_labels(len(v.gate), v.feature_names)
             fig = go.Figure(go.Bar(x=v.gate, y=labels, orientation="h", marker_color=OKABE_ITO["bluish_green"],
                                    text=[f"{x:.2f}" for x in v.gate], textposition="outside"))  # fmt: skip
             fig.update_layout(template="simple_white", height=300, margin={"l": 140, "r": 30, "t": 50, "b": 40},
@@ -189,22 +177,19 @@ with components.guard("Patient"):
                               title="The four decoupled features (C2 channels each)", xaxis_title="channel")  # fmt: skip
             g2.plotly_chart(fig, key="features")
             g2.caption("Norms: " + ", ".join(f"{n} {x:.2f}" for n, x in zip(v.feature_names, norms)))
-        if backend.has_module(backend.ATTRIBUTION_MODULE):
-            with components.guard("Contributions of the decoupled features", warn=True):
-                att = backend.patient_attribution(*src.key, case, "grad", v.fold, src.slide_dir)
-                feats = [t for t in v.feature_names if t in att.target_values]
-                vals = np.array([att.target_values[t] for t in feats])
-                fig = go.Figure(go.Bar(x=vals, y=feats, orientation="h", text=[f"{x:+.3f}" for x in vals], textposition="outside",
-                                       marker_color=[OKABE_ITO["vermillion"] if x > 0 else OKABE_ITO["blue"] for x in vals]))  # fmt: skip
-                span = float(np.abs(vals).max()) * 1.3 if vals.size else 1.0
-                fig.update_layout(template="simple_white", height=300, margin={"l": 140, "r": 30, "t": 50, "b": 40},
-                                  title="Each feature's contribution to the risk (+ raises it)", xaxis_range=[-span, span],
-                                  yaxis={"autorange": "reversed"})  # fmt: skip
-                st.plotly_chart(fig, key="feature_contrib")
-                st.caption("First-order contribution ⟨∂risk/∂V_f, V_f⟩ of each decoupled feature V_f through the fusion head "
-                           "(`deref.explain.attribution`); the gene families and patches behind each one are on the Attention page.")  # fmt: skip
-        else:
-            st.caption("Per-feature contributions appear here once `deref.explain.attribution` is installed.")
+        with components.guard("Contributions of the decoupled features", warn=True):
+            att = backend.patient_attribution(*src.key, case, "grad", v.fold, src.slide_dir)
+            feats = [t for t in v.feature_names if t in att.target_values]
+            vals = np.array([att.target_values[t] for t in feats])
+            fig = go.Figure(go.Bar(x=vals, y=feats, orientation="h", text=[f"{x:+.3f}" for x in vals], textposition="outside",
+                                   marker_color=[OKABE_ITO["vermillion"] if x > 0 else OKABE_ITO["blue"] for x in vals]))  # fmt: skip
+            span = float(np.abs(vals).max()) * 1.3 if vals.size else 1.0
+            fig.update_layout(template="simple_white", height=300, margin={"l": 140, "r": 30, "t": 50, "b": 40},
+                              title="Each feature's contribution to the risk (+ raises it)", xaxis_range=[-span, span],
+                              yaxis={"autorange": "reversed"})  # fmt: skip
+            st.plotly_chart(fig, key="feature_contrib")
+            st.caption("First-order contribution ⟨∂risk/∂V_f, V_f⟩ of each decoupled feature V_f through the fusion head "
+                       "(`deref.explain.attribution`); the gene families and patches behind each one are on the Attention page.")  # fmt: skip
 
     st.subheader("Where the model looked")
     a1, a2 = st.columns(2)

@@ -33,8 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from deref.errors import DataError
-    from deref.metrics import bin_edges_from_run, evaluate_predictions
+    from deref.metrics import bin_edges_from_run, evaluate_run_predictions
     from deref.runs import RunDir, write_json
     from deref.stratify import assign_groups, compute_cutoffs, stratify
 
@@ -44,15 +43,10 @@ def run(args: argparse.Namespace) -> int:
     # Censoring weights (Uno's C, td-AUC, IBS) from each fold's training patients for the run's
     # own out-of-fold table (every training patient is another fold's test patient, so their
     # outcomes are in it); another predictions table uses its own pooled cohort.
-    edges = bin_edges_from_run(run_dir.info)
-    if args.predictions:
-        report = evaluate_predictions(preds, None, edges)
-    else:
-        try:
-            report = evaluate_predictions(preds, train_risks, edges)
-        except DataError as exc:  # e.g. a run of some folds only: training outcomes not all known
-            print(f"note: censoring weights from the pooled cohort ({exc})")
-            report = evaluate_predictions(preds, None, edges)
+    report, note = evaluate_run_predictions(
+        preds, None if args.predictions else train_risks, bin_edges_from_run(run_dir.info)
+    )
+    print(f"note: {note}")
     table = report.to_frame()
     with pd.option_context("display.width", 120, "display.precision", 3):
         print(table.to_string())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -60,15 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _stem(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem) or "slide"
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from deref.errors import InputError
     from deref.explain.attribution import available_targets, explain_patient
+    from deref.explain.cache import safe_name
     from deref.explain.heatmap import read_thumbnail, render_heatmap
     from deref.inference import Predictor
 
@@ -94,15 +90,12 @@ def run(args: argparse.Namespace) -> int:
         slide_dir=args.slides,
         progress=lambda msg: log.info("%s", msg),
     )
-    out = Path(args.out) if args.out else Path(f"explain-{_stem(args.case_id)}")
+    out = Path(args.out) if args.out else Path(f"explain-{safe_name(args.case_id)}")
     out.mkdir(parents=True, exist_ok=True)
-    prefix = out / f"{_stem(attr.case_id)}__{attr.method}"
+    prefix = out / f"{safe_name(attr.case_id)}__{attr.method}"
     attr.patch_frame().to_csv(f"{prefix}__patches.csv", index=False)
     attr.family_frame().to_csv(f"{prefix}__families.csv", index=False)
-    arrays = {"coords": attr.coords, "slide_index": attr.slide_index, "cls_attention": attr.cls_attention}
-    for t in attr.targets:
-        arrays[f"patch_scores__{t}"] = attr.patch_scores[t]
-        arrays[f"family_scores__{t}"] = attr.family_scores[t]
+    arrays = attr.arrays()
     arrays["family_names"] = np.asarray(attr.family_names, dtype=str)
     arrays["slide_ids"] = np.asarray(attr.slide_ids, dtype=str)
     np.savez_compressed(f"{prefix}.npz", **arrays)
@@ -146,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         )
         from PIL import Image
 
-        png = Path(f"{prefix}__{t}__{_stem(sid)}.png")
+        png = Path(f"{prefix}__{t}__{safe_name(Path(sid).stem)}.png")
         Image.fromarray(heat.rgba).save(png)
         pngs.append(png)
 

@@ -52,7 +52,7 @@ fold's training mean *there*:
   forward) and the batched path tensors are ``C1`` wide instead of ``D``.
 * Genomics (or MRI): at the family tokens, the SNN outputs (``M1Encoder.tokens``, one
   ``C1`` vector per gene family); the baseline puts each token at the mean token of the
-  fold's training patients (``training_family_tokens``). Why not the input with the mean
+  fold's training patients (``Predictor.family_token_baseline``). Why not the input with the mean
   profile (zeros after standardization) as baseline: a trained SNN maps the all-zero profile
   to almost-zero tokens (norm ~0.3 against ~12 for real patients on the demo), where the
   token encoder's LayerNorm blows tiny differences up to unit scale; the risk then swings by
@@ -85,9 +85,9 @@ Nystrom layer (mean over heads), from the model's own forward (no ``N x N`` matr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,11 +98,12 @@ import torch
 from torch import Tensor, nn
 
 from deref.errors import ConfigError, DataError, InputError
+from deref.inference import family_tokens, mean_family_tokens
 
 log = logging.getLogger(__name__)
 
 #: Bump when the meaning or numbers of an attribution change (invalidates cached ones).
-ATTRIBUTION_VERSION = 1
+ATTRIBUTION_VERSION = 2  # 2: cached arrays named as PatientAttribution.arrays()
 METHODS: tuple[str, ...] = ("grad", "ig")
 RISK = "risk"
 #: Default number of IG points.
@@ -118,7 +119,6 @@ __all__ = [
     "attribute_inputs",
     "family_tokens",
     "mean_family_tokens",
-    "training_family_tokens",
     "available_targets",
     "explain_patient",
     "find_slide_paths",
@@ -213,6 +213,16 @@ class PatientAttribution:
     def n_patches(self) -> int:
         return int(self.coords.shape[0])
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The array data: ``coords``, ``slide_index``, ``cls_attention`` and, per target,
+        ``patch_scores__<target>`` and ``family_scores__<target>`` (the explanation cache and
+        ``deref explain``'s ``.npz`` both hold these)."""
+        out = {"coords": self.coords, "slide_index": self.slide_index, "cls_attention": self.cls_attention}
+        for t in self.targets:
+            out[f"patch_scores__{t}"] = self.patch_scores[t]
+            out[f"family_scores__{t}"] = self.family_scores[t]
+        return out
+
     def patch_frame(self):
         """One row per patch: patch, slide_id, x, y, attention_layer1/2, one column per target."""
         import pandas as pd
@@ -272,23 +282,12 @@ def _check_targets(targets: Sequence[str] | None, config) -> tuple[str, ...]:
     return out
 
 
-class _TokensIn(nn.Module):
-    """Stands in for ``M1Encoder``: takes the family tokens (B, G, C1) instead of the profiles."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.encoder(tokens)
-
-
 def _attribution_net(model: nn.Module) -> nn.Module:
     """A shallow copy of ``model`` fed at the attribution layers (module docstring).
 
-    Its modality-1 input is the family tokens ``(B, G, C1)`` (the SNN outputs) and its WSI
-    input the ``fc1`` outputs ``(B, N, C1)``. Parameters are shared; the original model is
-    not touched (thread-safe for readers).
+    Its WSI input is the ``fc1`` outputs ``(B, N, C1)``; the family tokens ``(B, G, C1)`` (the
+    SNN outputs) go in through the model's own ``m1_tokens=``. Parameters are shared; the
+    original model is not touched (thread-safe for readers).
     """
     enc = copy.copy(model.wsi_encoder)
     enc._modules = type(enc._modules)(enc._modules)
@@ -296,15 +295,7 @@ def _attribution_net(model: nn.Module) -> nn.Module:
     clone = copy.copy(model)
     clone._modules = type(clone._modules)(clone._modules)
     clone._modules["wsi_encoder"] = enc
-    clone._modules["m1_encoder"] = _TokensIn(model.m1_encoder.encoder)
     return clone
-
-
-@torch.no_grad()
-def family_tokens(model: nn.Module, m1: Sequence[Tensor]) -> Tensor:
-    """The modality-1 tokens ``(B, G, C1)`` of standardized profiles (one ``(B, d_g)`` per group)."""
-    dev = next(model.parameters()).device
-    return model.m1_encoder.tokens([torch.as_tensor(x, dtype=torch.float32).to(dev) for x in m1]).float()
 
 
 def _check_model(model: nn.Module) -> None:
@@ -446,7 +437,7 @@ def attribute_inputs(
         raise ConfigError(f"unsupported reorganization {segments!r}")
 
     def run(tok_in: Tensor, h_in: Tensor, attention: bool = False):
-        return net(tok_in, h_in, None, segments=seg_arg, return_attention=attention, validate=False)
+        return net(None, h_in, None, m1_tokens=tok_in, segments=seg_arg, return_attention=attention, validate=False)
 
     inputs = (tok, h)
     baselines = (tok_base.expand_as(tok).contiguous(), h_base)
@@ -535,19 +526,6 @@ def attribute_inputs(
     )
 
 
-def mean_family_tokens(model: nn.Module, m1: Sequence[Tensor | np.ndarray], batch_size: int = 256) -> Tensor:
-    """``(G, C1)`` mean family token over patients (``m1``: one ``(n, d_g)`` array per group)."""
-    n = int(np.shape(m1[0])[0])
-    if n == 0:
-        raise InputError("no patients to average the family tokens over")
-    total = None
-    for start in range(0, n, batch_size):
-        part = family_tokens(model, [torch.as_tensor(np.asarray(x[start : start + batch_size])) for x in m1])
-        s = part.double().sum(dim=0)
-        total = s if total is None else total + s
-    return (total / n).float()
-
-
 # ----------------------------------------------------------------------------- slides
 def find_slide_paths(
     slide_ids: Sequence[str], bag_dir: str | Path | None, slide_dir: str | Path | None = None
@@ -577,16 +555,6 @@ def _baseline_words(has_mean: bool, fold: int) -> str:
         else "every patch embedding set to zero (the run stores no mean patch embedding)"
     )
     return f"genomics: each family token at the mean of fold {fold}'s training patients' tokens; WSI: {wsi}"
-
-
-def _resolve_fold(predictor, case_id: str, fold: int | None) -> int:
-    if fold is not None:
-        if fold not in predictor.run.fold_indices:
-            raise ConfigError(
-                f"fold {fold} is not in run {predictor.run.path} (folds {predictor.run.fold_indices})"
-            )
-        return int(fold)
-    return int(predictor.validation_folds().get(case_id, predictor.run.fold_indices[0]))
 
 
 def explain_patient(
@@ -643,7 +611,7 @@ def explain_patient(
     case_id = str(case_id)
     if case_id not in cohort.slides:
         raise DataError(f"{cohort.source}: case {case_id!r} is not in the table")
-    k = _resolve_fold(predictor, case_id, fold)
+    k = predictor.fold_for(case_id, fold)
     bf16 = predictor.bf16 if bf16 is None else bool(bf16)
     model = predictor.fold(k).model
     segs = model.segments_for_forward(segments)
@@ -689,7 +657,7 @@ def explain_patient(
         inputs.m1,
         torch.from_numpy(np.ascontiguousarray(bag.features)),
         wsi_mean,
-        training_family_tokens(predictor, k, cohort),
+        predictor.family_token_baseline(k, cohort),
         method=method,
         targets=missing,
         steps=steps,
@@ -737,61 +705,18 @@ def explain_patient(
     return result
 
 
+# the fields of PatientAttribution that hold one entry per target
+_PER_TARGET = ("patch_scores", "family_scores", "convergence_delta", "target_values", "baseline_values")
+
+
 def _merge(old: PatientAttribution, new: PatientAttribution) -> PatientAttribution:
     """``new`` plus the targets of ``old`` it lacks (same patient, fold, method and settings)."""
-    order = tuple(t for t in (*old.targets, *new.targets) if t in old.targets or t in new.targets)
-    order = tuple(dict.fromkeys(order))
 
     def join(a, b):
-        if a is None and b is None:
-            return None
-        return {**(a or {}), **(b or {})}
+        return None if a is None and b is None else {**(a or {}), **(b or {})}
 
-    return PatientAttribution(
-        **{
-            **new.__dict__,
-            "targets": order,
-            "patch_scores": join(old.patch_scores, new.patch_scores),
-            "family_scores": join(old.family_scores, new.family_scores),
-            "convergence_delta": join(old.convergence_delta, new.convergence_delta),
-            "target_values": join(old.target_values, new.target_values),
-            "baseline_values": join(old.baseline_values, new.baseline_values),
-        }
-    )
-
-
-_token_memo: dict[tuple, Tensor] = {}
-_token_lock = threading.Lock()
-
-
-def training_family_tokens(predictor, k: int, cohort=None) -> Tensor:
-    """``(G, C1)`` mean family token of fold ``k``'s training patients (the genomic baseline).
-
-    The training patients' profiles come from ``cohort`` when it holds all of them (the run's
-    own cohort usually), else from the run's own table (``predictor.load_cohort()``). Memoized
-    per run, fold and weights file version.
-    """
-    from deref.explain.cache import file_stamp
-    from deref.inference import m1_matrix
-
-    weights = predictor.run.fold_dir(k) / "model.safetensors"
-    key = (str(Path(predictor.run.path).resolve()), int(k), tuple(file_stamp(weights)))
-    with _token_lock:
-        hit = _token_memo.get(key)
-    if hit is not None:
-        return hit
-    info = next((f for f in predictor.run.info.get("folds", []) if int(f["index"]) == int(k)), None)
-    train_ids = [str(c) for c in (info or {}).get("train_ids", [])]
-    if not train_ids:
-        raise ConfigError(f"{predictor.run.path}: run.json lists no training patients for fold {k}")
-    source = cohort
-    if source is None or not all(c in source.genomic.index for c in train_ids):
-        source = predictor.load_cohort()
-    pre = predictor.fold(k).preprocessing
-    tokens = mean_family_tokens(predictor.fold(k).model, m1_matrix(source, pre, train_ids))
-    with _token_lock:
-        _token_memo[key] = tokens
-    return tokens
+    joined = {f: join(getattr(old, f), getattr(new, f)) for f in _PER_TARGET}
+    return dataclasses.replace(new, targets=tuple(dict.fromkeys((*old.targets, *new.targets))), **joined)
 
 
 def _bag_files(cohort, case_id: str) -> list[Path]:
@@ -825,35 +750,15 @@ def _float_or_none(v: Any) -> float | None:
 def _subset(result: PatientAttribution, targets: tuple[str, ...]) -> PatientAttribution:
     if result.targets == targets:
         return result
-
-    def pick(d):
-        return None if d is None else {t: d[t] for t in targets}
-
-    return PatientAttribution(
-        **{
-            **result.__dict__,
-            "targets": targets,
-            "patch_scores": pick(result.patch_scores),
-            "family_scores": pick(result.family_scores),
-            "convergence_delta": pick(result.convergence_delta),
-            "target_values": pick(result.target_values),
-            "baseline_values": pick(result.baseline_values),
-        }
-    )
+    picked = {f: None if getattr(result, f) is None else {t: getattr(result, f)[t] for t in targets} for f in _PER_TARGET}
+    return dataclasses.replace(result, targets=targets, **picked)
 
 
 _SCALARS = ("case_id", "fold", "method", "risk", "patch_size", "patch_level", "downsample", "baseline")
 
 
 def _to_cache(r: PatientAttribution) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    arrays = {
-        "coords": r.coords,
-        "slide_index": r.slide_index,
-        "cls_attention": r.cls_attention,
-    }
-    for t in r.targets:
-        arrays[f"patch__{t}"] = r.patch_scores[t]
-        arrays[f"family__{t}"] = r.family_scores[t]
+    arrays = r.arrays()
     meta = {name: getattr(r, name) for name in _SCALARS}
     meta.update(
         targets=list(r.targets),
@@ -872,8 +777,8 @@ def _from_cache(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> PatientA
     return PatientAttribution(
         **{name: meta[name] for name in _SCALARS},
         targets=tuple(meta["targets"]),
-        patch_scores={t: arrays[f"patch__{t}"] for t in meta["targets"]},
-        family_scores={t: arrays[f"family__{t}"] for t in meta["targets"]},
+        patch_scores={t: arrays[f"patch_scores__{t}"] for t in meta["targets"]},
+        family_scores={t: arrays[f"family_scores__{t}"] for t in meta["targets"]},
         family_names=tuple(meta["family_names"]),
         cls_attention=arrays["cls_attention"],
         convergence_delta=meta["convergence_delta"],

@@ -11,7 +11,7 @@ hash covers everything the numbers depend on:
   ``ATTRIBUTION_VERSION`` of the attribution code).
 
 A retrained or edited model, another table or a rewritten bag therefore gets a new name, and
-stale files are never read (``ExplanationCache.prune`` deletes them). Files are written under
+stale files are never read (they stay until the folder is deleted). Files are written under
 a temporary name and renamed (a killed process never leaves a half-written entry), hold only
 numeric and string arrays plus one JSON string, and are read with ``allow_pickle=False``. An
 unreadable entry counts as a miss. A run folder that cannot be written is not an error: the
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "explanations"
 _META = "__meta__"
 
-__all__ = ["CACHE_DIR", "CacheKey", "ExplanationCache", "file_stamp", "weights_fingerprint"]
+__all__ = ["CACHE_DIR", "CacheKey", "ExplanationCache", "file_stamp", "safe_name", "weights_fingerprint"]
 
 _sha_lock = threading.Lock()
 _sha_memo: dict[tuple[str, int, int], str] = {}
@@ -63,17 +63,15 @@ def weights_fingerprint(path: str | os.PathLike) -> str:
         hit = _sha_memo.get(memo_key)
     if hit is not None:
         return hit
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    from deref.runs import file_sha256
+
+    digest = file_sha256(p)
     with _sha_lock:
         _sha_memo[memo_key] = digest
     return digest
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
     """A file-name-safe version of a case id (the hash keeps distinct ids distinct)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))[:80] or "_"
 
@@ -90,7 +88,7 @@ class CacheKey:
 
     @property
     def filename(self) -> str:
-        return f"{_safe_name(self.case_id)}__{self.method}__{self.digest}.npz"
+        return f"{safe_name(self.case_id)}__{self.method}__{self.digest}.npz"
 
 
 class ExplanationCache:
@@ -170,13 +168,3 @@ class ExplanationCache:
 
     def entries(self) -> list[Path]:
         return sorted(self.root.glob("fold_*/*.npz"))
-
-    def prune(self, keep: Sequence[CacheKey] = ()) -> int:
-        """Delete every entry except ``keep``; returns how many were deleted."""
-        keep_paths = {self.path(k) for k in keep}
-        n = 0
-        for p in self.entries():
-            if p not in keep_paths:
-                p.unlink(missing_ok=True)
-                n += 1
-        return n

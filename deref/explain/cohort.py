@@ -34,6 +34,7 @@ __all__ = [
     "DecoupledFeatures",
     "cka_matrix",
     "decoupled_features",
+    "expert_labels",
     "gate_summary",
     "linear_cka",
     "risk_groups",
@@ -77,12 +78,23 @@ class DecoupledFeatures:
 
     @property
     def expert_names(self) -> list[str]:
-        """Labels for the gate columns: with DeReF's per-feature gate (as many experts as
-        features) expert ``i``'s weight is scored from feature ``i``, so it takes that name."""
-        n = self.gates.shape[1]
-        if n == len(self.feature_names):
-            return list(self.feature_names)
-        return [f"expert_{i + 1}" for i in range(n)]
+        """Labels for the gate columns (:func:`expert_labels`)."""
+        return expert_labels(self.gates.shape[1], self.feature_names)
+
+
+def expert_labels(n_experts: int, feature_names: Sequence[str]) -> list[str]:
+    """Labels of the ``n_experts`` MoE gate weights.
+
+    With DeReF's per-feature gate (N a multiple of the F features; ``DenseMoE``) the weights are
+    feature-major: weight ``i`` is scored from feature ``i // (N/F)``, so it takes that feature's
+    name (``"share"`` when N = F, ``"share #1"``, ``"share #2"`` when N = 2F). Otherwise (a joint
+    gate over all features) ``expert_1 .. expert_N``.
+    """
+    names = [str(n) for n in feature_names]
+    if names and n_experts % len(names) == 0:
+        per = n_experts // len(names)
+        return [names[i // per] + (f" #{i % per + 1}" if per > 1 else "") for i in range(n_experts)]
+    return [f"expert_{i + 1}" for i in range(n_experts)]
 
 
 def decoupled_features(
@@ -113,30 +125,18 @@ def decoupled_features(
     unknown = [c for c in ids if c not in cohort.slides]
     if unknown:
         raise InputError(f"{cohort.source}: case id(s) not in the table: {unknown[:5]}")
-    folds = predictor.run.fold_indices
-    if isinstance(fold, str):
-        if fold != "oof":
-            raise ConfigError(f"fold={fold!r}; expected 'oof' or a fold index")
-        val = predictor.validation_folds()
-        plan = {c: val.get(c, folds[0]) for c in ids}
-    else:
-        if int(fold) not in folds:
-            raise ConfigError(f"fold {fold} is not in run {predictor.run.path} (folds {folds})")
-        plan = {c: int(fold) for c in ids}
+    if isinstance(fold, str) and fold != "oof":
+        raise ConfigError(f"fold={fold!r}; expected 'oof' or a fold index")
+    plan = {c: predictor.fold_for(c, None if fold == "oof" else int(fold)) for c in ids}
     f_dim, c2, n_exp = cfg.n_features, cfg.c2, cfg.n_experts
     feats = np.zeros((len(ids), f_dim, c2), np.float32)
     gates = np.zeros((len(ids), n_exp), np.float32)
     risks = np.zeros(len(ids), np.float32)
     row = {c: i for i, c in enumerate(ids)}
-    store = predictor.bag_store(cohort)
     done = 0
     for k in sorted(set(plan.values())):
         members = [c for c in ids if plan[c] == k]
-        if store is not None:
-            members.sort(key=store.size)
-        for start in range(0, len(members), batch_size):
-            batch = members[start : start + batch_size]
-            out = predictor.forward(predictor.inputs(cohort, batch, k), k, segments=segments)
+        for batch, out in predictor.forward_batches(cohort, members, k, batch_size, segments):
             idx = [row[c] for c in batch]
             feats[idx] = out.features.numpy()
             gates[idx] = out.gate.numpy()

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from deref.errors import DataError, InputError
 from deref.explain.heatmap import _check_scores_coords, _one_line
 
-__all__ = ["PatchView", "patch_gallery_image", "top_k_indices", "top_k_patches"]
+__all__ = ["PatchView", "patch_gallery_image", "patches_at", "top_k_indices", "top_k_patches"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,38 @@ def top_k_patches(
         decoded (the message names the patch and its coordinates).
     """
     s, c = _check_scores_coords(scores, coords)
+    patch_size, patch_level = _check_read(patch_size, patch_level, out_size)
+    return _read_patches(
+        s, c, top_k_indices(s, k, largest=largest), patch_size, patch_level, slide_path, out_size
+    )
+
+
+def patches_at(
+    scores: Any,
+    coords: Any,
+    indices: Sequence[int] | np.ndarray,
+    patch_size: int,
+    patch_level: int = 0,
+    slide_path: str | os.PathLike | None = None,
+    *,
+    out_size: int | None = None,
+) -> list[PatchView]:
+    """The patches at ``indices`` (in that order), read like :func:`top_k_patches` reads its k.
+
+    For one patch picked by the user (a click, a rank) without reading the patches ranked
+    above it. Parameters, errors and the views are those of :func:`top_k_patches`; an index
+    out of ``0..N-1`` is an ``InputError``.
+    """
+    s, c = _check_scores_coords(scores, coords)
+    patch_size, patch_level = _check_read(patch_size, patch_level, out_size)
+    idx = np.asarray(indices).reshape(-1)
+    if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= s.size):
+        raise InputError(f"patch indices must be integers in 0..{s.size - 1}; got {idx[:5].tolist()}")
+    return _read_patches(s, c, idx.astype(np.int64), patch_size, patch_level, slide_path, out_size)
+
+
+def _check_read(patch_size: int, patch_level: int, out_size: int | None) -> tuple[int, int]:
+    """``(patch_size, patch_level)`` as ints, after checking them and ``out_size``."""
     if isinstance(patch_size, bool) or int(patch_size) != patch_size or patch_size < 1:
         raise InputError(f"patch_size must be a positive integer (pixels at patch_level); got {patch_size!r}")
     if isinstance(patch_level, bool) or int(patch_level) != patch_level or patch_level < 0:
@@ -125,7 +157,20 @@ def top_k_patches(
     if out_size is not None and (int(out_size) != out_size or out_size < 1):
         raise InputError(f"out_size must be a positive integer; got {out_size!r}")
     patch_size, patch_level = int(patch_size), int(patch_level)
-    chosen = top_k_indices(s, k, largest=largest)
+    return patch_size, patch_level
+
+
+def _read_patches(
+    s: np.ndarray,
+    c: np.ndarray,
+    chosen: np.ndarray,
+    patch_size: int,
+    patch_level: int,
+    slide_path: str | os.PathLike | None,
+    out_size: int | None,
+) -> list[PatchView]:
+    """The views of patches ``chosen`` (checked scores ``s``, coords ``c`` and read arguments);
+    the slide is opened once for all reads."""
     xy = np.rint(c[chosen]).astype(np.int64)
     if slide_path is None or chosen.size == 0:
         return [PatchView(int(i), float(s[i]), int(x), int(y), None) for i, (x, y) in zip(chosen, xy)]

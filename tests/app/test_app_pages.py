@@ -79,6 +79,10 @@ def test_patient_page_numbers_follow_the_selected_patient(make_app, small_demo):
     what_if = frame(at, "input", "change")
     assert list(what_if["input"]) == ["both modalities", "without genomics", "without the slide(s)"]
     assert what_if["change"].iloc[0] == 0 and np.isfinite(what_if["risk"]).all()
+    # the "what if" rows are the model run again without a modality: not the first row again
+    both = what_if["risk"].iloc[0]
+    assert (what_if["risk"].iloc[1:] != both).all() and (what_if["change"].iloc[1:] != 0).all()
+    assert np.allclose(what_if["change"], what_if["risk"] - both)
 
 
 def test_deep_link_opens_the_patient(make_app, small_demo):

@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.overlay import apply_click, clicked_patch, overlay_figure, rank_of
+from app.overlay import apply_click, clicked_patch, overlay_figure, patch_at_rank, rank_of
+from deref.errors import InputError
 from deref.explain.heatmap import pixel_to_patch, render_heatmap
+from deref.explain.patches import PatchView, patches_at, top_k_patches
 
 
 def _event(*points: dict) -> dict:
@@ -29,10 +31,40 @@ def test_clicked_patch_is_the_point_index():
 
 def test_rank_of_matches_the_rank_box_order():
     scores = np.array([0.2, 0.9, 0.5, 0.9, -1.0])
-    order = np.lexsort((np.arange(5), -scores))  # what the page uses for "rank r"
-    for r, idx in enumerate(order, start=1):
-        assert rank_of(scores, int(idx)) == r
+    # highest score first, ties by the lower index: 0.9 (#1), 0.9 (#3), 0.5, 0.2, -1.0
+    assert [rank_of(scores, i) for i in range(5)] == [4, 1, 3, 2, 5]
     assert [rank_of(scores, i) for i in (1, 3)] == [1, 2]  # ties: lower index first
+    # the rank box's rank r names the patch rank_of maps back to r, the gallery's r-th patch
+    assert [patch_at_rank(scores, r) for r in range(1, 6)] == [1, 3, 2, 0, 4]
+    assert [v.index for v in top_k_patches(scores, np.zeros((5, 2)), 5, 256)] == [1, 3, 2, 0, 4]
+
+
+def test_the_inspected_patch_is_read_alone(tmp_path, monkeypatch):
+    """The page reads only the inspected patch, the same pixels as the top-k gallery's r-th."""
+    tifffile = pytest.importorskip("tifffile")
+    openslide = pytest.importorskip("openslide")
+    rng = np.random.default_rng(0)
+    path = tmp_path / "slide.tiff"
+    tifffile.imwrite(path, rng.integers(0, 256, (512, 768, 3), dtype=np.uint8), tile=(256, 256),
+                     photometric="rgb", compression="zlib", metadata=None)  # fmt: skip
+    xs, ys = np.meshgrid(np.arange(6) * 128, np.arange(4) * 128)
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    scores = rng.normal(size=len(coords))
+    rank = 17
+    idx = patch_at_rank(scores, rank)
+    gallery = top_k_patches(scores, coords, rank, 128, 0, path)[-1]
+    reads = []
+    real = openslide.OpenSlide.read_region
+    monkeypatch.setattr(
+        openslide.OpenSlide, "read_region", lambda self, *a: reads.append(a) or real(self, *a)
+    )
+    (view,) = patches_at(scores, coords, [idx], 128, 0, path)
+    assert len(reads) == 1 and view.index == gallery.index == idx
+    assert (view.x, view.y, view.score) == (gallery.x, gallery.y, gallery.score)
+    np.testing.assert_array_equal(np.asarray(view.image), np.asarray(gallery.image))
+    assert patches_at(scores, coords, [idx], 128) == [PatchView(idx, view.score, view.x, view.y, None)]
+    with pytest.raises(InputError, match="patch indices"):
+        patches_at(scores, coords, [len(scores)], 128)
 
 
 def test_apply_click_sets_the_rank_and_keeps_it_without_a_patch():

@@ -27,7 +27,6 @@ from deref.explain.attribution import (
     attribute_inputs,
     explain_patient,
     family_tokens,
-    training_family_tokens,
 )
 from deref.explain.cache import ExplanationCache
 from deref.inference import Predictor, m1_matrix
@@ -98,7 +97,7 @@ def test_what_if_without_genomics_puts_every_family_token_at_the_training_mean(p
     case = "DEMO-0006"
     k = predictor.validation_folds()[case]
     what_if, _ = predictor.predict_patient(cohort, case, drop="m1", return_attention=False)
-    ref = _model_output_with(predictor, cohort, case, k, tokens=training_family_tokens(predictor, k))
+    ref = _model_output_with(predictor, cohort, case, k, tokens=predictor.family_token_baseline(k))
     assert float(what_if.risk[0]) == pytest.approx(float(ref.risk[0]), abs=1e-6)
     other = next(c for c, f in predictor.validation_folds().items() if f == k and c != case)
     what_if_other, _ = predictor.predict_patient(cohort, other, fold=k, drop="m1", return_attention=False)
@@ -128,13 +127,11 @@ def test_gradient_scores_equal_captum_input_x_gradient(predictor, cohort, grad_a
     through the plain model's public forward (``m1_tokens=``) for the risk."""
     from captum.attr import InputXGradient
 
-    from deref.explain.attribution import family_tokens
-
     k = grad_all.fold
     model = predictor.fold(k).model
     inp = predictor.inputs(cohort, ["DEMO-0006"], k)
     tok = family_tokens(model, inp.m1).detach()
-    base_tok = training_family_tokens(predictor, k).reshape(tok.shape)
+    base_tok = predictor.family_token_baseline(k).reshape(tok.shape)
     base_wsi = torch.from_numpy(predictor.fold(k).wsi_mean).view(1, 1, -1).expand_as(inp.wsi)
 
     def risk(d_tok, d_wsi):
@@ -272,7 +269,7 @@ def test_ig_completeness_against_independent_forwards(predictor, cohort):
     mean_patch = torch.from_numpy(predictor.fold(k).wsi_mean).view(1, 1, -1).expand(1, n, -1).contiguous()
     f_base = float(
         _model_output_with(
-            predictor, cohort, case, k, tokens=training_family_tokens(predictor, k), wsi=mean_patch
+            predictor, cohort, case, k, tokens=predictor.family_token_baseline(k), wsi=mean_patch
         ).risk
     )
     f_x = float(predictor.run.predictions().set_index("case_id").loc[case, "risk"])
@@ -282,14 +279,21 @@ def test_ig_completeness_against_independent_forwards(predictor, cohort):
     assert a.convergence_delta["risk"] == pytest.approx(total - (f_x - f_base), abs=1e-5)
 
 
-def test_training_family_tokens_are_the_mean_token_of_the_training_patients(predictor, cohort):
+def test_family_token_baseline_is_the_mean_token_of_the_training_patients(predictor, cohort):
+    """Training patients taken independently: every patient of the cohort whom fold k's model
+    did not validate on (the run's splits), through the plain model's own SNNs."""
     k = 1
-    info = next(f for f in predictor.run.info["folds"] if f["index"] == k)
-    m1 = m1_matrix(cohort, predictor.fold(k).preprocessing, info["train_ids"])
-    expected = family_tokens(predictor.fold(k).model, [torch.from_numpy(x) for x in m1]).mean(dim=0)
-    got = training_family_tokens(predictor, k, cohort)
+    val = {c for c, f in predictor.validation_folds().items() if f == k}
+    train_ids = [c for c in cohort.case_ids if c not in val]
+    assert 0 < len(train_ids) < len(cohort.case_ids)
+    model = predictor.fold(k).model
+    m1 = m1_matrix(cohort, predictor.fold(k).preprocessing, train_ids)
+    with torch.no_grad():
+        expected = model.m1_encoder.tokens([torch.from_numpy(x).float() for x in m1]).mean(dim=0)
+    got = predictor.family_token_baseline(k, cohort)
     assert got.shape == (len(cohort.families), predictor.config.c1)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert predictor.family_token_baseline(k) is got  # computed once per fold model
 
 
 # ----------------------------------------------------------------------------- cache

@@ -15,6 +15,7 @@ from deref.explain.attribution import explain_patient
 from deref.explain.cohort import (
     cka_matrix,
     decoupled_features,
+    expert_labels,
     gate_summary,
     linear_cka,
     risk_groups,
@@ -216,3 +217,11 @@ def test_top_patches_across_the_cohort(predictor, cohort):
     assert len(att) == 3 and att["score"].between(0, 1).all()
     with pytest.raises(InputError):
         top_patches_cohort(predictor, cohort, "nope", k=3)
+
+
+def test_expert_labels_follow_the_feature_major_gate():
+    names = ("sp_m1", "sp_wsi", "share", "explore")
+    assert expert_labels(4, names) == list(names)
+    assert expert_labels(8, names)[:3] == ["sp_m1 #1", "sp_m1 #2", "sp_wsi #1"]
+    assert expert_labels(8, names)[-1] == "explore #2"
+    assert expert_labels(6, names) == [f"expert_{i}" for i in range(1, 7)]  # not per feature
