@@ -506,9 +506,16 @@ def calibration(
         obs = float(g.survival_at([t])[0])
         band = g.km[g.km["time"] <= t].iloc[-1]
         rows.append(
-            {"group": g.name, "n": g.n, "events": g.events, "predicted": float(s_t[sel].mean()),
-             "observed": obs, "observed_lower": float(band["ci_lower"]), "observed_upper": float(band["ci_upper"])}
-        )  # fmt: skip
+            {
+                "group": g.name,
+                "n": g.n,
+                "events": g.events,
+                "predicted": float(s_t[sel].mean()),
+                "observed": obs,
+                "observed_lower": float(band["ci_lower"]),
+                "observed_upper": float(band["ci_upper"]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -608,7 +615,7 @@ def patient_view(
 
 
 # --------------------------------------------------------------------------------------------
-# explanations (deref.explain.attribution / deref.explain.cohort)
+# explanations (deref.explain.attribution / deref.explain.cohort_views)
 # --------------------------------------------------------------------------------------------
 @dataclass
 class AttributionView:
@@ -628,9 +635,14 @@ class AttributionView:
 
 @st.cache_data(show_spinner="Computing attributions…", max_entries=128)
 def patient_attribution(
-    run_dir: str, table: str | None, bag_dir: str | None, case_id: str, method: str = "grad",
-    fold: int | None = None, slide_dir: str | None = None,
-) -> AttributionView:  # fmt: skip
+    run_dir: str,
+    table: str | None,
+    bag_dir: str | None,
+    case_id: str,
+    method: str = "grad",
+    fold: int | None = None,
+    slide_dir: str | None = None,
+) -> AttributionView:
     """Attributions of the risk and of each decoupled feature (read from / written to the run's
     explanation cache by the library)."""
     from deref.explain.attribution import explain_patient
@@ -657,9 +669,9 @@ def patient_attribution(
 
 @st.cache_data(show_spinner="Decoupled features of every patient…", max_entries=16)
 def cohort_features(run_dir: str, table: str | None, bag_dir: str | None, fold: int | str = "oof"):
-    """Every patient's decoupled features and gates (``deref.explain.cohort.DecoupledFeatures``,
+    """Every patient's decoupled features and gates (``deref.explain.cohort_views.DecoupledFeatures``,
     plain arrays): held-out (``"oof"``) or all by fold ``k``."""
-    from deref.explain.cohort import decoupled_features
+    from deref.explain.cohort_views import decoupled_features
 
     lr = loaded_run(run_dir)
     co = cohort(run_dir, table, bag_dir)
@@ -671,7 +683,7 @@ def cohort_features(run_dir: str, table: str | None, bag_dir: str | None, fold: 
 def tsne(run_dir: str, table: str | None, bag_dir: str | None, fold: int) -> pd.DataFrame:
     """``x, y, feature, case_id`` of the patients fold model ``fold`` held out: one model's
     feature space, held-out patients only (a subset of the cohort's held-out features)."""
-    from deref.explain.cohort import tsne_embedding
+    from deref.explain.cohort_views import tsne_embedding
 
     cf = cohort_features(run_dir, table, bag_dir, "oof")
     sel = np.flatnonzero(cf.folds == int(fold))
@@ -687,7 +699,7 @@ def tsne(run_dir: str, table: str | None, bag_dir: str | None, fold: int) -> pd.
 @st.cache_data(show_spinner="CKA between the decoupled features…", max_entries=16)
 def cka(run_dir: str, table: str | None, bag_dir: str | None) -> np.ndarray:
     """(F, F) linear CKA over the held-out features, within each fold model, averaged."""
-    from deref.explain.cohort import cka_matrix
+    from deref.explain.cohort_views import cka_matrix
 
     cf = cohort_features(run_dir, table, bag_dir, "oof")
     return np.asarray(cka_matrix(cf.features, groups=cf.folds))
@@ -696,7 +708,7 @@ def cka(run_dir: str, table: str | None, bag_dir: str | None) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=16)
 def gate_summary(run_dir: str, table: str | None, bag_dir: str | None, rule: str) -> pd.DataFrame:
     """Mean held-out gate weight per expert, overall and by risk group (``group, expert, mean, std, sem, n``)."""
-    from deref.explain.cohort import gate_summary as _gate_summary
+    from deref.explain.cohort_views import gate_summary as _gate_summary
 
     cf = cohort_features(run_dir, table, bag_dir, "oof")
     groups = (
@@ -875,7 +887,18 @@ def overlay_image(
     if level > 0 or (down is not None and float(down) != 1.0):
         kwargs = {"patch_level": level, "downsample": float(down) if down is not None else 2.0**level}
     res = render_heatmap(
-        scores, coords, size, thumb.level0_dims, thumb.image, thumbnail_size=canvas, normalization=normalization,
-        clip=clip, threshold=threshold, cmap=cmap, opacity=opacity, smooth_sigma=smooth_sigma, **kwargs,
-    )  # fmt: skip
+        scores,
+        coords,
+        size,
+        thumb.level0_dims,
+        thumb.image,
+        thumbnail_size=canvas,
+        normalization=normalization,
+        clip=clip,
+        threshold=threshold,
+        cmap=cmap,
+        opacity=opacity,
+        smooth_sigma=smooth_sigma,
+        **kwargs,
+    )
     return res.rgba[..., :3], res

@@ -148,9 +148,12 @@ def sidebar_load(source: Source | None) -> None:
                 options = known + ["other…"]
                 current = source.run_dir if source is not None and source.run_dir in known else None
                 choice = st.selectbox(
-                    "Run directory", options, index=options.index(current) if current else 0, key="load_run",
+                    "Run directory",
+                    options,
+                    index=options.index(current) if current else 0,
+                    key="load_run",
                     help="any folder `deref train` or `deref demo` wrote (it holds run.json)",
-                )  # fmt: skip
+                )
                 other = st.text_input(
                     "…or a path", value="", placeholder="runs/blca-deref", key="load_run_path"
                 )
@@ -166,9 +169,11 @@ def sidebar_load(source: Source | None) -> None:
                     "Bag folder (.h5 / .pt)", value=(source.bag_dir or "") if source else "", key="load_bags"
                 )
                 slides = st.text_input(
-                    "Slide folder (for thumbnails)", value=(source.slide_dir or "") if source else "", key="load_slides",
+                    "Slide folder (for thumbnails)",
+                    value=(source.slide_dir or "") if source else "",
+                    key="load_slides",
                     help="optional: without it the attention is drawn on a blank canvas",
-                )  # fmt: skip
+                )
                 submitted = st.form_submit_button("Load", type="primary", key="load_submit")
             if submitted:
                 try:
@@ -177,9 +182,11 @@ def sidebar_load(source: Source | None) -> None:
                         raise ValueError("choose a run directory or type its path")
                     run_dir = str(backend.resolve_run_dir(run_text))
                     new = backend.make_source(
-                        run_dir, None if own else (table.strip() or None), None if own else (bags.strip() or None),
+                        run_dir,
+                        None if own else (table.strip() or None),
+                        None if own else (bags.strip() or None),
                         slides.strip() or None,
-                    )  # fmt: skip
+                    )
                     if not own and not table.strip():
                         raise ValueError("give a cohort table, or tick “use the run's own cohort”")
                     problems = backend.compatibility(*new.key)
@@ -237,8 +244,14 @@ def _set_patient_param(case_id: str | None) -> None:
         st.query_params["patient"] = case_id
 
 
-def patient_picker(source: Source, *, label: str = "Patient", key: str = "patient_select", state_key: str = K_PATIENT,
-                   allow_none: bool = False) -> str | None:  # fmt: skip
+def patient_picker(
+    source: Source,
+    *,
+    label: str = "Patient",
+    key: str = "patient_select",
+    state_key: str = K_PATIENT,
+    allow_none: bool = False,
+) -> str | None:
     """A searchable patient selector (type to filter) mirrored into ``session_state[state_key]``.
 
     An unknown patient (from a deep link) is reported and the highest-risk patient is shown.
@@ -269,8 +282,15 @@ def patient_picker(source: Source, *, label: str = "Patient", key: str = "patien
         row = table.loc[c]
         return f"{c}  ·  risk {row['risk']:.3f} ({row['percentile']:.0f}th pct)"
 
-    choice = st.selectbox(label, options, key=key, format_func=fmt, help="type to search by case id",
-                          on_change=_mirror, args=(key, state_key))  # fmt: skip
+    choice = st.selectbox(
+        label,
+        options,
+        key=key,
+        format_func=fmt,
+        help="type to search by case id",
+        on_change=_mirror,
+        args=(key, state_key),
+    )
     if state_key == K_PATIENT and choice is not None and st.query_params.get("patient") != choice:
         _set_patient_param(choice)
     return choice
@@ -292,8 +312,14 @@ def rule_picker(key: str = "rule_select") -> str:
         if current in RULES
         else ("custom quantiles" if current.startswith("quantiles:") else "custom thresholds")
     )
-    kind = st.radio("Cutoff rule", kinds, index=kinds.index(kind_now), key=f"{key}_kind", horizontal=True,
-                    format_func=lambda k: RULES.get(k, k))  # fmt: skip
+    kind = st.radio(
+        "Cutoff rule",
+        kinds,
+        index=kinds.index(kind_now),
+        key=f"{key}_kind",
+        horizontal=True,
+        format_func=lambda k: RULES.get(k, k),
+    )
     if kind in RULES:
         spec = kind
     elif kind == "custom quantiles":

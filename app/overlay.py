@@ -69,20 +69,42 @@ def overlay_figure(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray, selec
     cx = ((boxes[:, 0] + boxes[:, 2]) // 2).astype(dtype)
     cy = ((boxes[:, 1] + boxes[:, 3]) // 2).astype(dtype)
     fig = go.Figure()
-    fig.add_trace(go.Image(source="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(),
-                           hoverinfo="skip"))  # fmt: skip
-    fig.add_trace(go.Scattergl(
-        x=cx, y=cy, customdata=np.asarray(scores, dtype=np.float32), mode="markers",
-        marker={"size": 10, "color": "rgba(0,0,0,0)"}, hovertemplate="patch %{pointNumber} · score %{customdata:.3g}<extra></extra>",
-        showlegend=False, name="patches",
-    ))  # fmt: skip
+    fig.add_trace(
+        go.Image(
+            source="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), hoverinfo="skip"
+        )
+    )
+    fig.add_trace(
+        go.Scattergl(
+            x=cx,
+            y=cy,
+            customdata=np.asarray(scores, dtype=np.float32),
+            mode="markers",
+            marker={"size": 10, "color": "rgba(0,0,0,0)"},
+            hovertemplate="patch %{pointNumber} · score %{customdata:.3g}<extra></extra>",
+            showlegend=False,
+            name="patches",
+        )
+    )
     x0, y0, x1, y1 = (float(v) for v in boxes[selected])
     for colour, width in (("black", 4), ("white", 2)):
-        fig.add_shape(type="rect", x0=x0 - 0.5, y0=y0 - 0.5, x1=x1 - 0.5, y1=y1 - 0.5,
-                      line={"color": colour, "width": width})  # fmt: skip
+        fig.add_shape(
+            type="rect",
+            x0=x0 - 0.5,
+            y0=y0 - 0.5,
+            x1=x1 - 0.5,
+            y1=y1 - 0.5,
+            line={"color": colour, "width": width},
+        )
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain")
-    fig.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, height=int(min(760, max(240, h * 900 / max(w, 1)))),
-                      clickmode="event+select", dragmode="pan", hovermode="closest", template="simple_white",
-                      uirevision="overlay")  # fmt: skip
+    fig.update_layout(
+        margin={"l": 0, "r": 0, "t": 0, "b": 0},
+        height=int(min(760, max(240, h * 900 / max(w, 1)))),
+        clickmode="event+select",
+        dragmode="pan",
+        hovermode="closest",
+        template="simple_white",
+        uirevision="overlay",
+    )
     return fig

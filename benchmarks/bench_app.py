@@ -49,9 +49,15 @@ if str(REPO) not in sys.path:
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def log(msg: str) -> None:
@@ -90,8 +96,18 @@ def measure_overlay(repeats: int) -> dict[str, float]:
     sizes = []
 
     def once(opacity: float) -> None:
-        img, res = backend.overlay_image(scores, coords, attrs, t, opacity=opacity, cmap="jet", normalization="percentile",
-                                         clip=(1.0, 99.0), threshold=None, smooth_sigma=0.0)  # fmt: skip
+        img, res = backend.overlay_image(
+            scores,
+            coords,
+            attrs,
+            t,
+            opacity=opacity,
+            cmap="jet",
+            normalization="percentile",
+            clip=(1.0, 99.0),
+            threshold=None,
+            smooth_sigma=0.0,
+        )
         fig = overlay_figure(img, res.boxes, scores, int(np.argmax(scores)))  # JPEG + clickable patch centres
         sizes.append(len(pio.to_json(fig, validate=False)))  # what st.plotly_chart serializes
 
@@ -178,13 +194,17 @@ def pick_patient(page, case: str, timeout_ms: int = 300_000) -> tuple[float, flo
             const now = Array.from(document.querySelectorAll('[data-testid="stMetricValue"]')).map(e => e.innerText).join(" | ");
             return now && now !== old;
         }""",
-        arg=before, timeout=timeout_ms, polling=10,
-    )  # fmt: skip
+        arg=before,
+        timeout=timeout_ms,
+        polling=10,
+    )
     t_numbers = time.perf_counter() - t0
     page.wait_for_function(  # main.py's end-of-run marker counts the script runs
         "(n) => { const m = document.querySelector('.deref-run-done'); return m && +m.dataset.run > n; }",
-        arg=run, timeout=timeout_ms, polling=10,
-    )  # fmt: skip
+        arg=run,
+        timeout=timeout_ms,
+        polling=10,
+    )
     return t_numbers, time.perf_counter() - t0
 
 
@@ -196,8 +216,21 @@ def measure_browser(demo: Path, repeats: int) -> dict[str, float]:
     env["DEREF_DEMO_DIR"] = str(demo)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "app" / "main.py"),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     out: dict[str, float] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

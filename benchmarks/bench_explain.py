@@ -148,7 +148,7 @@ def measure_ig(repeats: int) -> dict[str, float]:
 
 
 def measure_tsne(repeats: int) -> dict[str, float]:
-    from deref.explain.cohort import tsne_embedding
+    from deref.explain.cohort_views import tsne_embedding
 
     feats = np.random.default_rng(0).normal(size=(500, 4, 128)).astype(np.float32)
     feats += np.arange(4).reshape(1, 4, 1)  # four separated clouds, like decoupled features

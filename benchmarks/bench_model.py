@@ -109,7 +109,9 @@ def epoch_s(device, bf16, n_patients):
         m1, wsi = patient(int(n), 100 + i, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(m1, wsi)
-        loss = nll_survival_loss(out.hazards.float(), torch.tensor([i % 4], device=device), torch.tensor([0.0], device=device))
+        loss = nll_survival_loss(
+            out.hazards.float(), torch.tensor([i % 4], device=device), torch.tensor([0.0], device=device)
+        )
         loss = loss + decoupling_loss(out.features.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,7 +208,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--epoch-patients", type=int, default=300, help="patients actually run for epoch_s (scaled to 300)")
+    ap.add_argument(
+        "--epoch-patients", type=int, default=300, help="patients actually run for epoch_s (scaled to 300)"
+    )
     ap.add_argument("--skip-epoch", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -214,12 +218,18 @@ def main() -> None:
     model = make_model(device)
     res: dict = {"device": str(device), "threads": args.threads, "torch": torch.__version__}
     res["eval_ms"] = {
-        p: {str(n): round(eval_ms(model, device, n, p == "bf16", args.repeats), 1) for n in (1000, 10000, 30000)}
+        p: {
+            str(n): round(eval_ms(model, device, n, p == "bf16", args.repeats), 1)
+            for n in (1000, 10000, 30000)
+        }
         for p in ("fp32", "bf16")
     }
     print("eval_ms", res["eval_ms"], file=sys.stderr)
     res["train_step_ms"] = {
-        p: {str(n): round(train_step_ms(model, device, n, p == "bf16", args.repeats), 1) for n in (1000, 10000)}
+        p: {
+            str(n): round(train_step_ms(model, device, n, p == "bf16", args.repeats), 1)
+            for n in (1000, 10000)
+        }
         for p in ("fp32", "bf16")
     }
     print("train_step_ms", res["train_step_ms"], file=sys.stderr)
@@ -227,7 +237,9 @@ def main() -> None:
     res["bf16_spearman"] = round(bf16_spearman(model, device), 5)
     res["eval_spread"] = eval_spread(model, device)
     if not args.skip_epoch:
-        res["epoch_s"] = {p: round(epoch_s(device, p == "bf16", args.epoch_patients), 1) for p in ("fp32", "bf16")}
+        res["epoch_s"] = {
+            p: round(epoch_s(device, p == "bf16", args.epoch_patients), 1) for p in ("fp32", "bf16")
+        }
         res["epoch_patients_run"] = args.epoch_patients
     if device.type == "cuda":
         res["patients_per_s"] = cuda_throughput(model, device)

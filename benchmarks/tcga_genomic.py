@@ -32,7 +32,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--models", default="snn,snn_transformer")
-    ap.add_argument("--data", default=str(SHARED), help="folder with datasets_csv_sig/, signatures.csv, splits/")
+    ap.add_argument(
+        "--data", default=str(SHARED), help="folder with datasets_csv_sig/, signatures.csv, splits/"
+    )
     ap.add_argument("--out", help="keep the run directories here (default: a temporary folder)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -46,14 +48,22 @@ def main() -> None:
     data = Path(args.data)
     if not data.exists():
         sys.exit(f"{data} not found: the TCGA tables live in ../shared/data/tcga")
-    cohort = load_cohort(data / "datasets_csv_sig" / "tcga_blca_all_clean.csv.zip", signatures=data / "signatures.csv")
+    cohort = load_cohort(
+        data / "datasets_csv_sig" / "tcga_blca_all_clean.csv.zip", signatures=data / "signatures.csv"
+    )
     folds = read_mcat_splits(data / "splits" / "5foldcv" / "tcga_blca")
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tcga-genomic-"))
     results = {}
     for name in args.models.split(","):
-        cfg = ModelConfig(model_type=name, m1_sizes=tuple(f.size for f in cohort.families), m1_names=tuple(f.name for f in cohort.families))
+        cfg = ModelConfig(
+            model_type=name,
+            m1_sizes=tuple(f.size for f in cohort.families),
+            m1_names=tuple(f.name for f in cohort.families),
+        )
         t = time.perf_counter()
-        res = train_cross_validation(cohort, folds, cfg, TrainConfig(epochs=args.epochs), out_root / name, name=f"blca-{name}")
+        res = train_cross_validation(
+            cohort, folds, cfg, TrainConfig(epochs=args.epochs), out_root / name, name=f"blca-{name}"
+        )
         m = res.metrics
         for f in res.folds:
             print(
@@ -69,8 +79,10 @@ def main() -> None:
             "epochs": args.epochs,
             "seconds": round(time.perf_counter() - t, 1),
         }
-        print(f"{name}: {results[name]['mean']:.3f} ± {results[name]['std']:.3f} (fixed epoch {args.epochs}); "
-              f"best epoch {results[name]['best_epoch_mean']:.3f} (optimistic)")
+        print(
+            f"{name}: {results[name]['mean']:.3f} ± {results[name]['std']:.3f} (fixed epoch {args.epochs}); "
+            f"best epoch {results[name]['best_epoch_mean']:.3f} (optimistic)"
+        )
     print(json.dumps(results) if args.json else json.dumps(results, indent=2))
 
 

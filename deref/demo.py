@@ -49,7 +49,7 @@ DEMO_TRAIN = dict(epochs=12, batch_size=16, lr=1.5e-3, track_validation=False)
 def build_recipe() -> dict:
     """What a demo folder is built from: the generator's version and the model and training
     settings. ``demo_summary.json`` records it; a folder built from another recipe is rebuilt."""
-    from deref.data.demo import DEMO_VERSION
+    from deref.data.synthetic import DEMO_VERSION
 
     return {"generator_version": DEMO_VERSION, "model": dict(DEMO_MODEL), "train": dict(DEMO_TRAIN)}
 
@@ -87,8 +87,8 @@ def build_demo(
 ) -> DemoBuild:
     """Generate the demo cohort and train the demo run (see the module docstring)."""
     from deref.data.cohort import load_cohort
-    from deref.data.demo import make_demo_cohort
     from deref.data.splits import make_folds
+    from deref.data.synthetic import make_demo_cohort
     from deref.metrics import harrell_c
     from deref.model import ModelConfig
     from deref.training import TrainConfig, train_cross_validation
@@ -108,14 +108,22 @@ def build_demo(
     cohort = load_cohort(demo.table, signatures=demo.signatures, bag_dir=demo.bags_dir)
     folds = make_folds(cohort.patients, k=5, seed=seed)
     mcfg = ModelConfig(
-        m1_sizes=tuple(f.size for f in cohort.families), m1_names=tuple(f.name for f in cohort.families), **DEMO_MODEL
+        m1_sizes=tuple(f.size for f in cohort.families),
+        m1_names=tuple(f.name for f in cohort.families),
+        **DEMO_MODEL,
     )
     train = dict(DEMO_TRAIN, seed=seed)
     if epochs is not None:
         train["epochs"] = epochs
     result = train_cross_validation(
-        cohort, folds, mcfg, TrainConfig(**train), out / "run", name="demo-deref",
-        data_info={"signatures": str(demo.signatures.resolve()), "demo": True}, progress=progress,
+        cohort,
+        folds,
+        mcfg,
+        TrainConfig(**train),
+        out / "run",
+        name="demo-deref",
+        data_info={"signatures": str(demo.signatures.resolve()), "demo": True},
+        progress=progress,
     )
     preds = result.predictions
     model_c = harrell_c(preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy()).cindex
@@ -129,4 +137,10 @@ def build_demo(
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    return DemoBuild(cohort_dir, out / "run", float(demo.oracle_cindex), float(model_c), list(np.asarray(summary["fold_cindex"], float)))
+    return DemoBuild(
+        cohort_dir,
+        out / "run",
+        float(demo.oracle_cindex),
+        float(model_c),
+        list(np.asarray(summary["fold_cindex"], float)),
+    )

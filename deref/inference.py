@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from deref.data.bags import Bag
-from deref.data.cohort import Cohort, load_run_cohort
+from deref.data.cohort import Cohort
 from deref.data.preprocess import Preprocessing
 from deref.errors import ConfigError, DataError, InputError
 from deref.model import SurvivalOutput, collate_bags
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA if available, else MPS if available, else CPU."""
+    """ "auto" -> CUDA if available, else MPS if available, else CPU."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -144,7 +144,9 @@ def family_tokens(model: torch.nn.Module, m1: Sequence[torch.Tensor]) -> torch.T
     return model.m1_encoder.tokens([torch.as_tensor(x, dtype=torch.float32).to(dev) for x in m1]).float()
 
 
-def mean_family_tokens(model: torch.nn.Module, m1: Sequence[torch.Tensor | np.ndarray], batch_size: int = 256) -> torch.Tensor:
+def mean_family_tokens(
+    model: torch.nn.Module, m1: Sequence[torch.Tensor | np.ndarray], batch_size: int = 256
+) -> torch.Tensor:
     """``(G, C1)`` mean family token over patients (``m1``: one ``(n, d_g)`` array per group)."""
     n = int(np.shape(m1[0])[0])
     if n == 0:
@@ -171,7 +173,9 @@ class Predictor:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_run(cls, path: str | os.PathLike, device: str | torch.device = "auto", bf16: bool = False) -> Predictor:
+    def from_run(
+        cls, path: str | os.PathLike, device: str | torch.device = "auto", bf16: bool = False
+    ) -> Predictor:
         return cls(RunDir(path), device=device, bf16=bf16)
 
     # ------------------------------------------------------------ loading
@@ -181,7 +185,7 @@ class Predictor:
 
     @property
     def needs_wsi(self) -> bool:
-        return self.config.model_type not in ("snn", "snn_transformer")
+        return self.run.info.needs_wsi
 
     def fold(self, k: int) -> FoldCheckpoint:
         if k not in self._folds:
@@ -190,15 +194,13 @@ class Predictor:
 
     def load_cohort(self, table: str | None = None, bag_dir: str | None = None) -> Cohort:
         """The cohort the run was trained on (paths from run.json), or another table."""
-        return load_run_cohort(self.run.info.get("data", {}) or {}, table, bag_dir)
+        from deref.runs.fit import load_run_cohort
+
+        return load_run_cohort(self.run.info, table, bag_dir)
 
     def validation_folds(self) -> dict[str, int]:
         """case_id -> the fold whose validation set holds it (from the run's splits)."""
-        out: dict[str, int] = {}
-        for f in self.run.info.get("folds", []):
-            for c in f.get("val_ids", []):
-                out[str(c)] = int(f["index"])
-        return out
+        return self.run.info.validation_folds()
 
     def fold_for(self, case_id: str, fold: int | None = None) -> int:
         """``fold`` (checked against the run's folds), else the fold whose validation set held
@@ -222,14 +224,15 @@ class Predictor:
             hit = self._token_baselines.get(k)
         if hit is not None:
             return hit
-        info = next((f for f in self.run.info.get("folds", []) if int(f["index"]) == int(k)), None)
-        train_ids = [str(c) for c in (info or {}).get("train_ids", [])]
+        train_ids = list(self.run.info.fold(k).train_ids)
         if not train_ids:
             raise ConfigError(f"{self.run.path}: run.json lists no training patients for fold {k}")
         source = cohort
         if source is None or not all(c in source.genomic.index for c in train_ids):
             source = self.load_cohort()
-        tokens = mean_family_tokens(self.fold(k).model, m1_matrix(source, self.fold(k).preprocessing, train_ids))
+        tokens = mean_family_tokens(
+            self.fold(k).model, m1_matrix(source, self.fold(k).preprocessing, train_ids)
+        )
         with self._lock:
             self._token_baselines[k] = tokens
         return tokens
@@ -238,7 +241,10 @@ class Predictor:
         key = (k, cohort.fingerprint)
         if key not in self._m1_cache:
             ids = cohort.case_ids
-            self._m1_cache[key] = (m1_matrix(cohort, self.fold(k).preprocessing, ids), {c: i for i, c in enumerate(ids)})
+            self._m1_cache[key] = (
+                m1_matrix(cohort, self.fold(k).preprocessing, ids),
+                {c: i for i, c in enumerate(ids)},
+            )
         return self._m1_cache[key]
 
     def bag_store(self, cohort: Cohort) -> BagStore | None:
@@ -347,7 +353,9 @@ class Predictor:
             risks.append(out.risk.numpy())
             stds.append(out.risk_std.numpy() if out.risk_std is not None else np.zeros(len(batch)))
             survs.append(out.survival.numpy())
-        frame = pd.DataFrame({"case_id": names, "fold": k, "risk": np.concatenate(risks), "risk_std": np.concatenate(stds)})
+        frame = pd.DataFrame(
+            {"case_id": names, "fold": k, "risk": np.concatenate(risks), "risk_std": np.concatenate(stds)}
+        )
         surv = np.concatenate(survs)
         for j, col in enumerate(surv_columns(surv.shape[1])):
             frame[col] = surv[:, j]
@@ -389,7 +397,10 @@ class Predictor:
         elif drop is not None:
             raise ConfigError(f"drop={drop!r}; expected 'm1', 'wsi' or None")
         out = self.forward(
-            inputs, k, return_attention=return_attention and self.needs_wsi and drop != "wsi", m1_tokens=tokens
+            inputs,
+            k,
+            return_attention=return_attention and self.needs_wsi and drop != "wsi",
+            m1_tokens=tokens,
         )
         return out, inputs
 

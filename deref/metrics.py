@@ -41,7 +41,6 @@ from sksurv.metrics import (
 )
 
 from deref.errors import DataError
-from deref.runs import MEAN_OF_FOLDS
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,6 @@ __all__ = [
     "survival_columns",
     "evaluate_predictions",
     "evaluate_run_predictions",
-    "bin_edges_from_run",
 ]
 
 _SURV_COLUMN = re.compile(r"^surv_(\d+)$")
@@ -592,29 +590,6 @@ def _fold_metrics(
     return fm
 
 
-def bin_edges_from_run(run_info: Mapping) -> dict[int, list[float]]:
-    """Fold -> bin edges from a parsed ``run.json`` (``folds: [{"index", "bin_edges"}, ...]``),
-    plus ``deref.runs.MEAN_OF_FOLDS`` -> the folds' mean edges, the bins of a survival curve
-    averaged over the fold models.
-
-    Raises
-    ------
-    DataError
-        ``folds`` missing, or a fold without ``index`` / ``bin_edges``.
-    """
-    folds = run_info.get("folds")
-    if not isinstance(folds, list) or not folds:
-        raise DataError("run.json: no 'folds' list")
-    out = {}
-    for i, f in enumerate(folds):
-        if not isinstance(f, Mapping) or "index" not in f or "bin_edges" not in f:
-            raise DataError(f"run.json: folds[{i}] needs 'index' and 'bin_edges'")
-        out[int(f["index"])] = [float(x) for x in f["bin_edges"]]
-    if len({len(e) for e in out.values()}) == 1:
-        out[MEAN_OF_FOLDS] = np.mean(list(out.values()), axis=0).tolist()
-    return out
-
-
 def evaluate_predictions(
     pred_df: pd.DataFrame,
     train_df: pd.DataFrame | None,
@@ -717,7 +692,11 @@ def evaluate_run_predictions(
     report and a note saying which sample weighted the censoring (and why not the folds')."""
     if train_df is not None:
         try:
-            return evaluate_predictions(pred_df, train_df, bin_edges), "censoring weights from each fold's training patients"
+            return evaluate_predictions(
+                pred_df, train_df, bin_edges
+            ), "censoring weights from each fold's training patients"
         except DataError as exc:  # e.g. a run of some folds only: training outcomes not all known
-            return evaluate_predictions(pred_df, None, bin_edges), f"censoring weights from the pooled cohort ({exc})"
+            return evaluate_predictions(
+                pred_df, None, bin_edges
+            ), f"censoring weights from the pooled cohort ({exc})"
     return evaluate_predictions(pred_df, None, bin_edges), "censoring weights from the pooled cohort"

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from deref.errors import DataError
-from deref.runs import MEAN_OF_FOLDS
+from deref.survival import MEAN_OF_FOLDS
 
 # lifelines and scipy (about 1 s to import) load on the first fit, not with this module: cutoffs
 # and group assignment (the dashboard's Cohort page) need neither.
@@ -308,7 +308,9 @@ def training_cutoffs(train_risks_df: pd.DataFrame, rule: str | CutoffRule) -> Cu
         out[key] = _quantile_thresholds(risk[idx], rule, f"training risks of fold {fold}")
     if not out:
         raise DataError("training risks: the table is empty")
-    return Cutoffs(rule, "training", out, pooled=_quantile_thresholds(risk, rule, "training risks of all folds"))
+    return Cutoffs(
+        rule, "training", out, pooled=_quantile_thresholds(risk, rule, "training risks of all folds")
+    )
 
 
 def cohort_cutoffs(pred_df: pd.DataFrame, rule: str | CutoffRule) -> Cutoffs:

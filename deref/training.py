@@ -159,8 +159,12 @@ class CohortTrainer:
         self.needs_wsi = model_config.model_type not in GENOMIC_ONLY
         self.progress = progress
         if self.needs_wsi and cohort.bag_dir is None:
-            raise DataError(f"{cohort.source}: model {model_config.model_type!r} needs WSI bags; give a bag folder")
-        self.bags = BagStore(cohort, None, max_bytes=train_config.bag_cache_mb << 20) if self.needs_wsi else None
+            raise DataError(
+                f"{cohort.source}: model {model_config.model_type!r} needs WSI bags; give a bag folder"
+            )
+        self.bags = (
+            BagStore(cohort, None, max_bytes=train_config.bag_cache_mb << 20) if self.needs_wsi else None
+        )
 
     # ---------------------------------------------------------------- folds
     def check(self, folds: Sequence[Fold]) -> None:
@@ -180,7 +184,8 @@ class CohortTrainer:
         if self.bags is not None:
             self.bags.wsi_dim = self.model_config.wsi_dim
         mcfg = self.model_config.replace(
-            m1_sizes=pre.m1_sizes, m1_names=tuple(pre.m1_names) or self.model_config.m1_names[: len(pre.m1_sizes)],
+            m1_sizes=pre.m1_sizes,
+            m1_names=tuple(pre.m1_names) or self.model_config.m1_names[: len(pre.m1_sizes)],
             n_bins=cfg.n_bins,
         )
         model = build_model(mcfg).to(self.device)
@@ -192,7 +197,11 @@ class CohortTrainer:
         cens = pts["censorship"].astype(int)
 
         train_ids = list(fold.train)
-        weights = class_weights(bins[train_ids].to_numpy(), cens[train_ids].to_numpy()) if cfg.weighted_sampler else None
+        weights = (
+            class_weights(bins[train_ids].to_numpy(), cens[train_ids].to_numpy())
+            if cfg.weighted_sampler
+            else None
+        )
         wsi_mean = self._mean_patch(train_ids) if self.needs_wsi else None
 
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -228,7 +237,9 @@ class CohortTrainer:
                 totals["nll"] += nll.item() * len(batch)
                 totals["dis"] += dis.item() * len(batch)
                 if self.progress:
-                    self.progress(f"fold {fold.index} epoch {epoch + 1}/{cfg.epochs}", step + 1, steps_per_epoch)
+                    self.progress(
+                        f"fold {fold.index} epoch {epoch + 1}/{cfg.epochs}", step + 1, steps_per_epoch
+                    )
             sched.step()
             record = {
                 "epoch": epoch + 1,
@@ -242,7 +253,9 @@ class CohortTrainer:
                 val = self._predict(model, fold.val, m1_all, rows)
                 record["val_cindex"] = _cindex(pts.loc[fold.val], val["risk"].to_numpy())
             history.append(record)
-            log.info("fold %d epoch %d: %s", fold.index, epoch + 1, {k: round(v, 4) for k, v in record.items()})
+            log.info(
+                "fold %d epoch %d: %s", fold.index, epoch + 1, {k: round(v, 4) for k, v in record.items()}
+            )
 
         val_pred = self._predict(model, fold.val, m1_all, rows)
         train_pred = self._predict(model, train_ids, m1_all, rows)
@@ -256,12 +269,18 @@ class CohortTrainer:
             "n_val": len(fold.val),
         }
         if fold_dir is not None:
-            extra = {"wsi_mean": None if wsi_mean is None else wsi_mean.tolist(), "fold": fold.index, "seed": seed}
+            extra = {
+                "wsi_mean": None if wsi_mean is None else wsi_mean.tolist(),
+                "fold": fold.index,
+                "seed": seed,
+            }
             save_checkpoint(fold_dir, model, pre, extra)
         result = FoldResult(
             index=fold.index,
             predictions=val_pred,
-            train_risks=pd.DataFrame({"fold": fold.index, "case_id": train_ids, "risk": train_pred["risk"].to_numpy()}),
+            train_risks=pd.DataFrame(
+                {"fold": fold.index, "case_id": train_ids, "risk": train_pred["risk"].to_numpy()}
+            ),
             history=history,
             metrics=metrics,
             seconds=time.perf_counter() - t0,
@@ -295,7 +314,9 @@ class CohortTrainer:
             risk.append(out.risk.float().cpu().numpy())
             std.append(out.risk_std.float().cpu().numpy())
             surv.append(out.survival.float().cpu().numpy())
-        frame = pd.DataFrame({"case_id": order, "risk": np.concatenate(risk), "risk_std": np.concatenate(std)})
+        frame = pd.DataFrame(
+            {"case_id": order, "risk": np.concatenate(risk), "risk_std": np.concatenate(std)}
+        )
         s_arr = np.concatenate(surv)
         for j, col in enumerate(surv_columns(s_arr.shape[1])):
             frame[col] = s_arr[:, j]
@@ -359,7 +380,9 @@ def train_cross_validation(
     preds.insert(3, "censorship", pts["censorship"].to_numpy())
     preds.insert(4, "event", pts["event"].to_numpy())
     preds.to_csv(out / "predictions.csv", index=False)
-    pd.concat([f.train_risks for f in result.folds], ignore_index=True).to_csv(out / "train_risks.csv", index=False)
+    pd.concat([f.train_risks for f in result.folds], ignore_index=True).to_csv(
+        out / "train_risks.csv", index=False
+    )
     last = np.array([f.metrics["cindex_last_epoch"] for f in result.folds], dtype=float)
     best = [f.metrics["optimistic_best_epoch_cindex"] for f in result.folds]
     metrics = {

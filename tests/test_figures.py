@@ -37,16 +37,28 @@ def _run_tables(n=120, folds=3, k=4, seed=0):
     x = rng.normal(size=n)
     t_ev = rng.exponential(30 * np.exp(-0.9 * x))
     t_c = rng.uniform(5, 90, n)
-    pred = pd.DataFrame({"case_id": [f"TCGA-{i:03d}" for i in range(n)], "fold": np.arange(n) % folds,
-                         "time": np.round(np.minimum(t_ev, t_c), 1) + 0.1, "censorship": (t_ev > t_c).astype(int),
-                         "risk": x + rng.normal(scale=0.5, size=n), "risk_std": 0.05})  # fmt: skip
+    pred = pd.DataFrame(
+        {
+            "case_id": [f"TCGA-{i:03d}" for i in range(n)],
+            "fold": np.arange(n) % folds,
+            "time": np.round(np.minimum(t_ev, t_c), 1) + 0.1,
+            "censorship": (t_ev > t_c).astype(int),
+            "risk": x + rng.normal(scale=0.5, size=n),
+            "risk_std": 0.05,
+        }
+    )
     pred["event"] = 1 - pred.censorship
     for j in range(k):
         pred[f"surv_{j}"] = np.clip(1 - 0.2 * (j + 1) - 0.05 * pred.risk, 0.01, 1)
     train = pd.concat(
-        [pd.DataFrame({"fold": f, "case_id": pred.case_id[pred.fold != f], "risk": pred.risk[pred.fold != f]})
-         for f in range(folds)], ignore_index=True,
-    )  # fmt: skip
+        [
+            pd.DataFrame(
+                {"fold": f, "case_id": pred.case_id[pred.fold != f], "risk": pred.risk[pred.fold != f]}
+            )
+            for f in range(folds)
+        ],
+        ignore_index=True,
+    )
     return pred, train
 
 
@@ -107,8 +119,9 @@ def test_table_at_risk_matches_stratify(results):
     ar = table[table.section == "at_risk"][["group", "time", "at_risk", "censored", "events"]].reset_index(
         drop=True
     )
-    pd.testing.assert_frame_equal(ar.astype({c: int for c in ("at_risk", "censored", "events")}), res.at_risk,
-                                  check_dtype=False)  # fmt: skip
+    pd.testing.assert_frame_equal(
+        ar.astype({c: int for c in ("at_risk", "censored", "events")}), res.at_risk, check_dtype=False
+    )
     groups = table[table.section == "group"].set_index("group")
     for g in res.groups:
         assert groups.loc[g.name, "n"] == g.n and groups.loc[g.name, "events"] == g.events
@@ -178,9 +191,13 @@ def _write_run(tmp_path, tables, with_train=True):
     pred.drop(columns="event").to_csv(run / "predictions.csv", index=False)
     if with_train:
         train.to_csv(run / "train_risks.csv", index=False)
-    info = {"name": "deref-blca-s0", "created": "2025-01-31T10:00:00", "model": {"n_bins": 4},
-            "data": {"table": "tcga_blca_all_clean.csv.zip"},
-            "folds": [{"index": f, "bin_edges": [0, 10, 20, 30, 200], "metrics": {}} for f in range(3)]}  # fmt: skip
+    info = {
+        "name": "deref-blca-s0",
+        "created": "2025-01-31T10:00:00",
+        "model": {"n_bins": 4},
+        "data": {"table": "tcga_blca_all_clean.csv.zip"},
+        "folds": [{"index": f, "bin_edges": [0, 10, 20, 30, 200], "metrics": {}} for f in range(3)],
+    }
     (run / "run.json").write_text(json.dumps(info))
     return run
 

@@ -16,7 +16,6 @@ from sksurv.metrics import (
 from deref.errors import DataError
 from deref.metrics import (
     ConcordanceResult,
-    bin_edges_from_run,
     evaluate_predictions,
     harrell_c,
     integrated_brier,
@@ -41,8 +40,15 @@ def _cohort(n, seed, k=4, folds=3):
     time = np.round(np.minimum(t_ev, t_c), 1) + 0.1
     cens = (t_ev > t_c).astype(int)
     risk = x + rng.normal(scale=0.6, size=n)
-    df = pd.DataFrame({"case_id": [f"C{i}" for i in range(n)], "fold": np.arange(n) % folds, "time": time,
-                       "censorship": cens, "risk": risk})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "case_id": [f"C{i}" for i in range(n)],
+            "fold": np.arange(n) % folds,
+            "time": time,
+            "censorship": cens,
+            "risk": risk,
+        }
+    )
     h = 1 / (1 + np.exp(-(risk[:, None] - 1.0 + 0.1 * np.arange(k))))
     surv = np.cumprod(1 - h, axis=1)
     for j in range(k):
@@ -199,8 +205,11 @@ def test_evaluate_predictions_per_fold_uses_fold_training_patients():
     assert rep.pooled.harrell > 0.6  # risk carries signal in the synthetic cohort
     frame = rep.to_frame()
     assert list(frame.fold) == [0, 1, 2, "pooled", "mean", "std"]
-    run_json = {"folds": [{"index": f, "bin_edges": e, "metrics": {}} for f, e in edges.items()]}
-    from_run = bin_edges_from_run(run_json)
+    from deref.model import ModelConfig
+    from deref.runs import FoldInfo, RunInfo
+
+    folds = tuple(FoldInfo(index=f, bin_edges=tuple(e)) for f, e in edges.items())
+    from_run = RunInfo(name="t", model=ModelConfig(), folds=folds).bin_edges()
     assert evaluate_predictions(df, train, from_run).folds[2].ibs == rep.folds[2].ibs
     # patients scored by the mean of the fold models (fold -1) use the folds' mean edges
     np.testing.assert_allclose(from_run[-1], np.mean([edges[f] for f in (0, 1, 2)], axis=0))

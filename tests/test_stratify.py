@@ -37,12 +37,24 @@ def _cohort(n=150, folds=3, seed=0):
     t_ev = rng.exponential(30 * np.exp(-0.9 * x))
     t_c = rng.uniform(5, 90, n)
     time = np.round(np.minimum(t_ev, t_c), 0) + 1.0  # integer times: many ties
-    df = pd.DataFrame({"case_id": [f"P{i}" for i in range(n)], "fold": np.arange(n) % folds, "time": time,
-                       "censorship": (t_ev > t_c).astype(int), "risk": x + rng.normal(scale=0.5, size=n)})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "case_id": [f"P{i}" for i in range(n)],
+            "fold": np.arange(n) % folds,
+            "time": time,
+            "censorship": (t_ev > t_c).astype(int),
+            "risk": x + rng.normal(scale=0.5, size=n),
+        }
+    )
     train = pd.concat(
-        [pd.DataFrame({"fold": f, "case_id": df.case_id[df.fold != f], "risk": df.risk[df.fold != f] + 0.01})
-         for f in range(folds)], ignore_index=True,
-    )  # fmt: skip
+        [
+            pd.DataFrame(
+                {"fold": f, "case_id": df.case_id[df.fold != f], "risk": df.risk[df.fold != f] + 0.01}
+            )
+            for f in range(folds)
+        ],
+        ignore_index=True,
+    )
     return df, train
 
 
@@ -63,11 +75,22 @@ def test_rules_and_labels():
 
 def test_cutoffs_come_from_each_folds_training_risks():
     # fold 0's model scores on a low scale, fold 1's on a high one; its OOF patients too
-    train = pd.DataFrame({"fold": [0] * 5 + [1] * 5, "case_id": [f"T{i}" for i in range(10)],
-                          "risk": [-2.0, -1.0, 0.0, 1.0, 2.0, 8.0, 9.0, 10.0, 11.0, 12.0]})  # fmt: skip
-    pred = pd.DataFrame({"case_id": ["a", "b", "c", "d", "e", "f"], "fold": [0, 0, 0, 1, 1, 1],
-                         "risk": [0.5, -0.5, 0.0, 9.5, 10.5, 10.0],
-                         "time": [1.0, 2, 3, 4, 5, 6], "censorship": [0, 0, 1, 0, 1, 0]})  # fmt: skip
+    train = pd.DataFrame(
+        {
+            "fold": [0] * 5 + [1] * 5,
+            "case_id": [f"T{i}" for i in range(10)],
+            "risk": [-2.0, -1.0, 0.0, 1.0, 2.0, 8.0, 9.0, 10.0, 11.0, 12.0],
+        }
+    )
+    pred = pd.DataFrame(
+        {
+            "case_id": ["a", "b", "c", "d", "e", "f"],
+            "fold": [0, 0, 0, 1, 1, 1],
+            "risk": [0.5, -0.5, 0.0, 9.5, 10.5, 10.0],
+            "time": [1.0, 2, 3, 4, 5, 6],
+            "censorship": [0, 0, 1, 0, 1, 0],
+        }
+    )
     cut = training_cutoffs(train, "median")
     assert cut.source == "training" and cut.rule.name == "median"
     np.testing.assert_allclose(cut[0], [0.0])

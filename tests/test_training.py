@@ -106,14 +106,18 @@ def test_cohort_missing_run_columns_is_a_clear_error(small_demo, tmp_path):
     dropped = [col for col in table.columns if col.endswith("_rnaseq")][0]
     table.drop(columns=[dropped]).to_csv(tmp_path / "t.csv", index=False)
     pred = Predictor.from_run(small_demo / "run", device="cpu")
-    cohort = load_cohort(tmp_path / "t.csv", bag_dir=c / "bags", families_json=None, signatures=c / "signatures.csv")
+    cohort = load_cohort(
+        tmp_path / "t.csv", bag_dir=c / "bags", families_json=None, signatures=c / "signatures.csv"
+    )
     with pytest.raises(ConfigError, match="missing from this table"):
         pred.predict(cohort)
 
 
 def test_training_refuses_bags_of_another_dimension(demo_cohort, tmp_path):
     folds = make_folds(demo_cohort.patients, k=5, seed=0)
-    cfg = ModelConfig(m1_sizes=tuple(f.size for f in demo_cohort.families), wsi_dim=128, landmarks=16, snn_hidden=32)
+    cfg = ModelConfig(
+        m1_sizes=tuple(f.size for f in demo_cohort.families), wsi_dim=128, landmarks=16, snn_hidden=32
+    )
     with pytest.raises((ConfigError, DataError), match="64"):
         train_cross_validation(demo_cohort, folds, cfg, TrainConfig(epochs=1), tmp_path / "r", only_folds=[0])
 
@@ -164,21 +168,32 @@ def test_cli_predict_evaluate_figures_validate(small_demo, tmp_path, capsys):
     assert "log-rank" in out and "harrell" in out.lower()
     # Uno's C / td-AUC / IBS weigh censoring by each fold's training patients, not the pooled cohort
     assert "training patients of fold 0" in out
-    from deref.metrics import bin_edges_from_run, evaluate_predictions
+    from deref.metrics import evaluate_predictions
     from deref.runs import RunDir
 
     rd = RunDir(run)
-    lib = evaluate_predictions(rd.predictions(), rd.train_risks(), bin_edges_from_run(rd.info)).to_frame()
-    pooled = evaluate_predictions(rd.predictions(), None, bin_edges_from_run(rd.info)).to_frame()
+    lib = evaluate_predictions(rd.predictions(), rd.train_risks(), rd.info.bin_edges()).to_frame()
+    pooled = evaluate_predictions(rd.predictions(), None, rd.info.bin_edges()).to_frame()
     saved = json.loads((tmp_path / "m.json").read_text())["metrics"]
     for i in range(len(lib)):
         for m in ("harrell", "uno", "ibs"):
             want, got = lib.iloc[i][m], saved[str(i)][m]
             assert (np.isnan(want) and got is None) or got == pytest.approx(want, rel=1e-9, abs=1e-12)
-    assert not np.allclose(lib["ibs"].iloc[:-3].astype(float), pooled["ibs"].iloc[:-3].astype(float), equal_nan=True)
+    assert not np.allclose(
+        lib["ibs"].iloc[:-3].astype(float), pooled["ibs"].iloc[:-3].astype(float), equal_nan=True
+    )
     assert cli(["figures", str(run), "--out", str(tmp_path / "fig"), "--formats", "png"]) == 0
     assert (tmp_path / "fig" / "km_median.png").stat().st_size > 10_000
-    args = ["validate", str(c / "cohort.csv"), "--signatures", str(c / "signatures.csv"), "--bags", str(c / "bags"), "--run", str(run)]
+    args = [
+        "validate",
+        str(c / "cohort.csv"),
+        "--signatures",
+        str(c / "signatures.csv"),
+        "--bags",
+        str(c / "bags"),
+        "--run",
+        str(run),
+    ]
     assert cli(args) == 0
     assert cli(["predict", str(tmp_path / "nope"), "--out", str(tmp_path / "x.csv")]) == 1
     assert "run directory not found" in capsys.readouterr().err
@@ -188,9 +203,28 @@ def test_cli_predict_evaluate_figures_validate(small_demo, tmp_path, capsys):
 def test_cli_train_end_to_end(small_demo, tmp_path):
     c = small_demo / "cohort"
     cmd = [
-        sys.executable, "-m", "deref.cli.main", "train", str(c / "cohort.csv"), "--signatures", str(c / "signatures.csv"),
-        "--bags", str(c / "bags"), "--folds", "5", "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "run"),
-        "--set", "landmarks=16", "--set", "snn_hidden=32", "--no-track-validation",
+        sys.executable,
+        "-m",
+        "deref.cli.main",
+        "train",
+        str(c / "cohort.csv"),
+        "--signatures",
+        str(c / "signatures.csv"),
+        "--bags",
+        str(c / "bags"),
+        "--folds",
+        "5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "landmarks=16",
+        "--set",
+        "snn_hidden=32",
+        "--no-track-validation",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -63,8 +63,13 @@ def overlay(
     c = st.columns(5)
     opacity = c[0].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="ov_opacity")
     cmap = c[1].selectbox("Colormap", CMAPS, key="ov_cmap")
-    norm = c[2].selectbox("Normalization", list(NORMS), format_func=NORMS.get, key="ov_norm",
-                          help="attention is sparse: a rank scale shows its structure, raw maps look 'all blue'")  # fmt: skip
+    norm = c[2].selectbox(
+        "Normalization",
+        list(NORMS),
+        format_func=NORMS.get,
+        key="ov_norm",
+        help="attention is sparse: a rank scale shows its structure, raw maps look 'all blue'",
+    )
     threshold = c[3].slider("Hide below (normalized)", 0.0, 1.0, 0.0, 0.05, key="ov_threshold")
     sigma = c[4].slider("Smoothing σ (px)", 0.0, 8.0, 0.0, 0.5, key="ov_sigma")
     clip = (1.0, 99.0)
@@ -73,12 +78,28 @@ def overlay(
     # A click on the slide picks that patch: the callback makes it the inspected rank.
     click_key = f"ov_click_{label}_{len(scores)}_{int(coords[:, 0].sum())}_{int(coords[:, 1].sum())}"
     with components.guard("Heatmap"):
-        img, res = backend.overlay_image(scores, coords, attrs, thumb, opacity=opacity, cmap=cmap, normalization=norm,
-                                         clip=clip, threshold=threshold if threshold > 0 else None, smooth_sigma=sigma)  # fmt: skip
+        img, res = backend.overlay_image(
+            scores,
+            coords,
+            attrs,
+            thumb,
+            opacity=opacity,
+            cmap=cmap,
+            normalization=norm,
+            clip=clip,
+            threshold=threshold if threshold > 0 else None,
+            smooth_sigma=sigma,
+        )
         left, right = st.columns([4, 1])
         with right:
-            rank = st.number_input("Inspect the patch ranked", 1, len(scores), 1, key="ov_rank",
-                                   help="1 = highest score; the patch is outlined on the slide")  # fmt: skip
+            rank = st.number_input(
+                "Inspect the patch ranked",
+                1,
+                len(scores),
+                1,
+                key="ov_rank",
+                help="1 = highest score; the patch is outlined on the slide",
+            )
             idx = patch_at_rank(scores, int(rank))
             size, level = int(attrs.get("patch_size", 256)), int(attrs.get("patch_level", 0))
             view = backend.patch_view(path if thumb.error is None else None, scores, coords, idx, size, level)
@@ -97,11 +118,17 @@ def overlay(
             else:
                 _colour_bar(cmap, f"{lo:.3g}", f"{hi:.3g}")
         with left:
-            st.plotly_chart(overlay_figure(img, res.boxes, scores, idx), key=click_key,
-                            on_select=lambda: apply_click(st.session_state, click_key, scores),
-                            selection_mode="points", config={"displaylogo": False, "scrollZoom": True})  # fmt: skip
-            st.caption(f"{label} · {len(scores)} patches · canvas {img.shape[1]}×{img.shape[0]} px (thumbnail, never "
-                       "level 0) · click a patch to inspect it; scroll to zoom, drag to pan")  # fmt: skip
+            st.plotly_chart(
+                overlay_figure(img, res.boxes, scores, idx),
+                key=click_key,
+                on_select=lambda: apply_click(st.session_state, click_key, scores),
+                selection_mode="points",
+                config={"displaylogo": False, "scrollZoom": True},
+            )
+            st.caption(
+                f"{label} · {len(scores)} patches · canvas {img.shape[1]}×{img.shape[0]} px (thumbnail, never "
+                "level 0) · click a patch to inspect it; scroll to zoom, drag to pan"
+            )
 
 
 def _gallery(
@@ -117,8 +144,16 @@ def _gallery(
     )
     if views and views[0].image is None:
         st.info("The slide file is not available: the top patches are listed by coordinates only.")
-        st.dataframe(pd.DataFrame([{"rank": i + 1, "patch": pv.index, "score": scores[pv.index], "x": pv.x, "y": pv.y}
-                                   for i, pv in enumerate(views)]), hide_index=True, key="topk_table")  # fmt: skip
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {"rank": i + 1, "patch": pv.index, "score": scores[pv.index], "x": pv.x, "y": pv.y}
+                    for i, pv in enumerate(views)
+                ]
+            ),
+            hide_index=True,
+            key="topk_table",
+        )
         return
     ncol = 6
     for start in range(0, len(views), ncol):
@@ -138,18 +173,31 @@ def _family_bars(att: backend.AttributionView) -> None:
     cols = st.columns(min(3, len(targets)) or 1)
     for i, t in enumerate(targets):
         s = att.family_scores[t]
-        fig = go.Figure(go.Bar(x=s, y=names, orientation="h",
-                               marker_color=[OKABE_ITO["vermillion"] if x > 0 else OKABE_ITO["blue"] for x in s]))  # fmt: skip
-        fig.update_layout(template="simple_white", height=300, margin={"l": 190, "r": 10, "t": 40, "b": 30},
-                          title=FEATURE_TARGETS.get(t, t), yaxis={"autorange": "reversed"})  # fmt: skip
+        fig = go.Figure(
+            go.Bar(
+                x=s,
+                y=names,
+                orientation="h",
+                marker_color=[OKABE_ITO["vermillion"] if x > 0 else OKABE_ITO["blue"] for x in s],
+            )
+        )
+        fig.update_layout(
+            template="simple_white",
+            height=300,
+            margin={"l": 190, "r": 10, "t": 40, "b": 30},
+            title=FEATURE_TARGETS.get(t, t),
+            yaxis={"autorange": "reversed"},
+        )
         cols[i % len(cols)].plotly_chart(fig, key=f"family_{t}")
     words = {"grad": "gradient × (input − baseline)", "ig": "Integrated Gradients"}.get(
         att.method, att.method
     )
     text = f"Method: {words}, fold {att.fold} model; baseline: {att.baseline}."
     if att.method == "grad":
-        text += (" A first-order approximation: rank gene families with Integrated Gradients (on the demo, gradient ×"
-                 " input puts the two planted families on top for about 3 in 10 patients, IG for 3 in 4).")  # fmt: skip
+        text += (
+            " A first-order approximation: rank gene families with Integrated Gradients (on the demo, gradient ×"
+            " input puts the two planted families on top for about 3 in 10 patients, IG for 3 in 4)."
+        )
     if att.convergence_delta:
         d = np.abs(np.asarray(list(att.convergence_delta.values()), dtype=float))
         text += f" Convergence delta (completeness error of IG): max |δ| = {np.nanmax(d):.2e}."
@@ -173,8 +221,13 @@ with components.guard("Attention"):
         st.stop()
 
     att = None
-    method = st.radio("Attribution method", ["grad", "ig"], horizontal=True, key="att_method",
-                      format_func=lambda m: {"grad": "gradient × input (fast)", "ig": "Integrated Gradients"}[m])  # fmt: skip
+    method = st.radio(
+        "Attribution method",
+        ["grad", "ig"],
+        horizontal=True,
+        key="att_method",
+        format_func=lambda m: {"grad": "gradient × input (fast)", "ig": "Integrated Gradients"}[m],
+    )
     with components.guard("Attributions", warn=True):
         att = backend.patient_attribution(*src.key, case, method, v.fold, src.slide_dir)
 
@@ -191,8 +244,10 @@ with components.guard("Attention"):
     path = backend.slide_path(src, slide_names[si])
     thumb = backend.thumbnail(str(path) if path else None)
     if thumb.error:
-        st.warning(f"**Slide not available** ({thumb.error}). The scores are drawn on a blank canvas from the patch "
-                   "coordinates alone.")  # fmt: skip
+        st.warning(
+            f"**Slide not available** ({thumb.error}). The scores are drawn on a blank canvas from the patch "
+            "coordinates alone."
+        )
     overlay(scores, coords, attrs, thumb, str(path) if path else None, target)
 
     st.subheader("Top patches")

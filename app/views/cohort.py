@@ -23,8 +23,13 @@ def _filters(table: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
     chosen = c2.multiselect("Risk group", names, default=names, key="cohort_groups")
     status = c3.selectbox("Outcome", ["all", "events", "censored"], key="cohort_outcome")
     folds = sorted(table["fold"].dropna().unique().tolist())
-    fold_sel = c4.multiselect("Fold", folds, default=folds, key="cohort_folds",
-                              format_func=lambda f: "mean of folds" if f == -1 else f"fold {f}")  # fmt: skip
+    fold_sel = c4.multiselect(
+        "Fold",
+        folds,
+        default=folds,
+        key="cohort_folds",
+        format_func=lambda f: "mean of folds" if f == -1 else f"fold {f}",
+    )
     keep = table["risk_group"].astype(str).isin(chosen) & (
         table["fold"].isin(fold_sel) | table["fold"].isna()
     )
@@ -44,11 +49,25 @@ def _risk_histogram(table: pd.DataFrame, names: list[str]) -> go.Figure:
     edges = np.histogram_bin_edges(table["risk"].to_numpy(float), bins=30)
     for name, col in zip(names, colors):
         sub = table[table["risk_group"].astype(str) == name]
-        fig.add_trace(go.Histogram(x=sub["risk"], name=f"{name} (n={len(sub)})", marker_color=col, opacity=0.85,
-                                   xbins={"start": edges[0], "end": edges[-1], "size": edges[1] - edges[0]}))  # fmt: skip
-    fig.update_layout(barmode="stack", template="simple_white", height=320, margin={"l": 50, "r": 10, "t": 40, "b": 40},
-                      title="Risk distribution by group", xaxis_title="predicted risk (higher = worse)",
-                      yaxis_title="patients", legend={"orientation": "h", "y": 1.12})  # fmt: skip
+        fig.add_trace(
+            go.Histogram(
+                x=sub["risk"],
+                name=f"{name} (n={len(sub)})",
+                marker_color=col,
+                opacity=0.85,
+                xbins={"start": edges[0], "end": edges[-1], "size": edges[1] - edges[0]},
+            )
+        )
+    fig.update_layout(
+        barmode="stack",
+        template="simple_white",
+        height=320,
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        title="Risk distribution by group",
+        xaxis_title="predicted risk (higher = worse)",
+        yaxis_title="patients",
+        legend={"orientation": "h", "y": 1.12},
+    )
     return fig
 
 
@@ -59,14 +78,32 @@ def _risk_vs_time(table: pd.DataFrame, names: list[str], unit: str) -> go.Figure
     for name in names:
         for event, symbol, label in ((1, "circle", "event"), (0, "cross-thin-open", "censored")):
             sub = table[(table["event"] == event) & (table["risk_group"].astype(str) == name)]
-            fig.add_trace(go.Scatter(
-                x=sub["time"], y=sub["risk"], mode="markers", name=f"{name} · {label}", text=sub.index,
-                marker={"symbol": symbol, "size": 8, "color": colors[name], "line": {"width": 1.5, "color": colors[name]}},
-                hovertemplate="%{text}<br>time %{x:.1f}<br>risk %{y:.3f}<extra>" + f"{name} · {label}</extra>",
-            ))  # fmt: skip
-    fig.update_layout(template="simple_white", height=320, margin={"l": 50, "r": 10, "t": 40, "b": 40},
-                      title="Risk against observed time", xaxis_title=f"time ({unit})",
-                      yaxis_title="risk", legend={"orientation": "h", "y": 1.12})  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["time"],
+                    y=sub["risk"],
+                    mode="markers",
+                    name=f"{name} · {label}",
+                    text=sub.index,
+                    marker={
+                        "symbol": symbol,
+                        "size": 8,
+                        "color": colors[name],
+                        "line": {"width": 1.5, "color": colors[name]},
+                    },
+                    hovertemplate="%{text}<br>time %{x:.1f}<br>risk %{y:.3f}<extra>"
+                    + f"{name} · {label}</extra>",
+                )
+            )
+    fig.update_layout(
+        template="simple_white",
+        height=320,
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        title="Risk against observed time",
+        xaxis_title=f"time ({unit})",
+        yaxis_title="risk",
+        legend={"orientation": "h", "y": 1.12},
+    )
     return fig
 
 
@@ -98,8 +135,11 @@ with components.guard("Cohort"):
     )
     m[2].metric("Slides", int(table["n_slides"].sum()))
     if src.own_cohort and head.get("cindex_mean") is not None:
-        m[3].metric("C-index (out-of-fold)", f"{head['cindex_mean']:.3f} ± {head.get('cindex_std') or 0:.3f}",
-                    help=f"Harrell's C, mean ± sd over folds; {head.get('protocol', '')}")  # fmt: skip
+        m[3].metric(
+            "C-index (out-of-fold)",
+            f"{head['cindex_mean']:.3f} ± {head.get('cindex_std') or 0:.3f}",
+            help=f"Harrell's C, mean ± sd over folds; {head.get('protocol', '')}",
+        )
     else:
         m[3].metric(
             "C-index", "—", help="available for the run's own cohort (see the Model page for any cohort)"
@@ -147,5 +187,10 @@ with components.guard("Cohort"):
     names = [str(n) for n in groups.cat.categories]
     c1.plotly_chart(_risk_histogram(table, names), key="risk_hist")
     c2.plotly_chart(_risk_vs_time(table, names, backend.time_unit(src.run_dir)), key="risk_time")
-    st.download_button("Download the table (CSV)", shown.reset_index().to_csv(index=False).encode(),
-                       file_name=f"{backend.run_name(src.run_dir)}_cohort.csv", mime="text/csv", on_click="ignore")  # fmt: skip
+    st.download_button(
+        "Download the table (CSV)",
+        shown.reset_index().to_csv(index=False).encode(),
+        file_name=f"{backend.run_name(src.run_dir)}_cohort.csv",
+        mime="text/csv",
+        on_click="ignore",
+    )

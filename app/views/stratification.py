@@ -22,11 +22,15 @@ with components.guard("Stratification"):
         rule = components.rule_picker()
     with c2:
         source_choice = st.radio(
-            "Cutoffs from", ["training", "cohort"], key="cutoffs_from",
-            format_func=lambda s: "each fold's training risks" if s == "training" else "this cohort's own risks (optimistic)",
+            "Cutoffs from",
+            ["training", "cohort"],
+            key="cutoffs_from",
+            format_func=lambda s: (
+                "each fold's training risks" if s == "training" else "this cohort's own risks (optimistic)"
+            ),
             help="Cutoffs are taken from the training folds' risks, never from the cohort shown: cutting at the shown "
-                 "cohort's own quantiles (or searching for the 'best' cutoff) makes the split look better than it is.",
-        )  # fmt: skip
+            "cohort's own quantiles (or searching for the 'best' cutoff) makes the split look better than it is.",
+        )
     if source_choice == "cohort":
         st.warning(
             "Cutoffs from the cohort being shown are **optimistic**: the groups are defined on the very patients they are tested on."
@@ -47,13 +51,19 @@ with components.guard("Stratification"):
 
     s1, s2, s3 = st.columns(3)
     lr = result.logrank
-    s1.metric("Log-rank", format_p(lr.p_value) if lr.estimable else "not estimable",
-              help=(f"χ² = {lr.statistic:.2f}, {lr.dof} dof" if lr.estimable else str(lr.reason)))  # fmt: skip
+    s1.metric(
+        "Log-rank",
+        format_p(lr.p_value) if lr.estimable else "not estimable",
+        help=(f"χ² = {lr.statistic:.2f}, {lr.dof} dof" if lr.estimable else str(lr.reason)),
+    )
     hr = result.hazard_ratio
     prim = hr.primary
     if hr.estimable and prim is not None:
-        s2.metric(f"Hazard ratio {prim.group} vs {prim.reference}", f"{prim.hr:.2f}",
-                  help=f"95% CI {prim.ci_lower:.2f}–{prim.ci_upper:.2f}, Cox fit on the group indicator")  # fmt: skip
+        s2.metric(
+            f"Hazard ratio {prim.group} vs {prim.reference}",
+            f"{prim.hr:.2f}",
+            help=f"95% CI {prim.ci_lower:.2f}–{prim.ci_upper:.2f}, Cox fit on the group indicator",
+        )
     else:
         s2.metric("Hazard ratio", "not estimable", help=str(hr.reason))
     s3.metric(
@@ -63,14 +73,22 @@ with components.guard("Stratification"):
 
     summary = result.summary_frame()
     summary["median survival"] = [median_text(g, result.time_unit) for g in result.groups]
-    st.dataframe(summary[["group", "n", "events", "median survival"]], hide_index=True,
-                 key="group_table")  # fmt: skip
+    st.dataframe(summary[["group", "n", "events", "median survival"]], hide_index=True, key="group_table")
     if result.pairwise_logrank is not None:
         st.markdown("**Pairwise log-rank** (Holm-adjusted)")
         st.dataframe(result.pairwise_logrank, hide_index=True, key="pairwise_table")
     if hr.estimable and (len(hr.comparisons) > 1 or hr.trend is not None):
-        hr_rows = [{"group": h.group, "reference": h.reference, "HR": h.hr, "CI lower": h.ci_lower, "CI upper": h.ci_upper,
-                    "p": h.p_value} for h in [*hr.comparisons, *([hr.trend] if hr.trend is not None else [])]]  # fmt: skip
+        hr_rows = [
+            {
+                "group": h.group,
+                "reference": h.reference,
+                "HR": h.hr,
+                "CI lower": h.ci_lower,
+                "CI upper": h.ci_upper,
+                "p": h.p_value,
+            }
+            for h in [*hr.comparisons, *([hr.trend] if hr.trend is not None else [])]
+        ]
         st.markdown("**Hazard ratios** (Cox, 95% CI)")
         st.dataframe(pd.DataFrame(hr_rows), hide_index=True, key="hr_table")
     with st.expander("Number at risk"):
@@ -89,24 +107,41 @@ with components.guard("Stratification"):
     tt = result.ttest
     if tt.estimable:
         b2.markdown(f"**Welch t-test**, {tt.quantity}: {tt.group_b} vs {tt.group_a}")
-        b2.dataframe(pd.DataFrame({"group": [tt.group_a, tt.group_b], "n": [tt.n_a, tt.n_b], "mean": [tt.mean_a, tt.mean_b]}),
-                     hide_index=True, key="ttest_table")  # fmt: skip
+        b2.dataframe(
+            pd.DataFrame(
+                {"group": [tt.group_a, tt.group_b], "n": [tt.n_a, tt.n_b], "mean": [tt.mean_a, tt.mean_b]}
+            ),
+            hide_index=True,
+            key="ttest_table",
+        )
         b2.markdown(f"t = {tt.statistic:.2f}, {format_p(tt.p_value)}")
     else:
         b2.info(f"t-test not estimable: {tt.reason}")
-    b2.caption("The t-test compares the observed times of the patients with an event: a descriptive companion of the "
-               "box plot, not a replacement for the log-rank test.")  # fmt: skip
+    b2.caption(
+        "The t-test compares the observed times of the patients with an event: a descriptive companion of the "
+        "box plot, not a replacement for the log-rank test."
+    )
 
     st.subheader("Export")
-    st.caption("Static figures are drawn with matplotlib (no browser needed) and carry the run, cohort, cutoff rule and "
-               "date in their metadata and caption; the CSV holds every number behind the plot.")  # fmt: skip
+    st.caption(
+        "Static figures are drawn with matplotlib (no browser needed) and carry the run, cohort, cutoff rule and "
+        "date in their metadata and caption; the CSV holds every number behind the plot."
+    )
     cols = st.columns(5)
     for col, fmt in zip(cols, ["png", "svg", "pdf", "csv"]):
         col.download_button(
             f"Kaplan–Meier {fmt.upper()}" + (" (300 dpi)" if fmt == "png" else ""),
             data=lambda fmt=fmt: backend.km_export(*src.key, rule, source_choice, fmt),
-            file_name=backend.export_file_name(src, rule, fmt), mime=MIME[fmt], on_click="ignore", key=f"export_{fmt}",
-        )  # fmt: skip
-    cols[4].download_button("Box plot PNG", data=lambda: backend.km_export(*src.key, rule, source_choice, "png", "box"),
-                            file_name=backend.export_file_name(src, rule, "png", "box"), mime=MIME["png"],
-                            on_click="ignore", key="export_box")  # fmt: skip
+            file_name=backend.export_file_name(src, rule, fmt),
+            mime=MIME[fmt],
+            on_click="ignore",
+            key=f"export_{fmt}",
+        )
+    cols[4].download_button(
+        "Box plot PNG",
+        data=lambda: backend.km_export(*src.key, rule, source_choice, "png", "box"),
+        file_name=backend.export_file_name(src, rule, "png", "box"),
+        mime=MIME["png"],
+        on_click="ignore",
+        key="export_box",
+    )

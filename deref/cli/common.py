@@ -19,8 +19,14 @@ def add_cohort_args(p: argparse.ArgumentParser, table_required: bool = True) -> 
     fam.add_argument("--signatures", help="signatures table (one column per gene family)")
     fam.add_argument("--families", help="families JSON written by `deref genomics`")
     p.add_argument("--bags", help="folder of WSI bags (<slide stem>.h5 or .pt)")
-    p.add_argument("--time-col", default="survival_months", help="survival time column (default: %(default)s)")
-    p.add_argument("--censorship-col", default="censorship", help="censorship column, 1 = censored (default: %(default)s)")
+    p.add_argument(
+        "--time-col", default="survival_months", help="survival time column (default: %(default)s)"
+    )
+    p.add_argument(
+        "--censorship-col",
+        default="censorship",
+        help="censorship column, 1 = censored (default: %(default)s)",
+    )
 
 
 def load_cohort_from_args(args: argparse.Namespace):

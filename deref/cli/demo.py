@@ -22,11 +22,16 @@ beside the oracle's (the C-index of the true simulated risk).
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "demo", help="build the demo cohort and its trained run", description=__doc__, epilog=EPILOG,
+        "demo",
+        help="build the demo cohort and its trained run",
+        description=__doc__,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=DEMO_PATIENTS, help=f"cohort size (default {DEMO_PATIENTS})")
+    p.add_argument(
+        "--patients", type=int, default=DEMO_PATIENTS, help=f"cohort size (default {DEMO_PATIENTS})"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="override the demo schedule's epochs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo in --out")
@@ -40,8 +45,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bar = BarProgress()
     try:
-        built = build_demo(args.out, n_patients=args.patients, seed=args.seed, epochs=args.epochs,
-                           overwrite=args.overwrite, progress=bar)
+        built = build_demo(
+            args.out,
+            n_patients=args.patients,
+            seed=args.seed,
+            epochs=args.epochs,
+            overwrite=args.overwrite,
+            progress=bar,
+        )
     finally:
         bar.close()
     print(f"demo cohort: {built.cohort_dir}")

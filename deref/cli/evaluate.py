@@ -19,12 +19,17 @@ risks): log-rank p, hazard ratio with 95% CI, median survival per group.
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "evaluate", help="metrics and KM stratification of a run", description=__doc__, epilog=EPILOG,
+        "evaluate",
+        help="metrics and KM stratification of a run",
+        description=__doc__,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run directory")
     p.add_argument("--predictions", help="predictions CSV (default: the run's out-of-fold table)")
-    p.add_argument("--rule", default="median", help="median, tertiles, quartiles, quantiles:a,b (default: %(default)s)")
+    p.add_argument(
+        "--rule", default="median", help="median, tertiles, quartiles, quantiles:a,b (default: %(default)s)"
+    )
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(func=run)
     return p
@@ -33,18 +38,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from deref.metrics import bin_edges_from_run, evaluate_run_predictions
+    from deref.metrics import evaluate_run_predictions
     from deref.runs import RunDir, write_json
     from deref.stratify import assign_groups, compute_cutoffs, stratify
 
     run_dir = RunDir(args.run)
-    preds = pd.read_csv(args.predictions, dtype={"case_id": str}) if args.predictions else run_dir.predictions()
+    preds = (
+        pd.read_csv(args.predictions, dtype={"case_id": str}) if args.predictions else run_dir.predictions()
+    )
     train_risks = run_dir.train_risks()
     # Censoring weights (Uno's C, td-AUC, IBS) from each fold's training patients for the run's
     # own out-of-fold table (every training patient is another fold's test patient, so their
     # outcomes are in it); another predictions table uses its own pooled cohort.
     report, note = evaluate_run_predictions(
-        preds, None if args.predictions else train_risks, bin_edges_from_run(run_dir.info)
+        preds, None if args.predictions else train_risks, run_dir.info.bin_edges()
     )
     print(f"note: {note}")
     table = report.to_frame()

@@ -22,7 +22,10 @@ over the reorganization segment counts; over folds with --fold mean), surv_0..su
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "predict", help="predict a cohort with a trained run", description=__doc__, epilog=EPILOG,
+        "predict",
+        help="predict a cohort with a trained run",
+        description=__doc__,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run directory written by `deref train`")
@@ -45,5 +48,7 @@ def run(args: argparse.Namespace) -> int:
     fold = int(args.fold) if args.fold.lstrip("-").isdigit() else args.fold
     df = pred.predict(cohort, fold=fold, batch_size=args.batch_size, progress=simple_progress("predict"))
     df.to_csv(args.out, index=False)
-    print(f"{len(df)} patients predicted with {pred.run.name} ({pred.config.model_type}, fold={args.fold}) -> {args.out}")
+    print(
+        f"{len(df)} patients predicted with {pred.run.name} ({pred.config.model_type}, fold={args.fold}) -> {args.out}"
+    )
     return 0

@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_cohort_args(p)
     split = p.add_mutually_exclusive_group()
     split.add_argument("--splits", help="folder of MCAT split files splits_<k>.csv")
-    split.add_argument("--folds", type=int, default=5, help="generate K stratified folds (default: %(default)s)")
+    split.add_argument(
+        "--folds", type=int, default=5, help="generate K stratified folds (default: %(default)s)"
+    )
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--model", choices=MODELS, default="deref", help="model (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=30)
@@ -52,7 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--batch-size", type=int, default=1, help="patients per step (bucketed by bag size)")
     p.add_argument("--grad-accum", type=int, default=1, help="steps of gradient accumulation")
-    p.add_argument("--no-weighted-sampler", action="store_true", help="uniform sampling instead of bin x censorship weights")
+    p.add_argument(
+        "--no-weighted-sampler",
+        action="store_true",
+        help="uniform sampling instead of bin x censorship weights",
+    )
     p.add_argument("--seed", type=int, default=0, help="base seed; fold k uses seed + k")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -96,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         track_validation=not args.no_track_validation,
     )
-    folds = read_mcat_splits(args.splits) if args.splits else make_folds(cohort.patients, k=args.folds, seed=args.seed)
+    folds = (
+        read_mcat_splits(args.splits)
+        if args.splits
+        else make_folds(cohort.patients, k=args.folds, seed=args.seed)
+    )
     only = [int(x) for x in args.only_folds.split(",")] if args.only_folds else None
     print(
         f"cohort {cohort.source}: {len(cohort.case_ids)} patients, {cohort.n_events} events; "
@@ -105,9 +115,15 @@ def run(args: argparse.Namespace) -> int:
     bar = BarProgress()
     try:
         result = train_cross_validation(
-            cohort, folds, mcfg, tcfg, args.out, name=args.name,
+            cohort,
+            folds,
+            mcfg,
+            tcfg,
+            args.out,
+            name=args.name,
             data_info={"signatures": args.signatures, "families_json": args.families, "splits": args.splits},
-            progress=bar, only_folds=only,
+            progress=bar,
+            only_folds=only,
         )
     finally:
         bar.close()
@@ -119,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
 def print_run_summary(metrics: dict, folds: list[tuple[int, dict]]) -> None:
     for k, m in folds:
         best = m.get("optimistic_best_epoch_cindex")
-        extra = f"  (best epoch {m['optimistic_best_epoch']}: {best:.3f}, optimistic)" if best is not None else ""
+        extra = (
+            f"  (best epoch {m['optimistic_best_epoch']}: {best:.3f}, optimistic)" if best is not None else ""
+        )
         print(f"fold {k}: C-index {m['cindex_last_epoch']:.3f}{extra}")
     h = metrics["headline"]
     print(f"C-index, {h['protocol']}: {h['cindex_mean']:.3f} ± {h['cindex_std']:.3f}")

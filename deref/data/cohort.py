@@ -966,30 +966,3 @@ __all__ = [
     "read_table",
     "safe_member_name",
 ]
-
-
-def load_run_cohort(
-    data: Mapping, table: str | os.PathLike | None = None, bag_dir: str | os.PathLike | None = None
-) -> Cohort:
-    """The cohort a run was trained on, from the ``data`` section of its ``run.json``.
-
-    ``table`` / ``bag_dir`` override the run's own paths (another cohort scored by the run).
-    Families come from the run's families JSON when it exists, else its signatures table;
-    the run's time and censorship columns are used.
-    """
-    table = table or data.get("table")
-    if not table:
-        raise DataError("run.json names no cohort table; pass one")
-    kwargs: dict = {}
-    families = data.get("families_json")
-    if families and Path(families).exists():
-        kwargs["families_json"] = families
-    elif data.get("signatures"):
-        kwargs["signatures"] = data["signatures"]
-    return load_cohort(
-        table,
-        bag_dir=bag_dir if bag_dir is not None else data.get("bag_dir"),
-        time_col=data.get("time_col", "survival_months"),
-        censorship_col=data.get("censorship_col", "censorship"),
-        **kwargs,
-    )

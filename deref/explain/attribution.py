@@ -437,7 +437,9 @@ def attribute_inputs(
         raise ConfigError(f"unsupported reorganization {segments!r}")
 
     def run(tok_in: Tensor, h_in: Tensor, attention: bool = False):
-        return net(None, h_in, None, m1_tokens=tok_in, segments=seg_arg, return_attention=attention, validate=False)
+        return net(
+            None, h_in, None, m1_tokens=tok_in, segments=seg_arg, return_attention=attention, validate=False
+        )
 
     inputs = (tok, h)
     baselines = (tok_base.expand_as(tok).contiguous(), h_base)
@@ -622,7 +624,7 @@ def explain_patient(
         "segments": list(segs),
         "bf16": bf16,
         "baseline": "train-mean-patch+train-mean-tokens",
-        "train_data": predictor.run.info.get("data", {}).get("fingerprint"),
+        "train_data": predictor.run.info.data.fingerprint,
     }
 
     cache = cache_mod.ExplanationCache(predictor.run.path) if use_cache else None
@@ -750,7 +752,10 @@ def _float_or_none(v: Any) -> float | None:
 def _subset(result: PatientAttribution, targets: tuple[str, ...]) -> PatientAttribution:
     if result.targets == targets:
         return result
-    picked = {f: None if getattr(result, f) is None else {t: getattr(result, f)[t] for t in targets} for f in _PER_TARGET}
+    picked = {
+        f: None if getattr(result, f) is None else {t: getattr(result, f)[t] for t in targets}
+        for f in _PER_TARGET
+    }
     return dataclasses.replace(result, targets=targets, **picked)
 
 

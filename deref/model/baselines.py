@@ -132,7 +132,9 @@ class ConcatMLP(_Baseline):
         super().__init__(config)
         self.m1_encoder = M1Encoder(config)
         self.wsi_encoder = WSIEncoder(config)
-        self.mlp = nn.Sequential(nn.Linear(2 * config.c1, config.c1), nn.ReLU(), nn.Dropout(config.expert_dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * config.c1, config.c1), nn.ReLU(), nn.Dropout(config.expert_dropout)
+        )
         self.head = nn.Linear(config.c1, config.n_bins)
 
     def forward(

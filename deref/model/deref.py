@@ -93,8 +93,7 @@ def check_inputs(
         for g, (x, d) in enumerate(zip(m1, cfg.m1_sizes)):
             if x.dim() != 2 or x.shape[1] != d:
                 raise InputError(
-                    f"modality-1 group {g} ({cfg.m1_names[g]}) has shape {tuple(x.shape)}; "
-                    f"expected (B, {d})"
+                    f"modality-1 group {g} ({cfg.m1_names[g]}) has shape {tuple(x.shape)}; expected (B, {d})"
                 )
             bad = ~torch.isfinite(x).all(dim=1)
             if bad.any():
@@ -156,7 +155,9 @@ def collate_bags(
         if bag.shape[0] == 0:
             raise InputError(f"patient {i}: empty WSI bag (0 patches); expected at least 1 patch")
         if bag.shape[1] != d:
-            raise InputError(f"patient {i}: bag feature dimension {bag.shape[1]}; expected {d} like patient 0")
+            raise InputError(
+                f"patient {i}: bag feature dimension {bag.shape[1]}; expected {d} like patient 0"
+            )
     n_max = max(b.shape[0] for b in bags)
     out = torch.zeros(len(bags), n_max, d, dtype=dtype, device=device)
     mask = torch.zeros(len(bags), n_max, dtype=torch.bool, device=device)
@@ -215,7 +216,9 @@ class DeReF(nn.Module):
         """
         if m1_tokens is not None:
             tokens = m1_tokens.to(device=wsi.device, dtype=torch.float32)
-            cls_m1 = self.m1_encoder.encoder(tokens.expand(wsi.shape[0], -1, -1) if tokens.shape[0] == 1 else tokens)
+            cls_m1 = self.m1_encoder.encoder(
+                tokens.expand(wsi.shape[0], -1, -1) if tokens.shape[0] == 1 else tokens
+            )
         else:
             cls_m1 = self.m1_encoder(m1)
         cls_wsi, attn = self.wsi_encoder(wsi, wsi_mask, return_attention=return_attention)

@@ -122,7 +122,11 @@ class PPEG(nn.Module):
         self.conv3 = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def fused_kernel(self) -> tuple[Tensor, Tensor]:
-        w = self.conv7.weight + F.pad(self.conv5.weight, (1, 1, 1, 1)) + F.pad(self.conv3.weight, (2, 2, 2, 2))
+        w = (
+            self.conv7.weight
+            + F.pad(self.conv5.weight, (1, 1, 1, 1))
+            + F.pad(self.conv3.weight, (2, 2, 2, 2))
+        )
         ident = torch.zeros_like(w)
         ident[:, :, 3, 3] = 1.0
         return w + ident, self.conv7.bias + self.conv5.bias + self.conv3.bias

@@ -66,7 +66,9 @@ def read_reference_state(source: str | Path | dict) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: reference checkpoint not found")
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
-            return {k[len("param/") :]: torch.from_numpy(z[k].copy()) for k in z.files if k.startswith("param/")}
+            return {
+                k[len("param/") :]: torch.from_numpy(z[k].copy()) for k in z.files if k.startswith("param/")
+            }
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -75,14 +77,18 @@ def read_reference_state(source: str | Path | dict) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling refusal is reported the same way
-            raise CheckpointError(f"{path}: not a plain tensor state dict ({exc.__class__.__name__})") from exc
+            raise CheckpointError(
+                f"{path}: not a plain tensor state dict ({exc.__class__.__name__})"
+            ) from exc
         return dict(obj)
     raise CheckpointError(f"{path}: unknown reference checkpoint format; expected .npz, .safetensors or .pt")
 
 
 def config_from_reference_state(state: dict[str, torch.Tensor], **overrides) -> ModelConfig:
     """Infer sizes (gene-group sizes, WSI dim, bins) from a reference state dict."""
-    groups = sorted({int(m.group(1)) for k in state if (m := re.match(r"genomics_fc\.(\d+)\.0\.0\.weight", k))})
+    groups = sorted(
+        {int(m.group(1)) for k in state if (m := re.match(r"genomics_fc\.(\d+)\.0\.0\.weight", k))}
+    )
     sizes = tuple(int(state[f"genomics_fc.{g}.0.0.weight"].shape[1]) for g in groups)
     names = tuple(f"group {g + 1}" for g in groups)
     if len(sizes) == 6:
@@ -119,7 +125,9 @@ def load_reference_state_dict(model: DeReF, source: str | Path | dict) -> DeReF:
         mapped[key] = value
     missing = sorted(set(ours) - set(mapped))
     if missing:
-        raise CheckpointError(f"reference state lacks parameters for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        raise CheckpointError(
+            f"reference state lacks parameters for {missing[:5]}{'...' if len(missing) > 5 else ''}"
+        )
     model.load_state_dict(mapped, strict=True)
     return model
 

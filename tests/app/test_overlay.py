@@ -45,8 +45,14 @@ def test_the_inspected_patch_is_read_alone(tmp_path, monkeypatch):
     openslide = pytest.importorskip("openslide")
     rng = np.random.default_rng(0)
     path = tmp_path / "slide.tiff"
-    tifffile.imwrite(path, rng.integers(0, 256, (512, 768, 3), dtype=np.uint8), tile=(256, 256),
-                     photometric="rgb", compression="zlib", metadata=None)  # fmt: skip
+    tifffile.imwrite(
+        path,
+        rng.integers(0, 256, (512, 768, 3), dtype=np.uint8),
+        tile=(256, 256),
+        photometric="rgb",
+        compression="zlib",
+        metadata=None,
+    )
     xs, ys = np.meshgrid(np.arange(6) * 128, np.arange(4) * 128)
     coords = np.stack([xs.ravel(), ys.ravel()], axis=1)
     scores = rng.normal(size=len(coords))

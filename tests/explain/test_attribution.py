@@ -140,7 +140,9 @@ def test_gradient_scores_equal_captum_input_x_gradient(predictor, cohort, grad_a
     d = (tok - base_tok, inp.wsi - base_wsi)
     a_tok, a_wsi = InputXGradient(risk).attribute(tuple(x.clone().requires_grad_(True) for x in d))
     patch, fam = (a.detach().sum(-1)[0].double().numpy() for a in (a_wsi, a_tok))
-    np.testing.assert_allclose(grad_all.patch_scores["risk"], patch, rtol=1e-4, atol=1e-6 * np.abs(patch).max())
+    np.testing.assert_allclose(
+        grad_all.patch_scores["risk"], patch, rtol=1e-4, atol=1e-6 * np.abs(patch).max()
+    )
     np.testing.assert_allclose(grad_all.family_scores["risk"], fam, rtol=1e-4, atol=1e-6 * np.abs(fam).max())
     assert np.abs(fam).max() > 0 and np.abs(patch).max() > 0
 

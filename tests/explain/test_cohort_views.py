@@ -12,7 +12,7 @@ import torch
 
 from deref.errors import ConfigError, InputError
 from deref.explain.attribution import explain_patient
-from deref.explain.cohort import (
+from deref.explain.cohort_views import (
     cka_matrix,
     decoupled_features,
     expert_labels,

@@ -10,7 +10,9 @@ import torch
 
 from deref.model import DeReF, tiny_config
 
-GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "golden" / "deref_reference_tiny.npz"
+GOLDEN = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "golden" / "deref_reference_tiny.npz"
+)
 
 
 @pytest.fixture(scope="session")

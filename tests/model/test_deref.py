@@ -100,8 +100,12 @@ def test_batch_equals_one_at_a_time_and_padding_is_inert(tiny_model, random_inpu
         for i, bag in enumerate(bags):
             one = tiny_model([x[i : i + 1] for x in m1], bag[None], segments=8, return_attention=True)
             for name in ("risk", "hazards", "survival", "features", "gate", "cls_m1", "cls_wsi"):
-                torch.testing.assert_close(getattr(batch, name)[i : i + 1], getattr(one, name), atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(batch.wsi_attention[i : i + 1, :, : sizes[i]], one.wsi_attention, atol=1e-6, rtol=1e-4)
+                torch.testing.assert_close(
+                    getattr(batch, name)[i : i + 1], getattr(one, name), atol=1e-5, rtol=1e-5
+                )
+            torch.testing.assert_close(
+                batch.wsi_attention[i : i + 1, :, : sizes[i]], one.wsi_attention, atol=1e-6, rtol=1e-4
+            )
             assert torch.all(batch.wsi_attention[i, :, sizes[i] :] == 0)
 
 
@@ -116,7 +120,9 @@ def test_mask_with_holes_equals_compacted_bag(tiny_model, random_inputs):
         holes = tiny_model(m1, garbage[None], mask, return_attention=True)
         compact = tiny_model(m1, bag[mask[0]][None], return_attention=True)
     torch.testing.assert_close(holes.risk, compact.risk, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(holes.wsi_attention[0][:, mask[0]], compact.wsi_attention[0], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(
+        holes.wsi_attention[0][:, mask[0]], compact.wsi_attention[0], atol=1e-6, rtol=1e-4
+    )
 
 
 def test_eval_is_deterministic_and_uses_every_segment(tiny_model, random_inputs):
@@ -168,7 +174,9 @@ def test_wsi_specific_feature_has_no_gradient_from_genomics(tiny_model, random_i
 def _with_shared_weights(base: DeReF, **changes) -> DeReF:
     model = DeReF(base.config.replace(**changes)).eval()
     own = model.state_dict()
-    model.load_state_dict({k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}, strict=False)
+    model.load_state_dict(
+        {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}, strict=False
+    )
     return model
 
 
@@ -196,7 +204,9 @@ def test_ablation_without_decoupling(tiny_model, ablation_inputs):
     abl = _run(_with_shared_weights(tiny_model, decouple=False), *ablation_inputs, segments=8)
     torch.testing.assert_close(abl.cls_m1, base.cls_m1)
     torch.testing.assert_close(abl.cls_wsi, base.cls_wsi)
-    assert abl.features.shape[1] == 2 and not hasattr(_with_shared_weights(tiny_model, decouple=False), "share")
+    assert abl.features.shape[1] == 2 and not hasattr(
+        _with_shared_weights(tiny_model, decouple=False), "share"
+    )
 
 
 @pytest.mark.parametrize("mode", ["blocks", "cross_attention", "concat_mlp"])
@@ -216,7 +226,9 @@ def test_ablation_reorganization_changes_only_the_fusion_input(tiny_model, ablat
         assert not torch.equal(outs[s].reorganized, outs["none"].reorganized)
     torch.testing.assert_close(outs["none"].reorganized[:, 0], outs["none"].features.flatten(1))
     fixed = _with_shared_weights(tiny_model, reorg_eval="fixed", fixed_segments=16)
-    torch.testing.assert_close(_run(fixed, *ablation_inputs).risk, _run(tiny_model, *ablation_inputs, segments=16).risk)
+    torch.testing.assert_close(
+        _run(fixed, *ablation_inputs).risk, _run(tiny_model, *ablation_inputs, segments=16).risk
+    )
 
 
 def test_ablation_concat_fusion(tiny_model, ablation_inputs):
@@ -233,7 +245,9 @@ def test_bad_inputs_name_patient_and_expectation(tiny_model, random_inputs):
     wsi, mask = collate_bags(bags)
     with pytest.raises(InputError, match=r"dimension 16; the config expects wsi_dim = 32"):
         tiny_model(m1, wsi[..., :16], mask)
-    with pytest.raises(InputError, match=r"group 2 \(Protein Kinases\) has shape \(2, 6\); expected \(B, 7\)"):
+    with pytest.raises(
+        InputError, match=r"group 2 \(Protein Kinases\) has shape \(2, 6\); expected \(B, 7\)"
+    ):
         tiny_model([m1[0], m1[1], m1[1]] + m1[3:], wsi, mask)
     with pytest.raises(InputError, match="6 groups|expects 6"):
         tiny_model(m1[:5], wsi, mask)

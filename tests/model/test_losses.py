@@ -20,9 +20,13 @@ def test_nll_by_hand_uncensored_and_censored():
         -math.log(s[2]) - math.log(0.3), rel=1e-6
     )
     # censored in bin 2: survived through bin 2: -log(S_3)
-    assert nll_survival_loss(h, torch.tensor([2]), torch.tensor([1])).item() == pytest.approx(-math.log(s[3]), rel=1e-6)
+    assert nll_survival_loss(h, torch.tensor([2]), torch.tensor([1])).item() == pytest.approx(
+        -math.log(s[3]), rel=1e-6
+    )
     # event in bin 0: -log(1) - log(h_0)
-    assert nll_survival_loss(h, torch.tensor([0]), torch.tensor([0])).item() == pytest.approx(-math.log(0.1), rel=1e-6)
+    assert nll_survival_loss(h, torch.tensor([0]), torch.tensor([0])).item() == pytest.approx(
+        -math.log(0.1), rel=1e-6
+    )
 
 
 def test_nll_batch_mean_and_alpha():

@@ -14,8 +14,14 @@ nystrom_pkg = pytest.importorskip("nystrom_attention")
 def _pair(seed=0, dim=64, heads=4, landmarks=16):
     torch.manual_seed(seed)
     theirs = nystrom_pkg.NystromAttention(
-        dim=dim, dim_head=dim // heads, heads=heads, num_landmarks=landmarks, pinv_iterations=6,
-        residual=True, residual_conv_kernel=33, dropout=0.0,
+        dim=dim,
+        dim_head=dim // heads,
+        heads=heads,
+        num_landmarks=landmarks,
+        pinv_iterations=6,
+        residual=True,
+        residual_conv_kernel=33,
+        dropout=0.0,
     ).eval()
     ours = NystromAttention(dim, heads=heads, landmarks=landmarks, dropout=0.0).eval()
     ours.load_state_dict(theirs.state_dict())

@@ -25,7 +25,15 @@ def test_tiled_and_extracted_bags_train_the_core(synthetic, slides_dir, tv_weigh
     rows = tile_slides(sorted(slides.glob("*.svs")), tmp_path / "tiles")
     assert all(r.status == "ok" for r in rows)
     feats = tmp_path / "feats"
-    args = ["extract", "--patches", str(tmp_path / "tiles"), "--weights", str(tv_weights), "--out", str(feats)]
+    args = [
+        "extract",
+        "--patches",
+        str(tmp_path / "tiles"),
+        "--weights",
+        str(tv_weights),
+        "--out",
+        str(feats),
+    ]
     assert main([*args, "--input-size", "32", "--batch-size", "16", "--workers", "1", "--threads", "1"]) == 0
     assert len(list(feats.glob("*.h5"))) == len(names)
 
@@ -44,10 +52,26 @@ def test_tiled_and_extracted_bags_train_the_core(synthetic, slides_dir, tv_weigh
     sig = pd.DataFrame({fam: genes[3 * i : 3 * i + 3] for i, fam in enumerate(GENE_FAMILIES)})
     sig.to_csv(tmp_path / "signatures.csv", index=False)
     run = tmp_path / "run"
-    code = main([
-        "train", str(tmp_path / "cohort.csv"), "--signatures", str(tmp_path / "signatures.csv"), "--bags", str(feats),
-        "--folds", "2", "--epochs", "1", "--out", str(run), "--set", "landmarks=16", "--set", "snn_hidden=16",
-    ])
+    code = main(
+        [
+            "train",
+            str(tmp_path / "cohort.csv"),
+            "--signatures",
+            str(tmp_path / "signatures.csv"),
+            "--bags",
+            str(feats),
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--out",
+            str(run),
+            "--set",
+            "landmarks=16",
+            "--set",
+            "snn_hidden=16",
+        ]
+    )
     assert code == 0
     r = RunDir(run)
     assert r.config.wsi_dim == 1024

@@ -20,6 +20,7 @@ Loading never unpickles: weights through ``safetensors``, the rest JSON and CSV.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -33,14 +34,11 @@ import numpy as np
 from deref import __version__
 from deref.data.preprocess import Preprocessing
 from deref.errors import CheckpointError, ConfigError
-from deref.model import ModelConfig, build_model
+from deref.model import build_model
+from deref.runs.info import RUN_FORMAT, RunInfo
 
 if TYPE_CHECKING:  # torch and safetensors load with the weights: run.json and the CSVs need neither
     import torch
-
-RUN_FORMAT = "deref-run/1"
-# ``fold`` of a prediction made by the mean of the fold models (a patient in no validation fold)
-MEAN_OF_FOLDS = -1
 
 
 def _json_default(obj: Any) -> Any:
@@ -94,7 +92,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(fold_dir: Path, model: torch.nn.Module, preprocessing: Preprocessing, extra: dict | None = None) -> None:
+def save_checkpoint(
+    fold_dir: Path, model: torch.nn.Module, preprocessing: Preprocessing, extra: dict | None = None
+) -> None:
     """Write ``model.safetensors`` and ``preprocessing.json`` of one fold (atomically)."""
     from safetensors.torch import save_file
 
@@ -153,22 +153,25 @@ class RunDir:
         self.path = Path(path)
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: run directory not found")
-        self.info = read_json(self.path / "run.json")
-        fmt = self.info.get("format") if isinstance(self.info, dict) else None
-        if fmt != RUN_FORMAT:
-            raise CheckpointError(f"{self.path / 'run.json'}: format {fmt!r}; expected {RUN_FORMAT!r}")
-        try:
-            self.config = ModelConfig.from_dict(self.info["model"])
-        except (KeyError, TypeError, ConfigError) as exc:
-            raise CheckpointError(f"{self.path / 'run.json'}: bad model config ({exc})") from exc
+        self.info: RunInfo = RunInfo.from_dict(read_json(self.path / "run.json"), str(self.path / "run.json"))
+        if not self.info.name:
+            self.info = dataclasses.replace(self.info, name=self.path.name)
+
+    @property
+    def config(self):
+        """The run's :class:`~deref.model.ModelConfig`."""
+        return self.info.model
 
     @property
     def name(self) -> str:
-        return str(self.info.get("name", self.path.name))
+        return self.info.name
 
     @property
     def fold_indices(self) -> list[int]:
-        return [int(f["index"]) for f in self.info.get("folds", [])]
+        return self.info.fold_indices
+
+    def has_file(self, name: str) -> bool:
+        return (self.path / name).is_file()
 
     def fold_dir(self, k: int) -> Path:
         return self.path / f"fold_{k}"

@@ -43,12 +43,13 @@ def _mpl_figure(**kwargs: Any) -> Figure:
     FigureCanvasAgg(fig)
     return fig
 
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "OKABE_ITO",
     "group_colors",
-    "rgba",
+    "css_rgba",
     "figure_meta",
     "caption_text",
     "format_p",
@@ -99,7 +100,7 @@ def group_colors(n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def rgba(hex_color: str, alpha: float) -> str:
+def css_rgba(hex_color: str, alpha: float) -> str:
     """A ``#rrggbb`` colour with opacity ``alpha``, as a CSS ``rgba(r,g,b,a)`` string (plotly fills)."""
     h = hex_color.lstrip("#")
     r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
@@ -235,48 +236,84 @@ def km_figure_plotly(
         if show_ci:
             fig.add_trace(
                 go.Scatter(
-                    x=km["time"], y=km["ci_upper"], mode="lines", line={"width": 0, "shape": "hv", "color": col},
-                    legendgroup=g.name, showlegend=False, hoverinfo="skip",
+                    x=km["time"],
+                    y=km["ci_upper"],
+                    mode="lines",
+                    line={"width": 0, "shape": "hv", "color": col},
+                    legendgroup=g.name,
+                    showlegend=False,
+                    hoverinfo="skip",
                 ),
-                row=1, col=1,
-            )  # fmt: skip
+                row=1,
+                col=1,
+            )
             fig.add_trace(
                 go.Scatter(
-                    x=km["time"], y=km["ci_lower"], mode="lines", line={"width": 0, "shape": "hv", "color": col},
-                    fill="tonexty", fillcolor=rgba(col, 0.18), legendgroup=g.name, showlegend=False,
-                    name=f"{g.name} {int(round(100 * (1 - result.alpha)))}% CI", hoverinfo="skip",
+                    x=km["time"],
+                    y=km["ci_lower"],
+                    mode="lines",
+                    line={"width": 0, "shape": "hv", "color": col},
+                    fill="tonexty",
+                    fillcolor=css_rgba(col, 0.18),
+                    legendgroup=g.name,
+                    showlegend=False,
+                    name=f"{g.name} {int(round(100 * (1 - result.alpha)))}% CI",
+                    hoverinfo="skip",
                 ),
-                row=1, col=1,
-            )  # fmt: skip
+                row=1,
+                col=1,
+            )
         fig.add_trace(
             go.Scatter(
-                x=km["time"], y=km["survival"], mode="lines", line={"shape": "hv", "color": col, "width": 2.2},
-                name=_legend_label(g, result.time_unit), legendgroup=g.name,
+                x=km["time"],
+                y=km["survival"],
+                mode="lines",
+                line={"shape": "hv", "color": col, "width": 2.2},
+                name=_legend_label(g, result.time_unit),
+                legendgroup=g.name,
                 customdata=np.stack([km["ci_lower"], km["ci_upper"]], axis=1),
                 hovertemplate=f"{g.name}<br>t=%{{x:.1f}}<br>S=%{{y:.3f}} (%{{customdata[0]:.3f}}–%{{customdata[1]:.3f}})<extra></extra>",
             ),
-            row=1, col=1,
-        )  # fmt: skip
+            row=1,
+            col=1,
+        )
         if show_censors and g.censor_times.size:
             ct = np.unique(g.censor_times)
             fig.add_trace(
                 go.Scatter(
-                    x=ct, y=g.survival_at(ct), mode="markers", legendgroup=g.name, showlegend=False,
-                    marker={"symbol": "cross-thin", "size": 9, "color": col, "line": {"width": 1.5, "color": col}},
-                    name=f"{g.name} censored", hovertemplate=f"{g.name} censored at %{{x:.1f}}<extra></extra>",
+                    x=ct,
+                    y=g.survival_at(ct),
+                    mode="markers",
+                    legendgroup=g.name,
+                    showlegend=False,
+                    marker={
+                        "symbol": "cross-thin",
+                        "size": 9,
+                        "color": col,
+                        "line": {"width": 1.5, "color": col},
+                    },
+                    name=f"{g.name} censored",
+                    hovertemplate=f"{g.name} censored at %{{x:.1f}}<extra></extra>",
                 ),
-                row=1, col=1,
-            )  # fmt: skip
+                row=1,
+                col=1,
+            )
     wide = result.at_risk_wide()
     for name, col in zip(names, colors):
         fig.add_trace(
             go.Scatter(
-                x=ticks, y=[name] * len(ticks), mode="text", text=[str(int(v)) for v in wide.loc[name].to_numpy()],
-                textfont={"color": col, "size": 12, "family": _FONT}, showlegend=False, hoverinfo="skip",
+                x=ticks,
+                y=[name] * len(ticks),
+                mode="text",
+                text=[str(int(v)) for v in wide.loc[name].to_numpy()],
+                textfont={"color": col, "size": 12, "family": _FONT},
+                showlegend=False,
+                hoverinfo="skip",
                 name=f"{name} at risk",
             ),
-            row=2, col=1,
-        )  # fmt: skip
+            row=2,
+            col=1,
+        )
     x0, x1 = _x_range(result)
     tick_text = [_tick_label(t) for t in ticks]
     fig.update_xaxes(range=[x0, x1], tickvals=ticks, ticktext=tick_text, showline=True, ticks="outside")
@@ -286,20 +323,40 @@ def km_figure_plotly(
         title_text="Survival probability", range=[0, 1.04], row=1, col=1, showline=True, ticks="outside"
     )
     fig.update_yaxes(
-        categoryorder="array", categoryarray=names[::-1], showline=False, ticks="", row=2, col=1,
+        categoryorder="array",
+        categoryarray=names[::-1],
+        showline=False,
+        ticks="",
+        row=2,
+        col=1,
         tickfont={"size": 12},
-    )  # fmt: skip
+    )
     fig.add_annotation(
         text=f"{_logrank_text(result)}<br>{hazard_ratio_text(result)}",
-        xref="x domain", yref="y domain", x=0.99, y=0.99, xanchor="right", yanchor="top",
-        showarrow=False, align="right", font={"size": 12}, bgcolor="rgba(255,255,255,0.85)",
-    )  # fmt: skip
+        xref="x domain",
+        yref="y domain",
+        x=0.99,
+        y=0.99,
+        xanchor="right",
+        yanchor="top",
+        showarrow=False,
+        align="right",
+        font={"size": 12},
+        bgcolor="rgba(255,255,255,0.85)",
+    )
     caption = caption_text(meta)
     if caption:
         fig.add_annotation(
-            text=caption, xref="paper", yref="paper", x=0, y=-0.08, xanchor="left", yanchor="top",
-            showarrow=False, font={"size": 10, "color": "#555555"},
-        )  # fmt: skip
+            text=caption,
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=-0.08,
+            xanchor="left",
+            yanchor="top",
+            showarrow=False,
+            font={"size": 10, "color": "#555555"},
+        )
     fig.update_layout(
         template="simple_white",
         paper_bgcolor="white",
@@ -383,12 +440,34 @@ def km_figure_matplotlib(
     ax.spines[["top", "right"]].set_visible(False)
 
     head.axis("off")
-    head.text(0, 1, title or f"Kaplan–Meier by risk group ({result.cutoff_rule})", fontsize=13,
-              ha="left", va="top", transform=head.transAxes)  # fmt: skip
-    head.text(0, 1 - 0.34 / heights[0], f"{_logrank_text(result)}\n{hazard_ratio_text(result)}",
-              fontsize=9.5, ha="left", va="top", transform=head.transAxes)  # fmt: skip
-    head.legend(handles=handles, loc="upper left", bbox_to_anchor=(0, 1 - 0.8 / heights[0]), fontsize=9.5,
-                frameon=False, borderaxespad=0, handlelength=1.8, labelspacing=0.25)  # fmt: skip
+    head.text(
+        0,
+        1,
+        title or f"Kaplan–Meier by risk group ({result.cutoff_rule})",
+        fontsize=13,
+        ha="left",
+        va="top",
+        transform=head.transAxes,
+    )
+    head.text(
+        0,
+        1 - 0.34 / heights[0],
+        f"{_logrank_text(result)}\n{hazard_ratio_text(result)}",
+        fontsize=9.5,
+        ha="left",
+        va="top",
+        transform=head.transAxes,
+    )
+    head.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(0, 1 - 0.8 / heights[0]),
+        fontsize=9.5,
+        frameon=False,
+        borderaxespad=0,
+        handlelength=1.8,
+        labelspacing=0.25,
+    )
 
     wide = result.at_risk_wide()
     for i, (name, col) in enumerate(zip(names, colors)):
@@ -441,20 +520,44 @@ def risk_boxplot_plotly(
     for (name, vals), col in zip(values.items(), group_colors(len(values))):
         fig.add_trace(
             go.Box(
-                y=vals, name=f"{name} ({vals.size} {unit})", marker_color=col, boxpoints="all", jitter=0.35,
-                pointpos=0, line={"width": 1.6}, fillcolor=rgba(col, 0.2),
+                y=vals,
+                name=f"{name} ({vals.size} {unit})",
+                marker_color=col,
+                boxpoints="all",
+                jitter=0.35,
+                pointpos=0,
+                line={"width": 1.6},
+                fillcolor=css_rgba(col, 0.2),
             )
-        )  # fmt: skip
+        )
     caption = caption_text(meta)
     annotations = [
-        {"text": _ttest_text(result), "xref": "paper", "yref": "paper", "x": 1, "y": 1.02, "xanchor": "right",
-         "yanchor": "bottom", "showarrow": False, "font": {"size": 12}},
-    ]  # fmt: skip
+        {
+            "text": _ttest_text(result),
+            "xref": "paper",
+            "yref": "paper",
+            "x": 1,
+            "y": 1.02,
+            "xanchor": "right",
+            "yanchor": "bottom",
+            "showarrow": False,
+            "font": {"size": 12},
+        },
+    ]
     if caption:
         annotations.append(
-            {"text": caption, "xref": "paper", "yref": "paper", "x": 0, "y": -0.14, "xanchor": "left",
-             "yanchor": "top", "showarrow": False, "font": {"size": 10, "color": "#555555"}}
-        )  # fmt: skip
+            {
+                "text": caption,
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0,
+                "y": -0.14,
+                "xanchor": "left",
+                "yanchor": "top",
+                "showarrow": False,
+                "font": {"size": 10, "color": "#555555"},
+            }
+        )
     fig.update_layout(
         template="simple_white",
         font={"family": _FONT, "size": 13},
@@ -592,10 +695,29 @@ def export_figure(fig: Figure, fmt: str, meta: Mapping[str, Any] | None = None) 
 # the numbers behind the plot
 # --------------------------------------------------------------------------------------------
 TABLE_COLUMNS = [
-    "section", "group", "reference", "time", "survival", "ci_lower", "ci_upper", "at_risk", "censored",
-    "events", "n", "median_survival", "median_ci_lower", "median_ci_upper", "hr", "hr_ci_lower",
-    "hr_ci_upper", "statistic", "dof", "p_value", "p_holm", "note",
-]  # fmt: skip
+    "section",
+    "group",
+    "reference",
+    "time",
+    "survival",
+    "ci_lower",
+    "ci_upper",
+    "at_risk",
+    "censored",
+    "events",
+    "n",
+    "median_survival",
+    "median_ci_lower",
+    "median_ci_upper",
+    "hr",
+    "hr_ci_lower",
+    "hr_ci_upper",
+    "statistic",
+    "dof",
+    "p_value",
+    "p_holm",
+    "note",
+]
 
 
 def stratification_table(result: StratificationResult) -> pd.DataFrame:
@@ -616,40 +738,109 @@ def stratification_table(result: StratificationResult) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for g in result.groups:
         for r in g.km.itertuples(index=False):
-            rows.append({"section": "km", "group": g.name, "time": r.time, "survival": r.survival,
-                         "ci_lower": r.ci_lower, "ci_upper": r.ci_upper})  # fmt: skip
+            rows.append(
+                {
+                    "section": "km",
+                    "group": g.name,
+                    "time": r.time,
+                    "survival": r.survival,
+                    "ci_lower": r.ci_lower,
+                    "ci_upper": r.ci_upper,
+                }
+            )
     for r in result.at_risk.itertuples(index=False):
-        rows.append({"section": "at_risk", "group": r.group, "time": r.time, "at_risk": r.at_risk,
-                     "censored": r.censored, "events": r.events})  # fmt: skip
+        rows.append(
+            {
+                "section": "at_risk",
+                "group": r.group,
+                "time": r.time,
+                "at_risk": r.at_risk,
+                "censored": r.censored,
+                "events": r.events,
+            }
+        )
     for g in result.groups:
-        rows.append({"section": "group", "group": g.name, "n": g.n, "events": g.events,
-                     "median_survival": g.median_survival, "median_ci_lower": g.median_ci.lower,
-                     "median_ci_upper": g.median_ci.upper,
-                     "note": "median not reached" if g.median_survival is None else None})  # fmt: skip
+        rows.append(
+            {
+                "section": "group",
+                "group": g.name,
+                "n": g.n,
+                "events": g.events,
+                "median_survival": g.median_survival,
+                "median_ci_lower": g.median_ci.lower,
+                "median_ci_upper": g.median_ci.upper,
+                "note": "median not reached" if g.median_survival is None else None,
+            }
+        )
     hr = result.hazard_ratio
     if hr.estimable:
         for h in hr.comparisons:
-            rows.append({"section": "hazard_ratio", "group": h.group, "reference": h.reference, "hr": h.hr,
-                         "hr_ci_lower": h.ci_lower, "hr_ci_upper": h.ci_upper, "p_value": h.p_value})  # fmt: skip
+            rows.append(
+                {
+                    "section": "hazard_ratio",
+                    "group": h.group,
+                    "reference": h.reference,
+                    "hr": h.hr,
+                    "hr_ci_lower": h.ci_lower,
+                    "hr_ci_upper": h.ci_upper,
+                    "p_value": h.p_value,
+                }
+            )
         if hr.trend is not None:
             t = hr.trend
-            rows.append({"section": "hr_trend", "group": t.group, "reference": t.reference, "hr": t.hr,
-                         "hr_ci_lower": t.ci_lower, "hr_ci_upper": t.ci_upper, "p_value": t.p_value})  # fmt: skip
+            rows.append(
+                {
+                    "section": "hr_trend",
+                    "group": t.group,
+                    "reference": t.reference,
+                    "hr": t.hr,
+                    "hr_ci_lower": t.ci_lower,
+                    "hr_ci_upper": t.ci_upper,
+                    "p_value": t.p_value,
+                }
+            )
     else:
         rows.append({"section": "hazard_ratio", "note": f"not estimable: {hr.reason}"})
     lr = result.logrank
-    rows.append({"section": "logrank", "statistic": lr.statistic, "dof": lr.dof, "p_value": lr.p_value,
-                 "note": None if lr.estimable else f"not estimable: {lr.reason}"})  # fmt: skip
+    rows.append(
+        {
+            "section": "logrank",
+            "statistic": lr.statistic,
+            "dof": lr.dof,
+            "p_value": lr.p_value,
+            "note": None if lr.estimable else f"not estimable: {lr.reason}",
+        }
+    )
     if result.pairwise_logrank is not None:
         for r in result.pairwise_logrank.itertuples(index=False):
-            rows.append({"section": "pairwise_logrank", "group": r.group_b, "reference": r.group_a,
-                         "statistic": r.statistic, "p_value": r.p_value, "p_holm": r.p_holm})  # fmt: skip
+            rows.append(
+                {
+                    "section": "pairwise_logrank",
+                    "group": r.group_b,
+                    "reference": r.group_a,
+                    "statistic": r.statistic,
+                    "p_value": r.p_value,
+                    "p_holm": r.p_holm,
+                }
+            )
     tt = result.ttest
-    rows.append({"section": "ttest", "group": tt.group_b, "reference": tt.group_a, "statistic": tt.statistic,
-                 "p_value": tt.p_value,
-                 "note": tt.quantity if tt.estimable else f"not estimable: {tt.reason}"})  # fmt: skip
+    rows.append(
+        {
+            "section": "ttest",
+            "group": tt.group_b,
+            "reference": tt.group_a,
+            "statistic": tt.statistic,
+            "p_value": tt.p_value,
+            "note": tt.quantity if tt.estimable else f"not estimable: {tt.reason}",
+        }
+    )
     for fold, thr in result.thresholds.items():
-        rows.append({"section": "cutoff", "group": str(fold),
-                     "note": f"{result.cutoff_rule} ({result.cutoff_source}): "
-                     + ", ".join(f"{v:.6g}" for v in np.atleast_1d(thr))})  # fmt: skip
+        rows.append(
+            {
+                "section": "cutoff",
+                "group": str(fold),
+                "note": f"{result.cutoff_rule} ({result.cutoff_source}): "
+                + ", ".join(f"{v:.6g}" for v in np.atleast_1d(thr)),
+            }
+        )
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

@@ -12,7 +12,7 @@ import openslide
 import pandas as pd
 import pytest
 
-from deref.data import demo
+from deref.data import synthetic as demo
 from deref.errors import DataError
 from deref.model.config import GENE_FAMILIES
 

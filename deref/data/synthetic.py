@@ -305,7 +305,7 @@ class Blob:
         return inside
 
 
-def tissue_mask(blobs: tuple[Blob, ...], width: int, height: int, step: int) -> np.ndarray:
+def blob_tissue_mask(blobs: tuple[Blob, ...], width: int, height: int, step: int) -> np.ndarray:
     """Tissue mask sampled at the centres of ``step`` x ``step`` blocks: ``(height//step, width//step)``."""
     y = ((np.arange(height // step) + 0.5) * step).astype(np.float32)[:, None]
     x = ((np.arange(width // step) + 0.5) * step).astype(np.float32)[None, :]
@@ -373,7 +373,7 @@ def _layout_slide(
     blobs = _random_blobs(rng, width, height)
     gw, gh = width // PATCH_SIZE, height // PATCH_SIZE
     k = PATCH_SIZE // _LAYOUT_STEP
-    mask = tissue_mask(blobs, width, height, _LAYOUT_STEP)
+    mask = blob_tissue_mask(blobs, width, height, _LAYOUT_STEP)
     frac = mask[: gh * k, : gw * k].reshape(gh, k, gw, k).mean(axis=(1, 3))
     keep = frac >= TISSUE_THRESHOLD
     rows, cols = np.nonzero(keep)  # row-major order
@@ -759,7 +759,7 @@ class _SlidePainter:
         f = LEVEL_FACTOR
         self.level1 = np.empty((layout.height // f, layout.width // f, 3), dtype=np.uint8)
         self.level1[...] = BACKGROUND
-        self.mask = tissue_mask(layout.blobs, layout.width, layout.height, f)  # per level-1 pixel
+        self.mask = blob_tissue_mask(layout.blobs, layout.width, layout.height, f)  # per level-1 pixel
         ps = PATCH_SIZE
         self.risky_cells = {
             (int(x) // ps, int(y) // ps) for (x, y), p in zip(layout.coords, layout.phenotype) if p
@@ -1158,7 +1158,7 @@ def make_demo_cohort(
     sim.signatures.to_csv(signatures, index=False)
     sim.truth.to_csv(truth, index=False)
     info = {
-        "generator": "deref.data.demo",
+        "generator": "deref.data.synthetic",
         "version": DEMO_VERSION,
         "seed": int(seed),
         "n_patients": sim.n_patients,
