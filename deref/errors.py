@@ -25,3 +25,12 @@ class ConfigError(DeRefError, ValueError):
 
 class CheckpointError(DeRefError, ValueError):
     """A checkpoint or run directory is missing, corrupt, or from another configuration."""
+
+
+def one_line(text: object) -> str:
+    """``text`` (an exception or a message) as a single line: OpenSlide, libtiff and pandas
+    messages sometimes hold newlines; an exception without a message gives its type name."""
+    flat = " ".join(str(text).split())
+    if not flat and isinstance(text, BaseException):
+        return type(text).__name__
+    return flat

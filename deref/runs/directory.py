@@ -21,7 +21,6 @@ Loading never unpickles: weights through ``safetensors``, the rest JSON and CSV.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import numpy as np
 from deref import __version__
 from deref.data.preprocess import Preprocessing
 from deref.errors import CheckpointError, ConfigError
+from deref.fileio import file_sha256  # noqa: F401 - re-exported by deref.runs
 from deref.model import build_model
 from deref.runs.info import RUN_FORMAT, RunInfo
 
@@ -82,14 +82,6 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(
