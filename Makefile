@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: app test test-fast bench lint demo clean-venv
+.PHONY: app test test-fast bench lint format demo clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -34,5 +34,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py --json
 
+# formatting and lint are part of `make test` (CI fails on drift); `make format` fixes both
 lint: $(STAMP)
+	$(BIN)/ruff format --check deref app tests benchmarks
 	$(BIN)/ruff check deref app tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format deref app tests benchmarks
+	$(BIN)/ruff check --fix deref app tests benchmarks
