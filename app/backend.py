@@ -8,7 +8,7 @@ Caching design
   model calls on it (the predictor's bag and modality-1 caches are plain dicts) -- and the
   :class:`~deref.data.cohort.Cohort` objects the models read from.
 * ``st.cache_data`` (per argument values, returned as copies): predictions, the cohort table,
-  cutoffs and stratifications, metrics, one patient's model output (and its "what if"
+  cutoffs and stratification reports, metrics, one patient's model output (and its "what if"
   variants), attributions, cohort-level decoupled features, t-SNE / CKA, thumbnails, top-k
   patches, the inspected patch and the exported figure bytes.
 
@@ -36,6 +36,7 @@ import pandas as pd
 import streamlit as st
 
 from deref.errors import CheckpointError, ConfigError, DataError
+from deref.runs import RunInfo
 
 log = logging.getLogger("deref.app")
 
@@ -119,8 +120,8 @@ def resolve_run_dir(text: str) -> Path:
 
 def run_table(run_dir: str) -> tuple[str | None, str | None]:
     """The cohort table and bag folder recorded in run.json."""
-    data = run_info(run_dir).get("data", {}) or {}
-    return data.get("table"), data.get("bag_dir")
+    data = run_info(run_dir).data
+    return data.table, data.bag_dir
 
 
 def make_source(
@@ -225,12 +226,12 @@ def cohort(run_dir: str, table: str | None, bag_dir: str | None):
     Same resolution as ``Predictor.load_cohort`` (families JSON, else signatures; the run's time
     and censorship columns), without importing the model code: the Cohort page needs no model.
     """
-    from deref.data.cohort import load_run_cohort
+    from deref.runs.fit import load_run_cohort
 
-    data = run_info(run_dir).get("data", {}) or {}
-    if not (table or data.get("table")):
+    info = run_info(run_dir)
+    if not (table or info.data.table):
         raise CheckpointError(f"{run_dir}: run.json names no cohort table; pick one in the Load section")
-    return load_run_cohort(data, table, bag_dir)
+    return load_run_cohort(info, table, bag_dir)
 
 
 _PREWARMED: set[str] = set()
@@ -274,8 +275,8 @@ def _run(run_dir: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def run_info(run_dir: str) -> dict:
-    """run.json, checked by ``RunDir`` (its format and model config)."""
+def run_info(run_dir: str) -> RunInfo:
+    """run.json, parsed and checked by ``RunDir`` (a frozen ``deref.runs.RunInfo``)."""
     return _run(run_dir).info
 
 
@@ -287,57 +288,19 @@ def train_risks(run_dir: str) -> pd.DataFrame | None:
 
 @st.cache_data(show_spinner="Checking the run against the cohort…", max_entries=16)
 def compatibility(run_dir: str, table: str | None, bag_dir: str | None) -> list[str]:
-    """Everything that keeps the run's models from reading this cohort (empty = fine)."""
-    from deref.data.bags import find_bag, peek_bag_shape
+    """Everything that keeps the run's models from reading this cohort (empty = fine): the
+    library's one fit check (``deref.runs.fit.cohort_fit_problems``), one message per problem."""
+    from deref.runs.fit import cohort_fit_problems
 
     info = run_info(run_dir)
-    cfg = info.get("model", {})
-    data = info.get("data", {}) or {}
     co = cohort(run_dir, table, bag_dir)
-    problems: list[str] = []
-    m1_cols = data.get("m1_columns") or []
-    if m1_cols:
-        flat = [c for g in m1_cols for c in g]
-        missing = [c for c in flat if c not in co.genomic.columns]
-        if missing:
-            problems.append(
-                f"gene list: the run was trained on {len(flat)} genomic columns; {len(missing)} are missing "
-                f"from {co.source.name} (e.g. {', '.join(missing[:4])})"
-            )
-    sizes = cfg.get("m1_sizes")
-    if cfg.get("model_type") != "snn" and sizes and co.families and len(co.families) != len(sizes):
-        problems.append(
-            f"gene families: the cohort maps {len(co.families)} families; the model expects {len(sizes)} "
-            f"({', '.join(cfg.get('m1_names', []))})"
-        )
-    if cfg.get("model_type") not in ("snn", "snn_transformer"):
-        if co.bag_dir is None:
-            problems.append("WSI bags: this model needs a bag folder; none was given")
-        else:
-            wsi_dim = cfg.get("wsi_dim")
-            for slides in co.slides.values():
-                if not slides:
-                    continue
-                try:
-                    n, d = peek_bag_shape(find_bag(slides[0], co.bag_dir))
-                except DataError as exc:
-                    problems.append(f"WSI bags: {exc}")
-                    break
-                if wsi_dim is not None and d != wsi_dim:
-                    problems.append(
-                        f"feature dimension: bag of slide {slides[0]} has D = {d}; the model expects wsi_dim = {wsi_dim}"
-                    )
-                break
-            no_wsi = int((~co.modalities["wsi"]).sum()) if "wsi" in co.modalities else 0
-            if no_wsi == len(co.patients):
-                problems.append(f"WSI bags: no patient has a bag file in {co.bag_dir}")
-    n_bins = cfg.get("n_bins")
-    folds = info.get("folds") or []
-    if folds and n_bins and folds[0].get("bin_edges") and len(folds[0]["bin_edges"]) != n_bins + 1:
-        problems.append(
-            f"bin count: run.json has {len(folds[0]['bin_edges']) - 1} time bins; the model config says n_bins = {n_bins}"
-        )
-    return problems
+    return [str(p) for p in cohort_fit_problems(info, co, run_json=str(Path(run_dir) / "run.json"))]
+
+
+def _require_fit(run_dir: str, table: str | None, bag_dir: str | None) -> None:
+    problems = compatibility(run_dir, table, bag_dir)
+    if problems:
+        raise ConfigError("the run does not fit this cohort:\n  " + "\n  ".join(problems))
 
 
 @st.cache_data(show_spinner="Predicting the cohort…", max_entries=16)
@@ -350,9 +313,7 @@ def predictions(run_dir: str, table: str | None, bag_dir: str | None) -> pd.Data
     if table is None:
         df = _run(run_dir).read_csv("predictions.csv")
     else:
-        problems = compatibility(run_dir, table, bag_dir)
-        if problems:
-            raise ConfigError("the run does not fit this cohort:\n  " + "\n  ".join(problems))
+        _require_fit(run_dir, table, bag_dir)
         lr = loaded_run(run_dir)
         co = cohort(run_dir, table, bag_dir)
         with lr.lock:
@@ -387,24 +348,25 @@ def risk_groups(
 
 
 @st.cache_data(show_spinner="Kaplan–Meier, log-rank and Cox fits…", max_entries=64)
-def stratification(
-    run_dir: str, table: str | None, bag_dir: str | None, rule: str, cutoffs_from: str = "training"
-):
-    from deref.stratify import assign_groups, stratify
+def report(run_dir: str, table: str | None, bag_dir: str | None, rule: str, cutoffs_from: str = "training"):
+    """The cohort's ``deref.report.StratificationReport``: cutoffs (from the training folds'
+    risks unless ``cutoffs_from="cohort"``), Kaplan–Meier and tests, figures, files, provenance."""
+    from deref.report import stratification_report
 
-    pred = predictions(run_dir, table, bag_dir)
-    cut = cutoffs(run_dir, table, bag_dir, rule, cutoffs_from)
-    return stratify(pred, assign_groups(pred, cut), cutoffs=cut, time_unit=time_unit(run_dir))
+    return stratification_report(
+        predictions(run_dir, table, bag_dir),
+        rule=rule,
+        train_risks=train_risks(run_dir) if cutoffs_from == "training" else None,
+        cutoffs_from=cutoffs_from,
+        time_unit=time_unit(run_dir),
+        run_name=run_name(run_dir),
+        cohort_name=cohort_name(Source(run_dir, table, bag_dir)),
+        run_created=run_info(run_dir).created,
+    )
 
 
 def time_unit(run_dir: str) -> str:
-    data = run_info(run_dir).get("data", {}) or {}
-    col = str(data.get("time_col", "survival_months"))
-    return (
-        "months"
-        if "month" in col
-        else ("days" if "day" in col else ("years" if "year" in col else "time units"))
-    )
+    return run_info(run_dir).time_unit
 
 
 def cohort_name(source: Source) -> str:
@@ -419,23 +381,14 @@ def cohort_name(source: Source) -> str:
 
 
 def run_name(run_dir: str) -> str:
-    return str(run_info(run_dir).get("name") or Path(run_dir).name)
-
-
-def percentile(values: np.ndarray, cohort_risks: np.ndarray) -> np.ndarray:
-    """Whole-number percentile of each value in the cohort: the share of the cohort at or below it
-    (rounded half up, so every page shows the same number)."""
-    finite = np.sort(cohort_risks[np.isfinite(cohort_risks)])
-    v = np.atleast_1d(np.asarray(values, dtype=float))
-    if finite.size == 0:
-        return np.full(v.shape, np.nan)
-    share = np.searchsorted(finite, v, side="right") / finite.size * 100
-    return np.where(np.isfinite(v), np.floor(share + 0.5), np.nan)
+    return run_info(run_dir).name or Path(run_dir).name
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def cohort_table(run_dir: str, table: str | None, bag_dir: str | None) -> pd.DataFrame:
     """One row per patient: survival, prediction, percentile, fold, modalities, clinical columns."""
+    from deref.metrics import percentile
+
     co = cohort(run_dir, table, bag_dir)
     pred = predictions(run_dir, table, bag_dir).set_index("case_id")
     pts = co.patients.copy()
@@ -470,53 +423,23 @@ def cohort_table(run_dir: str, table: str | None, bag_dir: str | None) -> pd.Dat
 def metrics_report(run_dir: str, table: str | None, bag_dir: str | None):
     """``(MetricsReport, note)``: IPCW weights from each fold's training patients when the run's
     own cohort is shown (else, or when those patients have no outcome here, the pooled cohort)."""
-    from deref.metrics import bin_edges_from_run, evaluate_run_predictions
+    from deref.metrics import evaluate_run_predictions
 
     pred = predictions(run_dir, table, bag_dir).dropna(subset=["risk"])
     tr = train_risks(run_dir) if table is None else None
-    return evaluate_run_predictions(pred, tr, bin_edges_from_run(run_info(run_dir)))
+    return evaluate_run_predictions(pred, tr, run_info(run_dir).bin_edges())
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def calibration(
     run_dir: str, table: str | None, bag_dir: str | None, t: float, n_groups: int = 4
 ) -> pd.DataFrame:
-    """Predicted vs observed (Kaplan–Meier) survival at time ``t`` in quantile groups of S(t).
-
-    Predicted S(t) per patient: the library's ``survival_at_times`` on its fold's bins; the
-    observed survival per group: the library's stratification (Kaplan–Meier) of those groups.
-    """
-    from deref.metrics import bin_edges_from_run, survival_at_times, survival_columns
-    from deref.stratify import assign_groups, cohort_cutoffs, stratify
+    """Predicted vs observed (Kaplan–Meier) survival at time ``t`` in quantile groups of S(t)
+    (``deref.metrics.calibration`` on each patient's fold bins; fold -1: the mean edges)."""
+    from deref.metrics import calibration as _calibration
 
     pred = predictions(run_dir, table, bag_dir)
-    cols = survival_columns(pred)
-    edges = bin_edges_from_run(run_info(run_dir))  # fold -1 (mean of the fold models): the mean edges
-    per_row = np.stack([np.asarray(edges[int(f)], dtype=float) for f in pred["fold"]])
-    s_t = np.asarray(survival_at_times(pred[cols].to_numpy(float), per_row, [t])).reshape(-1)
-    frame = pred[["case_id", "fold", "time", "censorship", "event"]].assign(risk=-s_t)
-    cut = cohort_cutoffs(
-        frame, f"quantiles:{','.join(f'{q:.6g}' for q in np.arange(1, n_groups) / n_groups)}"
-    )
-    groups = assign_groups(frame, cut)
-    res = stratify(frame, groups, cutoffs=cut)
-    rows = []
-    for g in res.groups:
-        sel = (groups == g.name).to_numpy()
-        obs = float(g.survival_at([t])[0])
-        band = g.km[g.km["time"] <= t].iloc[-1]
-        rows.append(
-            {
-                "group": g.name,
-                "n": g.n,
-                "events": g.events,
-                "predicted": float(s_t[sel].mean()),
-                "observed": obs,
-                "observed_lower": float(band["ci_lower"]),
-                "observed_upper": float(band["ci_upper"]),
-            }
-        )
-    return pd.DataFrame(rows)
+    return _calibration(pred, run_info(run_dir).bin_edges(), float(t), int(n_groups))
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,8 +466,22 @@ class PatientView:
     coords: np.ndarray | None  # (N_patches, 2)
     slide_index: np.ndarray | None
     slide_ids: list[str]
-    patch_attrs: list[dict]  # per slide: patch_size, patch_level, downsample...
+    patch_attrs: list[dict]  # per slide: patch_size, patch_level, downsample... (plain values)
     bin_edges: list[float]
+
+
+def _plain_attrs(attrs: dict) -> dict:
+    """A slide's bag attributes as plain Python values (numpy scalars and CLAM's small arrays such
+    as ``downsample`` (x, y) included), for the page and ``patch_geometry``."""
+    out: dict = {}
+    for k, v in attrs.items():
+        if isinstance(v, (str, bool, int, float, np.integer, np.floating)):
+            out[k] = v.item() if isinstance(v, np.generic) else v
+        elif isinstance(v, (list, tuple, np.ndarray)) and 0 < np.size(v) <= 4:
+            a = np.asarray(v)
+            if a.dtype.kind in "iuf":
+                out[k] = a.reshape(-1).tolist()
+    return out
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -561,11 +498,7 @@ def patient_view(
     The band: the model's survival curve for each reorganization segment count
     (``SurvivalOutput.survival_per_s``); the page draws their min and max.
     """
-    from deref.metrics import bin_edges_from_run
-
-    problems = compatibility(run_dir, table, bag_dir)
-    if problems:
-        raise ConfigError("the run does not fit this cohort:\n  " + "\n  ".join(problems))
+    _require_fit(run_dir, table, bag_dir)
     lr = loaded_run(run_dir)
     co = cohort(run_dir, table, bag_dir)
     if case_id not in co.patients.index:
@@ -581,9 +514,8 @@ def patient_view(
     slide_ids: list[str] = []
     if bag is not None:
         slide_ids = list(bag.slide_ids or co.slides.get(case_id, []))
-        per = bag.attrs.get("per_slide") or [bag.attrs]
-        attrs = [{k2: v for k2, v in a.items() if isinstance(v, (int, float, str))} for a in per]
-    edges = bin_edges_from_run(run_info(run_dir)).get(k) or []
+        attrs = [_plain_attrs(a) for a in bag.attrs.get("per_slide") or [bag.attrs]]
+    edges = run_info(run_dir).bin_edges().get(k) or []
 
     def arr(x):
         if x is None:
@@ -610,7 +542,7 @@ def patient_view(
         slide_index=None if bag is None or bag.slide_index is None else np.asarray(bag.slide_index),
         slide_ids=slide_ids,
         patch_attrs=attrs,
-        bin_edges=list(edges),  # floats (the last one inf), from bin_edges_from_run
+        bin_edges=list(edges),  # floats (the last one inf), from RunInfo.bin_edges
     )
 
 
@@ -741,7 +673,7 @@ def slide_path(source: Source, slide_id: str) -> Path | None:
 @st.cache_data(show_spinner="Reading the slide thumbnail…", max_entries=64)
 def thumbnail(path: str | None, max_size: int = CANVAS_PX) -> Thumbnail:
     """The slide's thumbnail through OpenSlide, or the reason it could not be read."""
-    from deref.explain.heatmap import read_thumbnail
+    from deref.slides import read_thumbnail
 
     if path is None:
         return Thumbnail(None, None, "no slide folder is set for this cohort (Load section)")
@@ -775,18 +707,6 @@ def patch_view(
 # --------------------------------------------------------------------------------------------
 # export
 # --------------------------------------------------------------------------------------------
-def figure_meta(source: Source, rule_text: str) -> dict[str, str]:
-    from deref.figures import figure_meta as _meta
-
-    info = run_info(source.run_dir)
-    return _meta(
-        run=run_name(source.run_dir),
-        cohort=cohort_name(source),
-        cutoff=rule_text,
-        run_created=info.get("created"),
-    )
-
-
 @st.cache_data(show_spinner="Rendering the figure…", max_entries=64)
 def km_export(
     run_dir: str,
@@ -798,54 +718,15 @@ def km_export(
     what: str = "km",
 ) -> bytes:
     """KM figure (``what="km"``) or risk box plot (``"box"``) as PNG (300 dpi) / SVG / PDF bytes,
-    or the numbers behind it (``fmt="csv"``), with run / cohort / rule / date recorded."""
-    from deref.figures import (
-        export_figure,
-        km_figure_matplotlib,
-        risk_boxplot_matplotlib,
-        stratification_table,
-    )
-
-    res = stratification(run_dir, table, bag_dir, rule, cutoffs_from)
-    if fmt == "csv":
-        return stratification_table(res).to_csv(index=False).encode()
-    src = Source(run_dir, table, bag_dir)
-    cut = cutoffs(run_dir, table, bag_dir, rule, cutoffs_from)
-    meta = figure_meta(src, cut.describe())
-    title = f"{meta['run']}: {cut.rule.name} split"
-    if what == "box":
-        fig = risk_boxplot_matplotlib(res, title=f"{title}: risk groups", meta=meta)
-        file_meta = {**meta, "title": f"Box plot, {title}"}
-    else:
-        fig = km_figure_matplotlib(res, title=title, meta=meta)
-        file_meta = {**meta, "title": f"Kaplan–Meier, {title}"}
-    return export_figure(fig, fmt, file_meta)
-
-
-def export_file_name(source: Source, rule: str, fmt: str, what: str = "km") -> str:
-    from deref.stratify import CutoffRule
-
-    slug = CutoffRule.parse(rule).slug
-    stem = f"{run_name(source.run_dir)}_{what}_{slug}".replace("/", "_").replace(" ", "_")
-    return f"{stem}.{fmt}"
+    or the numbers behind it (``fmt="csv"``), with run / cohort / rule / date recorded
+    (``StratificationReport.export``)."""
+    return report(run_dir, table, bag_dir, rule, cutoffs_from).export(fmt, what)
 
 
 def clear_all() -> None:
     """Drop every cached value and resource (the sidebar's "reload" button)."""
     st.cache_data.clear()
     st.cache_resource.clear()
-
-
-def device_name() -> str:
-    """Where the models run: ``cuda`` (with the GPU's name), ``mps`` or ``cpu``."""
-    from deref.inference import resolve_device
-
-    dev = resolve_device("auto")
-    if dev.type == "cuda":
-        import torch
-
-        return f"cuda ({torch.cuda.get_device_name(dev)})"
-    return dev.type
 
 
 def model_status() -> str:
@@ -859,6 +740,14 @@ def model_status() -> str:
 @st.cache_data(show_spinner=False, max_entries=16)
 def feature_names(run_dir: str) -> tuple[str, ...]:
     return tuple(_run(run_dir).config.feature_names)
+
+
+def patch_geometry(patch_attrs: dict):
+    """How one slide's patches sit on it (``deref.explain.patches.PatchGeometry``: ``read_size``
+    pixels read at ``level``, ``extent0`` level-0 pixels per patch side)."""
+    from deref.explain.patches import patch_geometry as _geometry
+
+    return _geometry(patch_attrs)
 
 
 def overlay_image(
@@ -880,16 +769,10 @@ def overlay_image(
     Never hands a level-0 image to the browser: the canvas is the thumbnail (at most ``canvas`` px)."""
     from deref.explain.heatmap import render_heatmap
 
-    size = int(patch_attrs.get("patch_size", 256))
-    level = int(patch_attrs.get("patch_level", 0))
-    down = patch_attrs.get("downsample")
-    kwargs: dict[str, Any] = {}
-    if level > 0 or (down is not None and float(down) != 1.0):
-        kwargs = {"patch_level": level, "downsample": float(down) if down is not None else 2.0**level}
     res = render_heatmap(
         scores,
         coords,
-        size,
+        patch_geometry(patch_attrs).extent0,
         thumb.level0_dims,
         thumb.image,
         thumbnail_size=canvas,
@@ -899,6 +782,5 @@ def overlay_image(
         cmap=cmap,
         opacity=opacity,
         smooth_sigma=smooth_sigma,
-        **kwargs,
     )
     return res.rgba[..., :3], res

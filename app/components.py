@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,12 @@ import streamlit as st
 
 from app import backend
 from app.backend import Source
-from deref.errors import DeRefError
+from deref.errors import DeRefError, InputError, one_line
 
-log = logging.getLogger("deref.app")
+log = logging.getLogger(__name__)
+
+#: What the library and the file system raise on purpose: shown as a message, not logged as a bug.
+EXPECTED_ERRORS = (DeRefError, OSError)
 
 # session_state keys shared by every page (widget state is mirrored here, so it survives a
 # page switch: Streamlit forgets the state of widgets a page does not draw)
@@ -39,28 +43,39 @@ RULES = {
 # errors
 # --------------------------------------------------------------------------------------------
 def explain_error(exc: BaseException) -> str:
-    """One readable message for an exception (library errors already say what and where)."""
+    """One readable line for an exception (library errors already say what and where)."""
     if isinstance(exc, DeRefError):
-        return str(exc)
+        return one_line(exc)
     if isinstance(exc, FileNotFoundError):
-        return f"file not found: {exc.filename or exc}"
-    if isinstance(exc, (ValueError, KeyError, OSError)):
-        return f"{type(exc).__name__}: {exc}"
-    return f"unexpected {type(exc).__name__}: {exc} (details in the server log)"
+        return one_line(f"file not found: {exc.filename or exc}")
+    if isinstance(exc, OSError):
+        return one_line(f"{type(exc).__name__}: {exc}")
+    return one_line(f"unexpected {type(exc).__name__}: {exc} (details in the server log)")
+
+
+def reported(exc: BaseException, what: str) -> str:
+    """:func:`explain_error`, for an ``except`` block at a boundary that must keep the app
+    working (the Load form, a link, the default run): an unexpected exception is logged with its
+    traceback first."""
+    if not isinstance(exc, EXPECTED_ERRORS):
+        log.exception("%s failed", what)
+    return explain_error(exc)
 
 
 @contextmanager
 def guard(what: str, *, warn: bool = False) -> Iterator[None]:
-    """Show an exception raised inside the block as ``st.error`` (or ``st.warning``) and go on.
+    """Show an exception raised inside the block as a one-line ``st.error`` (or ``st.warning``)
+    and go on; an unexpected one (not a library or file error) is logged with its traceback.
 
     Streamlit's own control flow (``st.stop``, ``st.rerun``, ``st.switch_page``) derives from
     BaseException and passes through.
     """
     try:
         yield
+    except EXPECTED_ERRORS as exc:
+        (st.warning if warn else st.error)(f"**{what}:** {explain_error(exc)}")
     except Exception as exc:  # noqa: BLE001 - the page must keep working whatever happens
-        if not isinstance(exc, (DeRefError, ValueError, KeyError, OSError)):
-            log.exception("%s failed", what)
+        log.exception("%s failed", what)
         (st.warning if warn else st.error)(f"**{what}:** {explain_error(exc)}")
 
 
@@ -111,8 +126,8 @@ def apply_query_params() -> bool:
         try:
             st.session_state[K_SOURCE] = backend.make_source(str(backend.resolve_run_dir(run)))
             st.session_state.pop(K_LOAD_ERROR, None)
-        except Exception as exc:  # noqa: BLE001
-            st.session_state[K_LOAD_ERROR] = f"run {run!r} from the link: {explain_error(exc)}"
+        except Exception as exc:  # noqa: BLE001 - a bad link must not break the app
+            st.session_state[K_LOAD_ERROR] = f"run {run!r} from the link: {reported(exc, 'run link')}"
     patient = qp.get("patient")
     if patient and st.session_state.get(K_QP_PATIENT) != patient:
         # a new deep link (or a page switch carrying ?patient=): it wins over the old choice
@@ -127,12 +142,78 @@ def current_source() -> Source | None:
     if src is None:
         try:
             src = default_source()
-        except Exception as exc:  # noqa: BLE001
-            st.session_state[K_LOAD_ERROR] = f"default run: {explain_error(exc)}"
+        except Exception as exc:  # noqa: BLE001 - the Load section stays usable
+            st.session_state[K_LOAD_ERROR] = f"default run: {reported(exc, 'default run')}"
             return None
         if src is not None:
             st.session_state[K_SOURCE] = src
     return src
+
+
+@dataclass(frozen=True)
+class _LoadChoice:
+    """What the Load form was submitted with (text as typed)."""
+
+    run_text: str
+    own: bool
+    table: str
+    bags: str
+    slides: str
+
+
+def _load_form(source: Source | None) -> _LoadChoice | None:
+    """The Load form's widgets; the choice when it was submitted, else None."""
+    known = backend.discover_runs()
+    with st.form("load_form", border=False):
+        options = known + ["other…"]
+        current = source.run_dir if source is not None and source.run_dir in known else None
+        choice = st.selectbox(
+            "Run directory",
+            options,
+            index=options.index(current) if current else 0,
+            key="load_run",
+            help="any folder `deref train` or `deref demo` wrote (it holds run.json)",
+        )
+        other = st.text_input("…or a path", value="", placeholder="runs/blca-deref", key="load_run_path")
+        own = st.checkbox(
+            "Use the run's own cohort (from run.json)",
+            value=source is None or source.own_cohort,
+            key="load_own",
+        )
+        table = st.text_input(
+            "Cohort table (MCAT CSV)", value=(source.table or "") if source else "", key="load_table"
+        )
+        bags = st.text_input(
+            "Bag folder (.h5 / .pt)", value=(source.bag_dir or "") if source else "", key="load_bags"
+        )
+        slides = st.text_input(
+            "Slide folder (for thumbnails)",
+            value=(source.slide_dir or "") if source else "",
+            key="load_slides",
+            help="optional: without it the attention is drawn on a blank canvas",
+        )
+        if not st.form_submit_button("Load", type="primary", key="load_submit"):
+            return None
+    run_text = other.strip() or (choice if choice != "other…" else "")
+    return _LoadChoice(run_text, own, table.strip(), bags.strip(), slides.strip())
+
+
+def _source_of(choice: _LoadChoice) -> Source:
+    """The checked source of a Load choice; an :class:`InputError` says what does not fit."""
+    if not choice.run_text:
+        raise InputError("choose a run directory or type its path")
+    new = backend.make_source(
+        str(backend.resolve_run_dir(choice.run_text)),
+        None if choice.own else (choice.table or None),
+        None if choice.own else (choice.bags or None),
+        choice.slides or None,
+    )
+    if not choice.own and not choice.table:
+        raise InputError("give a cohort table, or tick “use the run's own cohort”")
+    problems = backend.compatibility(*new.key)
+    if problems:
+        raise InputError("the run does not fit this cohort: " + "; ".join(problems))
+    return new
 
 
 def sidebar_load(source: Source | None) -> None:
@@ -143,55 +224,13 @@ def sidebar_load(source: Source | None) -> None:
                 f"**Run:** {backend.run_name(source.run_dir)}  \n**Cohort:** {backend.cohort_name(source)}"
             )
         with st.expander("Load a run / cohort", expanded=source is None):
-            known = backend.discover_runs()
-            with st.form("load_form", border=False):
-                options = known + ["other…"]
-                current = source.run_dir if source is not None and source.run_dir in known else None
-                choice = st.selectbox(
-                    "Run directory",
-                    options,
-                    index=options.index(current) if current else 0,
-                    key="load_run",
-                    help="any folder `deref train` or `deref demo` wrote (it holds run.json)",
-                )
-                other = st.text_input(
-                    "…or a path", value="", placeholder="runs/blca-deref", key="load_run_path"
-                )
-                own = st.checkbox(
-                    "Use the run's own cohort (from run.json)",
-                    value=source is None or source.own_cohort,
-                    key="load_own",
-                )
-                table = st.text_input(
-                    "Cohort table (MCAT CSV)", value=(source.table or "") if source else "", key="load_table"
-                )
-                bags = st.text_input(
-                    "Bag folder (.h5 / .pt)", value=(source.bag_dir or "") if source else "", key="load_bags"
-                )
-                slides = st.text_input(
-                    "Slide folder (for thumbnails)",
-                    value=(source.slide_dir or "") if source else "",
-                    key="load_slides",
-                    help="optional: without it the attention is drawn on a blank canvas",
-                )
-                submitted = st.form_submit_button("Load", type="primary", key="load_submit")
-            if submitted:
+            choice = _load_form(source)
+            if choice is not None:
                 try:
-                    run_text = other.strip() or (choice if choice != "other…" else "")
-                    if not run_text:
-                        raise ValueError("choose a run directory or type its path")
-                    run_dir = str(backend.resolve_run_dir(run_text))
-                    new = backend.make_source(
-                        run_dir,
-                        None if own else (table.strip() or None),
-                        None if own else (bags.strip() or None),
-                        slides.strip() or None,
-                    )
-                    if not own and not table.strip():
-                        raise ValueError("give a cohort table, or tick “use the run's own cohort”")
-                    problems = backend.compatibility(*new.key)
-                    if problems:
-                        raise ValueError("the run does not fit this cohort: " + "; ".join(problems))
+                    new = _source_of(choice)
+                except Exception as exc:  # noqa: BLE001 - a bad choice in the form must not break the page
+                    st.session_state[K_LOAD_ERROR] = reported(exc, "Load")
+                else:
                     st.session_state[K_SOURCE] = new
                     st.session_state.pop(K_LOAD_ERROR, None)
                     st.session_state.pop(K_PATIENT, None)
@@ -199,8 +238,6 @@ def sidebar_load(source: Source | None) -> None:
                     st.query_params["run"] = new.run_dir
                     st.session_state[K_QP_DONE] = new.run_dir
                     st.rerun()
-                except Exception as exc:  # noqa: BLE001
-                    st.session_state[K_LOAD_ERROR] = explain_error(exc)
             if st.button("Clear caches and reload", help="re-read runs and cohorts from disk"):
                 backend.clear_all()
                 st.rerun()
@@ -218,8 +255,8 @@ def require_source() -> Source:
     problems = []
     try:
         problems = backend.compatibility(*src.key)
-    except Exception as exc:  # noqa: BLE001
-        st.error(f"**Cohort:** {explain_error(exc)}")
+    except Exception as exc:  # noqa: BLE001 - the page says why it cannot show the cohort
+        st.error(f"**Cohort:** {reported(exc, 'cohort check')}")
         st.stop()
     if problems:
         st.error("**The run does not fit this cohort:**\n\n" + "\n".join(f"- {p}" for p in problems))

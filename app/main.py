@@ -35,8 +35,8 @@ if (
     try:
         components.build_demo_with_progress()
         source = components.current_source()
-    except Exception as exc:  # noqa: BLE001
-        st.error(f"**The demo could not be built:** {components.explain_error(exc)}")
+    except Exception as exc:  # noqa: BLE001 - the sidebar can still load another run
+        st.error(f"**The demo could not be built:** {components.reported(exc, 'demo build')}")
 
 PAGES = {
     "cohort": st.Page("views/cohort.py", title="Cohort", icon=":material/groups:", default=True),

@@ -22,7 +22,8 @@ Figures (targets from the issue in brackets):
   selected patch's outline) serialized as ``st.plotly_chart`` sends it; median over opacities.
   ``overlay_payload_kb`` is that figure's size; the browser's transfer and paint are not included.
 - ``km_export_ms`` [<= 1 s]: the PDF the Stratification page's download button produces
-  (matplotlib Kaplan–Meier figure + ``export_figure``; the stratification itself is cached).
+  (``StratificationReport.export``: matplotlib Kaplan–Meier figure + ``export_figure``; the
+  stratification itself is cached).
 - ``rss_mb``: resident memory of the server process after opening every page;
   ``rss_mb_5_tabs`` with five more tabs open at once (one per page); ``model_loads`` how many
   times a model was loaded in the server (read from the sidebar) [one model whatever the tabs].
@@ -91,7 +92,7 @@ def measure_overlay(repeats: int) -> dict[str, float]:
 
     import plotly.io as pio
 
-    from app.overlay import overlay_figure
+    from deref.figures import slide_overlay_figure
 
     sizes = []
 
@@ -108,7 +109,9 @@ def measure_overlay(repeats: int) -> dict[str, float]:
             threshold=None,
             smooth_sigma=0.0,
         )
-        fig = overlay_figure(img, res.boxes, scores, int(np.argmax(scores)))  # JPEG + clickable patch centres
+        fig = slide_overlay_figure(
+            img, res.boxes, scores, int(np.argmax(scores))
+        )  # JPEG + clickable patch centres
         sizes.append(len(pio.to_json(fig, validate=False)))  # what st.plotly_chart serializes
 
     once(0.5)
@@ -127,18 +130,17 @@ def measure_overlay(repeats: int) -> dict[str, float]:
 def measure_export(demo: Path, repeats: int) -> dict[str, float]:
     import pandas as pd
 
-    from deref.figures import export_figure, figure_meta, km_figure_matplotlib
-    from deref.stratify import assign_groups, compute_cutoffs, stratify
+    from deref.report import stratification_report
 
     pred = pd.read_csv(demo / "run" / "predictions.csv")
     train = pd.read_csv(demo / "run" / "train_risks.csv")
-    cut = compute_cutoffs("median", train_risks=train)
-    res = stratify(pred, assign_groups(pred, cut), cutoffs=cut)
-    meta = figure_meta(run="demo-deref", cohort="demo", cutoff=cut.describe())
+    # what the download button runs (backend.km_export): the report's PDF export
+    rep = stratification_report(
+        pred, rule="median", train_risks=train, run_name="demo-deref", cohort_name="demo"
+    )
 
     def once() -> int:
-        fig = km_figure_matplotlib(res, title="demo: median split", meta=meta)
-        return len(export_figure(fig, "pdf", {**meta, "title": "Kaplan–Meier"}))
+        return len(rep.export("pdf", "km"))
 
     once()
     times = []
@@ -298,6 +300,18 @@ def measure_browser(demo: Path, repeats: int) -> dict[str, float]:
     return out
 
 
+def device_name() -> str:
+    """Where the server's models run: ``cuda`` (with the GPU's name), ``mps`` or ``cpu``."""
+    from deref.inference import resolve_device
+
+    dev = resolve_device("auto")
+    if dev.type == "cuda":
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return dev.type
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -311,12 +325,10 @@ def main() -> int:
     demo = find_demo(args.demo)
     import pandas as pd
 
-    from app import backend
-
     results: dict[str, object] = {
         "demo": str(demo),
         "patients": int(len(pd.read_csv(demo / "run" / "predictions.csv"))),
-        "device": backend.device_name(),
+        "device": device_name(),
         "cpus": os.cpu_count(),
         "load_avg_1min": round(os.getloadavg()[0], 2),
     }

@@ -111,9 +111,9 @@ _SLIDE = None
 
 def _open(path: str) -> None:
     global _SLIDE
-    import openslide
+    from deref.slides import open_slide
 
-    _SLIDE = openslide.OpenSlide(path)
+    _SLIDE = open_slide(path, check_pixels=False)
 
 
 def _read_chunk(coords: np.ndarray) -> int:

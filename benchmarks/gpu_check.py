@@ -120,7 +120,7 @@ def training_and_inference(cohort_dir: Path, dev: torch.device, epochs: int) -> 
         only_folds=[0, 1],
     )
     RESULTS["train_s_cuda_2folds"] = round(time.perf_counter() - t0, 2)
-    RESULTS["train_cindex_cuda_folds"] = res.metrics["headline"]["cindex_folds"]
+    RESULTS["train_cindex_cuda_folds"] = list(res.info.metrics.headline.folds)
     saved = pd.read_csv(out / "predictions.csv")
     pred = Predictor.from_run(out, device="auto")
     check("Predictor device='auto' resolves to CUDA", pred.device.type == dev.type, str(pred.device))

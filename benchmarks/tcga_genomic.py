@@ -64,18 +64,18 @@ def main() -> None:
         res = train_cross_validation(
             cohort, folds, cfg, TrainConfig(epochs=args.epochs), out_root / name, name=f"blca-{name}"
         )
-        m = res.metrics
-        for f in res.folds:
+        head, best = res.info.metrics.headline, res.info.metrics.optimistic_best_epoch
+        for f in res.info.folds:
             print(
-                f"{name} fold {f.index}: C-index last epoch {f.metrics['cindex_last_epoch']:.3f} | "
-                f"best epoch {f.metrics['optimistic_best_epoch']} {f.metrics['optimistic_best_epoch_cindex']:.3f} (optimistic)"
+                f"{name} fold {f.index}: C-index last epoch {f.cindex_last_epoch:.3f} | "
+                f"best epoch {f.optimistic_best_epoch} {f.optimistic_best_epoch_cindex:.3f} (optimistic)"
             )
         results[name] = {
-            "mean": round(m["headline"]["cindex_mean"], 4),
-            "std": round(m["headline"]["cindex_std"], 4),
-            "folds": [round(x, 4) for x in m["headline"]["cindex_folds"]],
-            "best_epoch_mean": round(m["optimistic_best_epoch"]["cindex_mean"], 4),
-            "best_epoch_std": round(m["optimistic_best_epoch"]["cindex_std"], 4),
+            "mean": round(head.mean, 4),
+            "std": round(head.std, 4),
+            "folds": [round(x, 4) for x in head.folds],
+            "best_epoch_mean": round(best.mean, 4),
+            "best_epoch_std": round(best.std, 4),
             "epochs": args.epochs,
             "seconds": round(time.perf_counter() - t, 1),
         }

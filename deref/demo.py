@@ -26,8 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # torch loads with the training, not with this module
+    from deref.data.synthetic import DemoCohort
+    from deref.training import RunResult
 
 DEMO_SEED = 0
 DEMO_PATIENTS = 300
@@ -86,12 +89,8 @@ def build_demo(
     slide_size: tuple[int, int] | None = None,
 ) -> DemoBuild:
     """Generate the demo cohort and train the demo run (see the module docstring)."""
-    from deref.data.cohort import load_cohort
-    from deref.data.splits import make_folds
     from deref.data.synthetic import make_demo_cohort
     from deref.metrics import harrell_c
-    from deref.model import ModelConfig
-    from deref.training import TrainConfig, train_cross_validation
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -105,6 +104,38 @@ def build_demo(
         **({"slide_size": slide_size} if slide_size else {}),
         progress=(lambda d, t: progress("demo cohort: slides and bags", d, t)) if progress else None,
     )
+    result = _train_demo_run(demo, out / "run", seed=seed, epochs=epochs, progress=progress)
+    preds = result.predictions
+    model_c = harrell_c(preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy()).cindex
+    headline = result.info.metrics.headline
+    fold_cindex = [float(c) for c in headline.folds] if headline is not None else []
+    summary = {
+        "oracle_cindex": demo.oracle_cindex,
+        "model_oof_cindex": model_c,
+        "fold_cindex": fold_cindex,
+        "n_patients": n_patients,
+        "seed": seed,
+        "recipe": build_recipe(),
+        "build_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    return DemoBuild(cohort_dir, out / "run", float(demo.oracle_cindex), float(model_c), fold_cindex)
+
+
+def _train_demo_run(
+    demo: DemoCohort,
+    run_dir: Path,
+    *,
+    seed: int,
+    epochs: int | None,
+    progress: Callable[[str, int, int], None] | None,
+) -> RunResult:
+    """The demo's 5-fold DeReF run on the written cohort, by ``deref train``'s code."""
+    from deref.data.cohort import load_cohort
+    from deref.data.splits import make_folds
+    from deref.model import ModelConfig
+    from deref.training import TrainConfig, train_cross_validation
+
     cohort = load_cohort(demo.table, signatures=demo.signatures, bag_dir=demo.bags_dir)
     folds = make_folds(cohort.patients, k=5, seed=seed)
     mcfg = ModelConfig(
@@ -115,32 +146,13 @@ def build_demo(
     train = dict(DEMO_TRAIN, seed=seed)
     if epochs is not None:
         train["epochs"] = epochs
-    result = train_cross_validation(
+    return train_cross_validation(
         cohort,
         folds,
         mcfg,
         TrainConfig(**train),
-        out / "run",
+        run_dir,
         name="demo-deref",
         data_info={"signatures": str(demo.signatures.resolve()), "demo": True},
         progress=progress,
-    )
-    preds = result.predictions
-    model_c = harrell_c(preds["time"].to_numpy(), preds["event"].to_numpy(), preds["risk"].to_numpy()).cindex
-    summary = {
-        "oracle_cindex": demo.oracle_cindex,
-        "model_oof_cindex": model_c,
-        "fold_cindex": result.metrics["headline"]["cindex_folds"],
-        "n_patients": n_patients,
-        "seed": seed,
-        "recipe": build_recipe(),
-        "build_seconds": round(time.perf_counter() - t0, 1),
-    }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    return DemoBuild(
-        cohort_dir,
-        out / "run",
-        float(demo.oracle_cindex),
-        float(model_c),
-        list(np.asarray(summary["fold_cindex"], float)),
     )

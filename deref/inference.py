@@ -21,11 +21,12 @@ import pandas as pd
 import torch
 
 from deref.data.bags import Bag
-from deref.data.cohort import Cohort
+from deref.data.cohort import Cohort, raise_problems
 from deref.data.preprocess import Preprocessing
 from deref.errors import ConfigError, DataError, InputError
 from deref.model import SurvivalOutput, collate_bags
 from deref.runs import MEAN_OF_FOLDS, FoldCheckpoint, RunDir
+from deref.survival import surv_column_names
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,11 @@ class PatientInputs:
 
 
 def m1_matrix(cohort: Cohort, pre: Preprocessing, case_ids: Sequence[str]) -> list[np.ndarray]:
-    """Standardized modality-1 arrays (one (n, d_g) per group), checking the run's columns exist."""
-    missing = [c for group in pre.m1_columns for c in group if c not in cohort.genomic.columns]
-    if missing:
-        raise ConfigError(
-            f"{cohort.source}: the run was trained on {sum(len(g) for g in pre.m1_columns)} genomic columns; "
-            f"{len(missing)} are missing from this table (e.g. {missing[:3]})"
-        )
+    """Standardized modality-1 arrays, one ``(n, d_g)`` per gene family, rows in ``case_ids`` order.
+
+    The cohort must hold the columns ``pre`` was fitted on: the cohort it was fitted on does,
+    and :class:`Predictor` checks another one first (:meth:`Predictor.check_cohort`).
+    """
     unknown = [c for c in case_ids if c not in cohort.genomic.index]
     if unknown:
         raise DataError(f"{cohort.source}: case id(s) not in the table: {unknown[:5]}")
@@ -131,10 +130,6 @@ def assemble(
     patient_bags = [bags.get(c) for c in case_ids]
     wsi, mask = collate_bags([torch.from_numpy(b.features) for b in patient_bags])
     return PatientInputs(list(case_ids), m1, wsi, mask, patient_bags)
-
-
-def surv_columns(n_bins: int) -> list[str]:
-    return [f"surv_{k}" for k in range(n_bins)]
 
 
 @torch.no_grad()
@@ -170,6 +165,7 @@ class Predictor:
         self._m1_cache: dict[tuple[int, str], tuple[list[np.ndarray], dict[str, int]]] = {}
         self._bag_stores: dict[str, BagStore] = {}
         self._token_baselines: dict[int, torch.Tensor] = {}
+        self._fitting: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     @classmethod
@@ -230,12 +226,27 @@ class Predictor:
         source = cohort
         if source is None or not all(c in source.genomic.index for c in train_ids):
             source = self.load_cohort()
+        self.check_cohort(source)
         tokens = mean_family_tokens(
             self.fold(k).model, m1_matrix(source, self.fold(k).preprocessing, train_ids)
         )
         with self._lock:
             self._token_baselines[k] = tokens
         return tokens
+
+    def check_cohort(self, cohort: Cohort) -> None:
+        """Raise :class:`~deref.errors.DataError` listing everything that keeps the run's models
+        from reading ``cohort``'s genomic table (``deref.runs.fit.cohort_fit_problems``; bags are
+        checked as they are read). Checked once per cohort table."""
+        from deref.runs.fit import cohort_fit_problems
+
+        key = (str(cohort.source), cohort.fingerprint)
+        if key in self._fitting:
+            return
+        run_json = str(self.run.path / "run.json")
+        problems = cohort_fit_problems(self.run.info, cohort, run_json=run_json, check_bags=False)
+        raise_problems(problems, f"{cohort.source}: cannot be scored by run {self.run.path}")
+        self._fitting.add(key)
 
     def _m1(self, cohort: Cohort, k: int) -> tuple[list[np.ndarray], dict[str, int]]:
         key = (k, cohort.fingerprint)
@@ -258,6 +269,8 @@ class Predictor:
         return self._bag_stores[key]
 
     def inputs(self, cohort: Cohort, case_ids: Sequence[str], k: int) -> PatientInputs:
+        """Fold ``k``'s model inputs for ``case_ids`` (the cohort checked first)."""
+        self.check_cohort(cohort)
         m1_all, rows = self._m1(cohort, k)
         return assemble(case_ids, m1_all, rows, self.bag_store(cohort), self.needs_wsi)
 
@@ -299,7 +312,14 @@ class Predictor:
         ``fold``: an int (that fold's model for everyone), ``"oof"`` (each patient by the fold
         that held it out; patients in no validation fold get the mean over all folds), or
         ``"mean"`` (mean over all folds for everyone: an external cohort).
+
+        Raises
+        ------
+        DataError
+            The cohort lacks columns the run was trained on (:meth:`check_cohort`, before any
+            patient is scored), or a patient's bag is missing or of another width.
         """
+        self.check_cohort(cohort)
         ids = list(cohort.case_ids if case_ids is None else case_ids)
         val_fold = self.validation_folds()
         all_folds = self.run.fold_indices
@@ -320,7 +340,7 @@ class Predictor:
             parts = [self._predict_fold(cohort, members, k, batch_size, segments) for k in folds]
             frame = parts[0].copy()
             if len(parts) > 1:
-                cols = ["risk"] + surv_columns(self.config.n_bins)
+                cols = ["risk"] + surv_column_names(self.config.n_bins)
                 frame[cols] = np.mean([p[cols].to_numpy() for p in parts], axis=0)
                 frame["risk_std"] = np.std([p["risk"].to_numpy() for p in parts], axis=0)
                 frame["fold"] = MEAN_OF_FOLDS
@@ -357,7 +377,7 @@ class Predictor:
             {"case_id": names, "fold": k, "risk": np.concatenate(risks), "risk_std": np.concatenate(stds)}
         )
         surv = np.concatenate(survs)
-        for j, col in enumerate(surv_columns(surv.shape[1])):
+        for j, col in enumerate(surv_column_names(surv.shape[1])):
             frame[col] = surv[:, j]
         return frame
 

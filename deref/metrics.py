@@ -1,7 +1,9 @@
 """Survival metrics of out-of-fold predictions: Harrell's and Uno's C, time-dependent AUC, IBS.
 
-Every number comes from scikit-survival (``sksurv.metrics``); this module validates the inputs
-once, at its edge, and states the conventions that scikit-survival leaves to the caller.
+Every number comes from scikit-survival (``sksurv.metrics``); each public function validates
+its inputs once, at its entry, through :mod:`deref.survival` (``survival_arrays`` /
+``survival_frame``), and the private cores below them trust what they get. The module states
+the conventions that scikit-survival leaves to the caller.
 
 Conventions
 -----------
@@ -26,21 +28,15 @@ the reason, and re-raises with ``strict=True``.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-from sksurv.metrics import (
-    concordance_index_censored,
-    concordance_index_ipcw,
-    cumulative_dynamic_auc,
-    integrated_brier_score,
-)
 
 from deref.errors import DataError
+from deref.survival import SurvivalFrame, survival_arrays, survival_frame
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +52,11 @@ __all__ = [
     "integrated_brier",
     "survival_at_times",
     "default_eval_times",
-    "survival_columns",
     "evaluate_predictions",
     "evaluate_run_predictions",
+    "percentile",
+    "calibration",
 ]
-
-_SURV_COLUMN = re.compile(r"^surv_(\d+)$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,38 +203,8 @@ class MetricsReport:
 
 
 # --------------------------------------------------------------------------------------------
-# validation at the edge
+# sksurv calls (inputs validated by the public functions, at the edge)
 # --------------------------------------------------------------------------------------------
-def _as_arrays(
-    time: Sequence[float] | np.ndarray,
-    event: Sequence[float] | np.ndarray,
-    risk: Sequence[float] | np.ndarray | None = None,
-    *,
-    what: str = "test",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    t = np.asarray(time, dtype=float).ravel()
-    e_raw = np.asarray(event).ravel()
-    if t.shape != e_raw.shape:
-        raise DataError(f"{what}: time has {t.size} values but event has {e_raw.size}")
-    if not np.all(np.isfinite(t)):
-        raise DataError(f"{what}: time has {int((~np.isfinite(t)).sum())} missing or infinite values")
-    if (t < 0).any():
-        raise DataError(f"{what}: negative survival time at positions {np.flatnonzero(t < 0)[:5].tolist()}")
-    e_num = pd.to_numeric(pd.Series(e_raw), errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isin(e_num, (0.0, 1.0))
-    if bad.any():
-        raise DataError(f"{what}: event must be 0/1, got {e_raw[bad][:5].tolist()}")
-    e = e_num.astype(bool)
-    r = None
-    if risk is not None:
-        r = np.asarray(risk, dtype=float).ravel()
-        if r.shape != t.shape:
-            raise DataError(f"{what}: risk has {r.size} values but time has {t.size}")
-        if np.isnan(r).any():
-            raise DataError(f"{what}: risk has {int(np.isnan(r).sum())} NaN values")
-    return t, e, r
-
-
 def _structured(event: np.ndarray, time: np.ndarray) -> np.ndarray:
     y = np.empty(time.shape[0], dtype=[("event", bool), ("time", float)])
     y["event"] = event
@@ -255,6 +220,14 @@ def _administrative_censor(
     if over.any():
         logger.debug("censoring %d test patients at the training follow-up horizon %.4g", over.sum(), horizon)
     return np.where(over, horizon, time), np.where(over, False, event)
+
+
+def _sksurv(name: str):
+    """A scikit-survival metric, imported on first use (``sksurv`` costs ~1 s to import: the
+    dashboard's first page needs only :func:`percentile`)."""
+    import sksurv.metrics
+
+    return getattr(sksurv.metrics, name)
 
 
 def _sksurv_call(name: str, fn, *args, **kwargs):
@@ -288,8 +261,11 @@ def harrell_c(time, event, risk) -> ConcordanceResult:
     DataError
         Malformed input, or no comparable pair (e.g. every patient censored).
     """
-    t, e, r = _as_arrays(time, event, risk)
-    c, con, dis, tr, tt = _sksurv_call("Harrell's C", concordance_index_censored, e, t, r)
+    return _harrell(*survival_arrays(time, event, risk))
+
+
+def _harrell(t: np.ndarray, e: np.ndarray, r: np.ndarray) -> ConcordanceResult:
+    c, con, dis, tr, tt = _sksurv_call("Harrell's C", _sksurv("concordance_index_censored"), e, t, r)
     if con + dis + tr == 0:
         raise DataError("Harrell's C is not defined: no comparable pair of patients")
     return ConcordanceResult(float(c), int(con), int(dis), int(tr), int(tt), int(t.size), "harrell", None)
@@ -320,8 +296,11 @@ def uno_c(train_time, train_event, time, event, risk, tau: float | None = None) 
     DataError
         Malformed input, or no event before ``tau``.
     """
-    tt_, te_, _ = _as_arrays(train_time, train_event, what="train")
-    t, e, r = _as_arrays(time, event, risk)
+    tt_, te_, _ = survival_arrays(train_time, train_event, what="train")
+    return _uno(tt_, te_, *survival_arrays(time, event, risk), tau=tau)
+
+
+def _uno(tt_, te_, t, e, r, *, tau: float | None = None) -> ConcordanceResult:
     horizon = float(tt_.max())
     if tau is None:
         tau = horizon
@@ -331,7 +310,7 @@ def uno_c(train_time, train_event, time, event, risk, tau: float | None = None) 
     if not (e & (t < tau)).any():
         raise DataError(f"Uno's C is not defined: no test event before tau={tau:.4g}")
     c, con, dis, tr, tt = _sksurv_call(
-        "Uno's C", concordance_index_ipcw, _structured(te_, tt_), _structured(e, t), r, tau=tau
+        "Uno's C", _sksurv("concordance_index_ipcw"), _structured(te_, tt_), _structured(e, t), r, tau=tau
     )
     return ConcordanceResult(float(c), int(con), int(dis), int(tr), int(tt), int(t.size), "uno", float(tau))
 
@@ -357,7 +336,11 @@ def default_eval_times(time, event, *, horizon: float | None = None) -> np.ndarr
     np.ndarray
         Sorted unique times; may be empty or a single time on tiny samples.
     """
-    t, e, _ = _as_arrays(time, event)
+    t, e, _ = survival_arrays(time, event)
+    return _eval_times(t, e, horizon)
+
+
+def _eval_times(t: np.ndarray, e: np.ndarray, horizon: float | None) -> np.ndarray:
     if not e.any():
         return np.empty(0)
     cand = np.unique(np.percentile(t[e], np.arange(10, 100, 10)))
@@ -416,18 +399,6 @@ def survival_at_times(surv_at_bins, bin_edges, times) -> np.ndarray:
     return np.take_along_axis(s1, passed, axis=1)
 
 
-def survival_columns(df: pd.DataFrame) -> list[str]:
-    """The ``surv_0 .. surv_{K-1}`` columns of a predictions table, in bin order."""
-    cols = [(int(m.group(1)), c) for c in df.columns if (m := _SURV_COLUMN.match(str(c)))]
-    cols.sort()
-    idx = [i for i, _ in cols]
-    if idx != list(range(len(idx))):
-        raise DataError(
-            f"survival columns must be surv_0..surv_{{K-1}} without gaps, got {[c for _, c in cols]}"
-        )
-    return [c for _, c in cols]
-
-
 # --------------------------------------------------------------------------------------------
 # time-dependent metrics
 # --------------------------------------------------------------------------------------------
@@ -453,11 +424,14 @@ def time_dependent_auc(train_time, train_event, time, event, risk, times=None) -
     DataError
         No valid evaluation time, or scikit-survival finds the AUC undefined.
     """
-    tt_, te_, _ = _as_arrays(train_time, train_event, what="train")
-    t, e, r = _as_arrays(time, event, risk)
+    tt_, te_, _ = survival_arrays(train_time, train_event, what="train")
+    return _td_auc(tt_, te_, *survival_arrays(time, event, risk), times)
+
+
+def _td_auc(tt_, te_, t, e, r, times) -> TimeDependentAUC:
     horizon = float(tt_.max())
     if times is None:
-        times = default_eval_times(t, e, horizon=horizon)
+        times = _eval_times(t, e, horizon)
     times = np.unique(np.asarray(times, dtype=float))
     if times.size == 0:
         raise DataError("time-dependent AUC: no evaluation time inside the follow-up (too few events?)")
@@ -465,7 +439,12 @@ def time_dependent_auc(train_time, train_event, time, event, risk, times=None) -
         raise DataError(f"time-dependent AUC: times must be below the training follow-up {horizon:.4g}")
     t2, e2 = _administrative_censor(t, e, horizon)
     auc, mean_auc = _sksurv_call(
-        "time-dependent AUC", cumulative_dynamic_auc, _structured(te_, tt_), _structured(e2, t2), r, times
+        "time-dependent AUC",
+        _sksurv("cumulative_dynamic_auc"),
+        _structured(te_, tt_),
+        _structured(e2, t2),
+        r,
+        times,
     )
     auc = np.atleast_1d(np.asarray(auc, dtype=float))
     if np.isnan(auc).any():
@@ -502,11 +481,15 @@ def integrated_brier(
     DataError
         Fewer than two valid times, or scikit-survival finds the score undefined.
     """
-    tt_, te_, _ = _as_arrays(train_time, train_event, what="train")
-    t, e, _ = _as_arrays(time, event)
+    tt_, te_, _ = survival_arrays(train_time, train_event, what="train")
+    t, e, _ = survival_arrays(time, event)
+    return _ibs(tt_, te_, t, e, surv_at_bins, bin_edges, times)
+
+
+def _ibs(tt_, te_, t, e, surv_at_bins, bin_edges, times) -> BrierResult:
     horizon = float(tt_.max())
     if times is None:
-        times = default_eval_times(t, e, horizon=horizon)
+        times = _eval_times(t, e, horizon)
     times = np.unique(np.asarray(times, dtype=float))
     if times.size < 2:
         raise DataError(f"integrated Brier score needs at least two evaluation times, got {times.tolist()}")
@@ -518,7 +501,7 @@ def integrated_brier(
     t2, e2 = _administrative_censor(t, e, horizon)
     ibs = _sksurv_call(
         "integrated Brier score",
-        integrated_brier_score,
+        _sksurv("integrated_brier_score"),
         _structured(te_, tt_),
         _structured(e2, t2),
         surv,
@@ -530,20 +513,6 @@ def integrated_brier(
 # --------------------------------------------------------------------------------------------
 # a run's predictions
 # --------------------------------------------------------------------------------------------
-def _event_column(df: pd.DataFrame, what: str) -> np.ndarray:
-    if "event" in df.columns:
-        return df["event"].to_numpy()
-    if "censorship" in df.columns:
-        return 1 - pd.to_numeric(df["censorship"], errors="coerce").to_numpy()
-    raise DataError(f"{what}: needs an 'event' or 'censorship' column, has {list(df.columns)}")
-
-
-def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise DataError(f"{what}: missing column(s) {missing}; has {list(df.columns)}")
-
-
 def _edges_for(bin_edges, fold) -> np.ndarray:
     if isinstance(bin_edges, Mapping):
         if fold not in bin_edges:
@@ -553,11 +522,9 @@ def _edges_for(bin_edges, fold) -> np.ndarray:
 
 
 def _fold_metrics(
-    label, test: pd.DataFrame, train_t, train_e, surv_cols, edges, ipcw_source: str, strict: bool
+    label, test: SurvivalFrame, train_t, train_e, edges, ipcw_source: str, strict: bool
 ) -> FoldMetrics:
-    t = test["time"].to_numpy(dtype=float)
-    e = _event_column(test, f"fold {label}")
-    r = test["risk"].to_numpy(dtype=float)
+    t, e, r = test.time, test.event, test.risk
     fm = FoldMetrics(fold=label, n=int(t.size), events=int(np.sum(e)), ipcw_source=ipcw_source)
 
     def attempt(name, fn):
@@ -570,19 +537,17 @@ def _fold_metrics(
             fm.errors[name] = str(exc)
             return None
 
-    res = attempt("harrell", lambda: harrell_c(t, e, r))
+    res = attempt("harrell", lambda: _harrell(t, e, r))
     if res is not None:
         fm.harrell = res.cindex
-    res = attempt("uno", lambda: uno_c(train_t, train_e, t, e, r))
+    res = attempt("uno", lambda: _uno(train_t, train_e, t, e, r))
     if res is not None:
         fm.uno, fm.tau = res.cindex, res.tau
-    res = attempt("td_auc", lambda: time_dependent_auc(train_t, train_e, t, e, r))
+    res = attempt("td_auc", lambda: _td_auc(train_t, train_e, t, e, r, None))
     if res is not None:
         fm.td_auc = res.mean_auc
-    if surv_cols:
-        res = attempt(
-            "ibs", lambda: integrated_brier(train_t, train_e, t, e, test[surv_cols].to_numpy(float), edges)
-        )
+    if test.surv_columns:
+        res = attempt("ibs", lambda: _ibs(train_t, train_e, t, e, test.surv, edges, None))
         if res is not None:
             fm.ibs = res.ibs
     else:
@@ -590,8 +555,56 @@ def _fold_metrics(
     return fm
 
 
+def _training_outcomes(train_df: pd.DataFrame, sf: SurvivalFrame) -> pd.DataFrame:
+    """``fold, time, event`` of each fold's training patients: from ``train_df`` when it has
+    ``time``, else looked up by ``case_id`` among the predictions."""
+    missing = [c for c in ("fold", "case_id") if c not in train_df.columns]
+    if missing:
+        raise DataError(f"training risks: missing column(s) {missing}; has {list(train_df.columns)}")
+    if "time" in train_df.columns:
+        tr = survival_frame(train_df, what="training risks")
+        return pd.DataFrame({"fold": tr.df["fold"], "time": tr.time, "event": tr.event})
+    lookup = sf.df.drop_duplicates("case_id").set_index("case_id")
+    ids = train_df["case_id"].astype(str)
+    unknown = ~ids.isin(lookup.index)
+    if unknown.any():
+        raise DataError(
+            f"training risks: {int(unknown.sum())} case ids have no survival time in the predictions "
+            f"(e.g. {ids[unknown].unique()[:5].tolist()}); add time/censorship columns or pass train_df=None"
+        )
+    return pd.DataFrame(
+        {
+            "fold": pd.to_numeric(train_df["fold"]).to_numpy(),
+            "time": ids.map(lookup["time"]).to_numpy(dtype=float),
+            "event": ids.map(lookup["event"]).to_numpy().astype(bool),
+        }
+    )
+
+
+def _ipcw_sample(train: pd.DataFrame | None, sf: SurvivalFrame, fold) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(time, event, source)`` of the sample that estimates fold ``fold``'s censoring."""
+    if train is None:
+        return sf.time, sf.event, "pooled cohort"
+    sub = train[train["fold"] == fold]
+    if sub.empty:
+        raise DataError(f"training risks: no training patients for fold {fold}")
+    return sub["time"].to_numpy(float), sub["event"].to_numpy(bool), f"training patients of fold {fold}"
+
+
+def _over_folds(fold_results: list[FoldMetrics]) -> tuple[dict, dict, dict]:
+    """Mean, sample std (``ddof=1``) and count of the finite per-fold values of each metric."""
+    mean, std, count = {}, {}, {}
+    for m in MetricsReport.METRICS:
+        vals = np.array([getattr(fm, m) for fm in fold_results], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        count[m] = int(vals.size)
+        mean[m] = float(vals.mean()) if vals.size else float("nan")
+        std[m] = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
+    return mean, std, count
+
+
 def evaluate_predictions(
-    pred_df: pd.DataFrame,
+    pred_df: pd.DataFrame | SurvivalFrame,
     train_df: pd.DataFrame | None,
     bin_edges: Sequence[float] | np.ndarray | Mapping[int, Sequence[float]],
     *,
@@ -601,9 +614,10 @@ def evaluate_predictions(
 
     Parameters
     ----------
-    pred_df : pandas.DataFrame
+    pred_df : pandas.DataFrame or SurvivalFrame
         ``predictions.csv``: ``case_id, fold, time, censorship`` (or ``event``), ``risk`` and
-        optionally ``surv_0 .. surv_{K-1}``.
+        optionally ``surv_0 .. surv_{K-1}``; validated once by
+        :func:`deref.survival.survival_frame`.
     train_df : pandas.DataFrame or None
         Training patients of each fold (``train_risks.csv``: ``fold, case_id`` [, ``risk``]),
         used as the IPCW sample of that fold. Their ``time``/``censorship`` are taken from
@@ -611,7 +625,7 @@ def evaluate_predictions(
         cross-validation every training patient is some other fold's test patient). When
         None, every fold's censoring distribution is estimated on the pooled cohort.
     bin_edges : array-like (K + 1,) or mapping fold -> array-like
-        Time-bin edges (``run.json`` ``folds[k].bin_edges``), for the IBS.
+        Time-bin edges (``RunInfo.bin_edges()``), for the IBS.
     strict : bool, default False
         Re-raise the first metric that cannot be estimated instead of recording NaN + reason.
 
@@ -625,62 +639,20 @@ def evaluate_predictions(
     DataError
         Missing columns, NaN risks, negative times, unknown training case ids.
     """
-    _require(pred_df, ["case_id", "fold", "time", "risk"], "predictions")
-    _as_arrays(pred_df["time"], _event_column(pred_df, "predictions"), pred_df["risk"], what="predictions")
-    surv_cols = survival_columns(pred_df)
-    pooled_t = pred_df["time"].to_numpy(dtype=float)
-    pooled_e = _event_column(pred_df, "predictions").astype(bool)
-
-    folds = sorted(pred_df["fold"].unique().tolist())
-    if train_df is not None:
-        _require(train_df, ["fold", "case_id"], "training risks")
-        if "time" not in train_df.columns:
-            lookup = pred_df.drop_duplicates("case_id").set_index("case_id")
-            unknown = ~train_df["case_id"].isin(lookup.index)
-            if unknown.any():
-                ids = train_df.loc[unknown, "case_id"].astype(str).unique()[:5].tolist()
-                raise DataError(
-                    f"training risks: {int(unknown.sum())} case ids have no survival time in the predictions "
-                    f"(e.g. {ids}); add time/censorship columns or pass train_df=None"
-                )
-            tr = train_df.assign(
-                time=train_df["case_id"].map(lookup["time"]),
-                event=train_df["case_id"].map(
-                    pd.Series(_event_column(lookup, "predictions"), index=lookup.index)
-                ),
-            )
-        else:
-            tr = train_df.assign(event=_event_column(train_df, "training risks"))
+    sf = survival_frame(pred_df, require_risk=True)
+    if not sf.has_folds:
+        raise DataError(f"predictions: no 'fold' column; has {list(sf.df.columns)}")
+    train = None if train_df is None else _training_outcomes(train_df, sf)
+    with_surv = bool(sf.surv_columns)
     fold_results = []
-    for f in folds:
-        test = pred_df[pred_df["fold"] == f]
-        if train_df is not None:
-            sub = tr[tr["fold"] == f]
-            if sub.empty:
-                raise DataError(f"training risks: no training patients for fold {f}")
-            train_t, train_e = sub["time"].to_numpy(float), sub["event"].to_numpy()
-            source = f"training patients of fold {f}"
-        else:
-            train_t, train_e, source = pooled_t, pooled_e, "pooled cohort"
-        edges = _edges_for(bin_edges, f) if surv_cols else None
-        fold_results.append(_fold_metrics(f, test, train_t, train_e, surv_cols, edges, source, strict))
-
-    if surv_cols and isinstance(bin_edges, Mapping):
-        pooled_edges = np.stack([_edges_for(bin_edges, f) for f in pred_df["fold"]])
-    else:
-        pooled_edges = None if not surv_cols else np.asarray(bin_edges, dtype=float)
-    pooled = _fold_metrics(
-        "pooled", pred_df, pooled_t, pooled_e, surv_cols, pooled_edges, "pooled cohort", strict
-    )
-
-    mean, std, count = {}, {}, {}
-    for m in MetricsReport.METRICS:
-        vals = np.array([getattr(fm, m) for fm in fold_results], dtype=float)
-        vals = vals[np.isfinite(vals)]
-        count[m] = int(vals.size)
-        mean[m] = float(vals.mean()) if vals.size else float("nan")
-        std[m] = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
-    return MetricsReport(fold_results, pooled, mean, std, count)
+    for f in sorted(sf.df["fold"].unique().tolist()):
+        train_t, train_e, source = _ipcw_sample(train, sf, f)
+        edges = _edges_for(bin_edges, f) if with_surv else None
+        test = sf.subset(sf.df["fold"] == f)
+        fold_results.append(_fold_metrics(f, test, train_t, train_e, edges, source, strict))
+    pooled_edges = _row_edges(sf, bin_edges) if with_surv else None
+    pooled = _fold_metrics("pooled", sf, sf.time, sf.event, pooled_edges, "pooled cohort", strict)
+    return MetricsReport(fold_results, pooled, *_over_folds(fold_results))
 
 
 def evaluate_run_predictions(
@@ -700,3 +672,103 @@ def evaluate_run_predictions(
                 pred_df, None, bin_edges
             ), f"censoring weights from the pooled cohort ({exc})"
     return evaluate_predictions(pred_df, None, bin_edges), "censoring weights from the pooled cohort"
+
+
+# --------------------------------------------------------------------------------------------
+# percentiles and calibration (the dashboard's Patient and Model pages)
+# --------------------------------------------------------------------------------------------
+def percentile(values, cohort_risks) -> np.ndarray:
+    """Whole-number percentile of each value in the cohort: the share of the cohort at or below it.
+
+    Rounded half up, so every page shows the same number; NaN cohort risks are ignored and a
+    NaN value gives NaN.
+
+    Parameters
+    ----------
+    values : array-like, shape (m,)
+        Risks to place.
+    cohort_risks : array-like, shape (n,)
+        The cohort's risks.
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(m,)``, floats in ``[0, 100]`` (all NaN when the cohort has no finite risk).
+    """
+    cohort = np.asarray(cohort_risks, dtype=float)
+    finite = np.sort(cohort[np.isfinite(cohort)])
+    v = np.atleast_1d(np.asarray(values, dtype=float))
+    if finite.size == 0:
+        return np.full(v.shape, np.nan)
+    share = np.searchsorted(finite, v, side="right") / finite.size * 100
+    return np.where(np.isfinite(v), np.floor(share + 0.5), np.nan)
+
+
+def _row_edges(sf: SurvivalFrame, bin_edges) -> np.ndarray:
+    """Bin edges per patient ``(n, K + 1)`` (its fold's) or shared ``(K + 1,)``."""
+    if isinstance(bin_edges, Mapping):
+        if not sf.has_folds:
+            raise DataError("predictions: per-fold bin edges need a 'fold' column")
+        return np.stack([_edges_for(bin_edges, int(f)) for f in sf.df["fold"]])
+    return np.asarray(bin_edges, dtype=float)
+
+
+def calibration(pred, bin_edges, t: float, n_groups: int = 4) -> pd.DataFrame:
+    """Predicted vs observed (Kaplan–Meier) survival at time ``t`` in quantile groups of S(t).
+
+    Each patient's predicted ``S(t)`` comes from :func:`survival_at_times` on its fold's bins;
+    patients are cut into ``n_groups`` groups at the cohort's quantiles of ``S(t)`` (``Q1`` /
+    ``G1``: the highest predicted survival, as a risk ``-S(t)`` cut by
+    :func:`deref.stratify.cohort_cutoffs`), and each group's observed survival at ``t`` is its
+    Kaplan–Meier estimate with the pointwise 95% CI.
+
+    Parameters
+    ----------
+    pred : pandas.DataFrame or SurvivalFrame
+        Predictions with ``time``, ``event``/``censorship``, ``fold`` (for per-fold edges) and
+        ``surv_0 .. surv_{K-1}``.
+    bin_edges : array-like (K + 1,) or mapping fold -> array-like
+        ``RunInfo.bin_edges()`` (it holds ``MEAN_OF_FOLDS`` for mean-of-folds predictions).
+    t : float
+        The time to compare at.
+    n_groups : int, default 4
+        Number of quantile groups.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group, low -> high risk: ``group, n, events, predicted`` (mean predicted
+        S(t)), ``observed, observed_lower, observed_upper`` (KM at ``t`` and its CI).
+
+    Raises
+    ------
+    DataError
+        Malformed predictions, no survival columns, bin edges missing for a fold, or tied
+        predictions that cannot make ``n_groups`` distinct groups.
+    """
+    from deref.stratify import assign_groups, cohort_cutoffs, kaplan_meier
+
+    sf = survival_frame(pred, require_surv=True)
+    s_t = survival_at_times(sf.surv, _row_edges(sf, bin_edges), [t]).reshape(-1)
+    probs = ",".join(f"{q:.6g}" for q in np.arange(1, n_groups) / n_groups)
+    frame = survival_frame(sf.df[["case_id", "time", "event"]].assign(risk=-s_t))
+    groups = assign_groups(frame, cohort_cutoffs(frame, f"quantiles:{probs}"))
+    rows = []
+    for name in groups.cat.categories:
+        sel = (groups == name).to_numpy()
+        if not sel.any():
+            raise DataError(f"calibration at t={t:g}: group {name} has no patients (tied predictions)")
+        g = kaplan_meier(sf.time[sel], sf.event[sel], name=str(name))
+        band = g.km[g.km["time"] <= t].iloc[-1]
+        rows.append(
+            {
+                "group": g.name,
+                "n": g.n,
+                "events": g.events,
+                "predicted": float(s_t[sel].mean()),
+                "observed": float(g.survival_at([t])[0]),
+                "observed_lower": float(band["ci_lower"]),
+                "observed_upper": float(band["ci_upper"]),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from deref.errors import DataError
-from deref.survival import MEAN_OF_FOLDS
+from deref.survival import MEAN_OF_FOLDS, SurvivalFrame, risk_values, survival_frame
 
 # lifelines and scipy (about 1 s to import) load on the first fit, not with this module: cutoffs
 # and group assignment (the dashboard's Cohort page) need neither.
@@ -73,6 +73,7 @@ __all__ = [
     "compute_cutoffs",
     "assign_groups",
     "stratify",
+    "kaplan_meier",
     "nice_ticks",
     "at_risk_counts",
 ]
@@ -204,7 +205,7 @@ class Cutoffs(Mapping):
     pooled : ndarray or None
         ``training`` only: the rule applied to every fold's training risks together, the
         cutoff of a patient scored by the mean of the fold models (``fold`` =
-        ``deref.runs.MEAN_OF_FOLDS``).
+        ``deref.survival.MEAN_OF_FOLDS``).
     """
 
     rule: CutoffRule
@@ -247,19 +248,11 @@ class Cutoffs(Mapping):
         return f"{self.rule.name} (absolute)"
 
 
-def _check_risk(df: pd.DataFrame, what: str) -> np.ndarray:
-    if "risk" not in df.columns:
-        raise DataError(f"{what}: no 'risk' column; has {list(df.columns)}")
-    risk = pd.to_numeric(df["risk"], errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isfinite(risk)
-    if bad.any():
-        ids = (
-            df.loc[bad, "case_id"].astype(str).tolist()[:5]
-            if "case_id" in df.columns
-            else np.flatnonzero(bad)[:5].tolist()
-        )
-        raise DataError(f"{what}: {int(bad.sum())} NaN or infinite risk(s), e.g. case(s) {ids}")
-    return risk
+def _training_risks(df: pd.DataFrame) -> np.ndarray:
+    """The risks of ``train_risks.csv`` (a risk-only table, no survival columns), checked."""
+    if "fold" not in df.columns:
+        raise DataError(f"training risks: no 'fold' column; has {list(df.columns)}")
+    return risk_values(df, "training risks")
 
 
 def _quantile_thresholds(risk: np.ndarray, rule: CutoffRule, where: str) -> np.ndarray:
@@ -298,10 +291,8 @@ def training_cutoffs(train_risks_df: pd.DataFrame, rule: str | CutoffRule) -> Cu
     """
     rule = CutoffRule.parse(rule)
     if rule.kind == "thresholds":
-        return Cutoffs(rule, "absolute", {ALL_FOLDS: np.asarray(rule.values, dtype=float)})
-    if "fold" not in train_risks_df.columns:
-        raise DataError(f"training risks: no 'fold' column; has {list(train_risks_df.columns)}")
-    risk = _check_risk(train_risks_df, "training risks")
+        return _absolute(rule)
+    risk = _training_risks(train_risks_df)
     out = {}
     for fold, idx in train_risks_df.groupby("fold", sort=True).indices.items():
         key = fold.item() if hasattr(fold, "item") else fold
@@ -313,15 +304,20 @@ def training_cutoffs(train_risks_df: pd.DataFrame, rule: str | CutoffRule) -> Cu
     )
 
 
-def cohort_cutoffs(pred_df: pd.DataFrame, rule: str | CutoffRule) -> Cutoffs:
+def _absolute(rule: CutoffRule) -> Cutoffs:
+    return Cutoffs(rule, "absolute", {ALL_FOLDS: np.asarray(rule.values, dtype=float)})
+
+
+def cohort_cutoffs(pred_df: pd.DataFrame | SurvivalFrame, rule: str | CutoffRule) -> Cutoffs:
     """Thresholds from the risks of the cohort itself (for a cohort with no training risks).
 
     The result is labelled ``source="cohort"``; prefer :func:`training_cutoffs`.
+    ``pred_df`` is validated by :func:`deref.survival.survival_frame` (a ``risk`` column required).
     """
     rule = CutoffRule.parse(rule)
     if rule.kind == "thresholds":
-        return Cutoffs(rule, "absolute", {ALL_FOLDS: np.asarray(rule.values, dtype=float)})
-    risk = _check_risk(pred_df, "predictions")
+        return _absolute(rule)
+    risk = survival_frame(pred_df, require_risk=True).risk
     logger.info("risk groups use cutoffs from the cohort's own risks (%s)", rule.name)
     return Cutoffs(rule, "cohort", {ALL_FOLDS: _quantile_thresholds(risk, rule, "cohort risks")})
 
@@ -330,7 +326,7 @@ def compute_cutoffs(
     rule: str | CutoffRule,
     *,
     train_risks: pd.DataFrame | None = None,
-    pred_df: pd.DataFrame | None = None,
+    pred_df: pd.DataFrame | SurvivalFrame | None = None,
     cutoffs_from: Literal["training", "cohort"] = "training",
 ) -> Cutoffs:
     """Cutoffs from the training folds (default) or, when asked explicitly, from the cohort.
@@ -344,7 +340,7 @@ def compute_cutoffs(
     if cutoffs_from == "training":
         if train_risks is None:
             if rule.kind == "thresholds":
-                return Cutoffs(rule, "absolute", {ALL_FOLDS: np.asarray(rule.values, dtype=float)})
+                return _absolute(rule)
             raise DataError(
                 "no training risks (train_risks.csv) to take the cutoffs from; pass "
                 "cutoffs_from='cohort' to cut at the cohort's own risk quantiles"
@@ -357,34 +353,36 @@ def compute_cutoffs(
     raise DataError(f"cutoffs_from must be 'training' or 'cohort', got {cutoffs_from!r}")
 
 
-def assign_groups(pred_df: pd.DataFrame, cutoffs: Cutoffs) -> pd.Series:
+def assign_groups(pred_df: pd.DataFrame | SurvivalFrame, cutoffs: Cutoffs) -> pd.Series:
     """Group each out-of-fold patient by its own fold's thresholds.
 
     Parameters
     ----------
-    pred_df : pandas.DataFrame
-        ``risk`` and (for training cutoffs) ``fold`` columns.
+    pred_df : pandas.DataFrame or SurvivalFrame
+        Predictions with ``risk`` and (for training cutoffs) ``fold`` columns, validated by
+        :func:`deref.survival.survival_frame`.
     cutoffs : Cutoffs
 
     Returns
     -------
     pandas.Series
-        Ordered categorical named ``risk_group`` (categories low -> high), on
-        ``pred_df``'s index. ``risk > threshold`` goes above it; a tie goes below.
+        Ordered categorical named ``risk_group`` (categories low -> high), on ``pred_df``'s
+        index (a fresh ``RangeIndex`` for a SurvivalFrame). ``risk > threshold`` goes above
+        it; a tie goes below.
     """
-    risk = _check_risk(pred_df, "predictions")
-    labels = cutoffs.labels
+    sf = survival_frame(pred_df, require_risk=True)
+    risk = sf.risk
     codes = np.empty(risk.size, dtype=int)
     if set(cutoffs.thresholds) == {ALL_FOLDS}:
         codes[:] = np.searchsorted(cutoffs.for_fold(ALL_FOLDS), risk, side="left")
     else:
-        if "fold" not in pred_df.columns:
+        if not sf.has_folds:
             raise DataError("predictions: per-fold cutoffs need a 'fold' column")
-        for fold, idx in pred_df.groupby("fold", sort=True).indices.items():
-            thr = cutoffs.for_fold(fold.item() if hasattr(fold, "item") else fold)
-            codes[idx] = np.searchsorted(thr, risk[idx], side="left")
-    cat = pd.Categorical.from_codes(codes, categories=labels, ordered=True)
-    return pd.Series(cat, index=pred_df.index, name="risk_group")
+        for fold, idx in sf.df.groupby("fold", sort=True).indices.items():
+            codes[idx] = np.searchsorted(cutoffs.for_fold(int(fold)), risk[idx], side="left")
+    cat = pd.Categorical.from_codes(codes, categories=cutoffs.labels, ordered=True)
+    index = pred_df.index if isinstance(pred_df, pd.DataFrame) else sf.df.index
+    return pd.Series(cat, index=index, name="risk_group")
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,6 +642,29 @@ def _finite_or_none(x: float) -> float | None:
     return x if np.isfinite(x) else None
 
 
+def kaplan_meier(
+    time: np.ndarray, event: np.ndarray, *, name: str = "all", alpha: float = 0.05
+) -> GroupSummary:
+    """Kaplan–Meier estimate of one group, with lifelines' default pointwise CI.
+
+    Parameters
+    ----------
+    time : np.ndarray, shape (n,)
+        Validated follow-up times (see :func:`deref.survival.survival_arrays`), ``n >= 1``.
+    event : np.ndarray of bool, shape (n,)
+        True for an observed event.
+    name : str
+        The group's name.
+    alpha : float, default 0.05
+        CI level ``1 - alpha``.
+
+    Returns
+    -------
+    GroupSummary
+    """
+    return _fit_group(name, time, event, alpha)[0]
+
+
 def _fit_group(
     name: str, t: np.ndarray, e: np.ndarray, alpha: float
 ) -> tuple[GroupSummary, KaplanMeierFitter]:
@@ -800,7 +821,7 @@ def _ttest(data: pd.DataFrame, names: list[str], quantity: str) -> TTestResult:
 # the stratification
 # --------------------------------------------------------------------------------------------
 def stratify(
-    pred_df: pd.DataFrame,
+    pred_df: pd.DataFrame | SurvivalFrame,
     groups: pd.Series | Sequence[str],
     *,
     cutoffs: Cutoffs | None = None,
@@ -813,9 +834,10 @@ def stratify(
 
     Parameters
     ----------
-    pred_df : pandas.DataFrame
+    pred_df : pandas.DataFrame or SurvivalFrame
         ``time`` and ``censorship`` (1 = censored) or ``event`` columns; ``case_id``,
-        ``fold`` and ``risk`` are carried into ``result.data`` when present.
+        ``fold`` and ``risk`` are carried into ``result.data`` when present. Validated once
+        by :func:`deref.survival.survival_frame` (pass a SurvivalFrame to skip even that).
     groups : pandas.Series or sequence of str
         Group of each row (e.g. :func:`assign_groups`); an ordered categorical gives the
         low -> high order, otherwise the order of ``cutoffs.labels`` or sorted names.
@@ -841,38 +863,63 @@ def stratify(
         groups. A group without *events* is not an error: its KM is returned and the HR is
         marked not estimable with the reason.
     """
-    for col in ("time",):
-        if col not in pred_df.columns:
-            raise DataError(f"predictions: no '{col}' column; has {list(pred_df.columns)}")
-    t = pd.to_numeric(pred_df["time"], errors="coerce").to_numpy(dtype=float)
-    ids = (
-        pred_df["case_id"].astype(str).to_numpy()
-        if "case_id" in pred_df.columns
-        else np.arange(t.size).astype(str)
+    aligned = _aligned_groups(pred_df, groups)
+    sf = survival_frame(pred_df)
+    t, e = sf.time, sf.event
+    names, codes = _group_codes(aligned, sf.case_ids, cutoffs)
+    summaries, fitters = [], []
+    for k, name in enumerate(names):
+        s, kmf = _fit_group(name, t[codes == k], e[codes == k], alpha)
+        summaries.append(s)
+        fitters.append(kmf)
+    at_risk_times = np.asarray(
+        nice_ticks(float(t.max())) if at_risk_times is None else at_risk_times, dtype=float
     )
-    if not np.all(np.isfinite(t)):
-        raise DataError(f"predictions: missing survival time for case(s) {ids[~np.isfinite(t)][:5].tolist()}")
-    if (t < 0).any():
-        raise DataError(f"predictions: negative survival time for case(s) {ids[t < 0][:5].tolist()}")
-    if "event" in pred_df.columns:
-        e_raw = pd.to_numeric(pred_df["event"], errors="coerce").to_numpy(dtype=float)
-    elif "censorship" in pred_df.columns:
-        e_raw = 1 - pd.to_numeric(pred_df["censorship"], errors="coerce").to_numpy(dtype=float)
-    else:
-        raise DataError(f"predictions: needs 'censorship' or 'event'; has {list(pred_df.columns)}")
-    if not np.isin(e_raw, (0.0, 1.0)).all():
-        raise DataError(
-            f"predictions: censorship/event must be 0 or 1 (case(s) {ids[~np.isin(e_raw, (0.0, 1.0))][:5].tolist()})"
-        )
-    e = e_raw.astype(bool)
-    if "risk" in pred_df.columns:
-        _check_risk(pred_df, "predictions")
+    data = _patient_table(sf, codes, names)
+    logrank, pairwise = _logrank(t, e, data["group"].astype(str).to_numpy(), names)
+    hr = _hazard_ratio(t, e, codes, names, summaries, alpha)
+    return StratificationResult(
+        groups=summaries,
+        logrank=logrank,
+        pairwise_logrank=pairwise,
+        hazard_ratio=hr,
+        ttest=_ttest(data, names, ttest_on),
+        at_risk=_at_risk_table(fitters, names, at_risk_times),
+        at_risk_times=at_risk_times,
+        cutoff_rule=cutoffs.rule.name if cutoffs is not None else "unspecified",
+        cutoff_source=cutoffs.source if cutoffs is not None else "unspecified",
+        thresholds=dict(cutoffs.thresholds) if cutoffs is not None else {},
+        data=data,
+        alpha=alpha,
+        time_unit=time_unit,
+        notes=_notes(summaries, logrank, hr),
+    )
 
-    g = pd.Series(groups).reset_index(drop=True) if not isinstance(groups, pd.Series) else groups
-    if isinstance(groups, pd.Series) and not groups.index.equals(pred_df.index):
-        g = groups.reindex(pred_df.index)
-    if len(g) != t.size:
-        raise DataError(f"groups has {len(g)} entries for {t.size} patients")
+
+def _notes(summaries: list[GroupSummary], logrank: LogRankResult, hr: HazardRatioResult) -> list[str]:
+    """What a reader should know: zero-event groups, tests not estimable, convergence warnings."""
+    notes = [f"no events in group '{s.name}'" for s in summaries if s.events == 0]
+    if not logrank.estimable:
+        notes.append(f"log-rank not estimable: {logrank.reason}")
+    if not hr.estimable:
+        notes.append(f"HR not estimable: {hr.reason}")
+    return notes + list(hr.notes)
+
+
+def _aligned_groups(pred_df: pd.DataFrame | SurvivalFrame, groups: pd.Series | Sequence[str]) -> pd.Series:
+    """``groups`` in the row order of ``pred_df``, on a fresh ``RangeIndex``."""
+    index = pred_df.index if isinstance(pred_df, pd.DataFrame) else pred_df.df.index
+    if isinstance(groups, pd.Series):
+        g = groups if groups.index.equals(index) else groups.reindex(index)
+    else:
+        g = pd.Series(groups)
+    if len(g) != len(index):
+        raise DataError(f"groups has {len(g)} entries for {len(index)} patients")
+    return g.reset_index(drop=True)
+
+
+def _group_codes(g: pd.Series, ids: np.ndarray, cutoffs: Cutoffs | None) -> tuple[list[str], np.ndarray]:
+    """Group names low -> high and each patient's group index; every group must have patients."""
     if g.isna().any():
         raise DataError(f"no risk group for case(s) {ids[g.isna().to_numpy()][:5].tolist()}")
     if isinstance(g.dtype, pd.CategoricalDtype):
@@ -887,66 +934,32 @@ def stratify(
         raise DataError(f"groups {unknown} are not among the expected {names}")
     if len(names) < 2:
         raise DataError(f"a stratification needs at least 2 groups, got {names}")
-    counts = {n: int((g_arr == n).sum()) for n in names}
-    empty = [n for n, c in counts.items() if c == 0]
+    empty = [n for n in names if not (g_arr == n).any()]
     if empty:
-        thr = (
-            ""
-            if cutoffs is None
-            else f" (thresholds { ({k: np.round(v, 4).tolist() for k, v in cutoffs.thresholds.items()}) })"
-        )
+        thr = ""
+        if cutoffs is not None:
+            rounded = {k: np.round(v, 4).tolist() for k, v in cutoffs.thresholds.items()}
+            thr = f" (thresholds {rounded})"
         raise DataError(f"risk group(s) {empty} have no patients{thr}; use fewer groups or other cutoffs")
-    codes = np.array([names.index(x) for x in g_arr])
+    lookup = {n: i for i, n in enumerate(names)}
+    return names, np.array([lookup[x] for x in g_arr], dtype=int)
 
-    notes: list[str] = []
-    summaries, fitters = [], []
-    for k, name in enumerate(names):
-        sel = codes == k
-        s, kmf = _fit_group(name, t[sel], e[sel], alpha)
-        summaries.append(s)
-        fitters.append(kmf)
-        if s.events == 0:
-            notes.append(f"no events in group '{name}'")
 
-    if at_risk_times is None:
-        at_risk_times = nice_ticks(float(t.max()))
-    at_risk_times = np.asarray(at_risk_times, dtype=float)
-    at_risk = pd.concat(
-        [at_risk_counts(kmf, at_risk_times).assign(group=name) for name, kmf in zip(names, fitters)],
+def _at_risk_table(fitters: list[KaplanMeierFitter], names: list[str], times: np.ndarray) -> pd.DataFrame:
+    """Long at-risk table ``group, time, at_risk, censored, events`` at ``times``."""
+    return pd.concat(
+        [at_risk_counts(kmf, times).assign(group=name) for name, kmf in zip(names, fitters)],
         ignore_index=True,
     )[["group", "time", "at_risk", "censored", "events"]]
 
-    cols: dict[str, Any] = {"case_id": ids}
-    if "fold" in pred_df.columns:
-        cols["fold"] = pred_df["fold"].to_numpy()
-    cols.update(time=t, event=e.astype(int))
-    if "risk" in pred_df.columns:
-        cols["risk"] = pred_df["risk"].to_numpy(dtype=float)
-    cols["group"] = pd.Categorical(g_arr, categories=names, ordered=True)
-    data = pd.DataFrame(cols)
 
-    logrank, pairwise = _logrank(t, e, g_arr, names)
-    if not logrank.estimable:
-        notes.append(f"log-rank not estimable: {logrank.reason}")
-    hr = _hazard_ratio(t, e, codes, names, summaries, alpha)
-    if not hr.estimable:
-        notes.append(f"HR not estimable: {hr.reason}")
-    notes.extend(hr.notes)
-    ttest = _ttest(data, names, ttest_on)
-
-    return StratificationResult(
-        groups=summaries,
-        logrank=logrank,
-        pairwise_logrank=pairwise,
-        hazard_ratio=hr,
-        ttest=ttest,
-        at_risk=at_risk,
-        at_risk_times=at_risk_times,
-        cutoff_rule=cutoffs.rule.name if cutoffs is not None else "unspecified",
-        cutoff_source=cutoffs.source if cutoffs is not None else "unspecified",
-        thresholds=dict(cutoffs.thresholds) if cutoffs is not None else {},
-        data=data,
-        alpha=alpha,
-        time_unit=time_unit,
-        notes=notes,
-    )
+def _patient_table(sf: SurvivalFrame, codes: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """``case_id, [fold,] time, event, [risk,] group`` per patient."""
+    cols: dict[str, Any] = {"case_id": sf.case_ids}
+    if sf.has_folds:
+        cols["fold"] = sf.df["fold"].to_numpy()
+    cols.update(time=sf.time, event=sf.event.astype(int))
+    if sf.has_risk:
+        cols["risk"] = sf.risk
+    cols["group"] = pd.Categorical.from_codes(codes, categories=names, ordered=True)
+    return pd.DataFrame(cols)

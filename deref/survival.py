@@ -111,6 +111,15 @@ def _check_risk(r: np.ndarray, ids: np.ndarray, what: str) -> None:
         )
 
 
+def risk_values(df: pd.DataFrame, what: str = "training risks") -> np.ndarray:
+    """The finite ``risk`` column of a risk-only table (``train_risks.csv``: no survival columns)."""
+    if "risk" not in df.columns:
+        raise DataError(f"{what}: no 'risk' column; has {list(df.columns)}")
+    r = pd.to_numeric(df["risk"], errors="coerce").to_numpy(dtype=float)
+    _check_risk(r, _ids(df), what)
+    return r
+
+
 def survival_arrays(
     time: Sequence[float] | np.ndarray,
     event: Sequence[float] | np.ndarray,

@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,18 +31,31 @@ import torch
 
 from deref import __version__
 from deref.data.cohort import Cohort
-from deref.data.preprocess import fit_preprocessing
+from deref.data.preprocess import Preprocessing, fit_preprocessing
 from deref.data.splits import Fold, check_folds, write_mcat_splits
 from deref.errors import ConfigError, DataError
-from deref.inference import BagStore, assemble, m1_matrix, resolve_device, surv_columns
+from deref.inference import BagStore, assemble, m1_matrix, resolve_device
 from deref.losses import decoupling_loss, nll_survival_loss
 from deref.metrics import harrell_c
 from deref.model import ModelConfig, build_model
-from deref.runs import RUN_FORMAT, save_checkpoint, write_json
+from deref.runs import (
+    GENOMIC_ONLY_MODELS,
+    CIndexSummary,
+    DataInfo,
+    FoldInfo,
+    RunInfo,
+    RunMetrics,
+    save_checkpoint,
+    write_run_info,
+)
+from deref.survival import surv_column_names
 
 log = logging.getLogger(__name__)
 
-GENOMIC_ONLY = ("snn", "snn_transformer")
+HEADLINE_PROTOCOL = "fixed last epoch ({epochs})"
+OPTIMISTIC_PROTOCOL = (
+    "best epoch chosen on the validation fold (optimistic; for comparison with the paper only)"
+)
 
 
 @dataclass
@@ -86,20 +99,51 @@ class TrainConfig:
 
 @dataclass
 class FoldResult:
-    index: int
+    """One trained fold.
+
+    Attributes
+    ----------
+    info
+        Its ``run.json`` record: patients, time-bin edges, seed, metrics, history, seconds.
+    model_config
+        The model configuration as trained (gene-family sizes and bins from the data).
+    predictions
+        Out-of-fold predictions of its validation patients: ``case_id, fold, risk, risk_std,
+        surv_0 .. surv_{K-1}``.
+    train_risks
+        Its model's risks on its own training patients: ``fold, case_id, risk``.
+    """
+
+    info: FoldInfo
+    model_config: ModelConfig
     predictions: pd.DataFrame
     train_risks: pd.DataFrame
-    history: list[dict[str, float]]
-    metrics: dict[str, Any]
-    seconds: float
+
+    @property
+    def index(self) -> int:
+        return self.info.index
 
 
 @dataclass
 class RunResult:
+    """A trained run: its directory, its typed ``run.json``, the folds and the out-of-fold table."""
+
     path: Path
-    folds: list[FoldResult] = field(default_factory=list)
-    predictions: pd.DataFrame | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    info: RunInfo
+    folds: list[FoldResult]
+    predictions: pd.DataFrame
+
+
+@dataclass
+class _FoldData:
+    """What one fold's model reads, fitted on the fold's training patients only."""
+
+    pre: Preprocessing
+    config: ModelConfig  # the model config with the fold's gene-family sizes and bins
+    m1_all: list[np.ndarray]  # standardized modality 1 of every patient, one (n, d_g) per group
+    rows: dict[str, int]  # case_id -> row of m1_all
+    bins: pd.Series  # time bin of every patient (by case_id)
+    cens: pd.Series  # censorship of every patient (by case_id)
 
 
 def seed_everything(seed: int) -> None:
@@ -142,6 +186,20 @@ def epoch_batches(
     return batches
 
 
+def _fold_metrics(history: Sequence[dict[str, float]], n_train: int, n_val: int, tracked: bool) -> dict:
+    """A fold's ``metrics`` record: the last epoch's C-index and, when every epoch was
+    validated, the best epoch (optimistic: it is chosen on the validation fold)."""
+    cidx = [h["val_cindex"] for h in history if "val_cindex" in h]
+    best = tracked and bool(cidx)
+    return {
+        "cindex_last_epoch": history[-1]["val_cindex"],
+        "optimistic_best_epoch": int(np.argmax(cidx)) + 1 if best else None,
+        "optimistic_best_epoch_cindex": float(np.max(cidx)) if best else None,
+        "n_train": n_train,
+        "n_val": n_val,
+    }
+
+
 class CohortTrainer:
     """Trains one model configuration with k-fold cross-validation on a cohort."""
 
@@ -156,7 +214,7 @@ class CohortTrainer:
         self.model_config = model_config
         self.cfg = train_config
         self.device = resolve_device(train_config.device)
-        self.needs_wsi = model_config.model_type not in GENOMIC_ONLY
+        self.needs_wsi = model_config.model_type not in GENOMIC_ONLY_MODELS
         self.progress = progress
         if self.needs_wsi and cohort.bag_dir is None:
             raise DataError(
@@ -171,123 +229,152 @@ class CohortTrainer:
         check_folds(folds, self.cohort.case_ids, events=self.cohort.patients["event"])
 
     def train_fold(self, fold: Fold, fold_dir: Path | None = None) -> FoldResult:
-        cfg, cohort = self.cfg, self.cohort
+        """Fit the fold's preprocessing and model on its training patients, predict its
+        validation patients, and (with ``fold_dir``) write its checkpoint."""
         t0 = time.perf_counter()
-        seed = cfg.seed + fold.index
+        seed = self.cfg.seed + fold.index
         seed_everything(seed)
-        wsi_dim = self.model_config.wsi_dim if self.needs_wsi else None
-        pre = fit_preprocessing(cohort, fold.train, n_bins=cfg.n_bins, wsi_dim=wsi_dim)
-        if self.needs_wsi and pre.wsi_dim is not None and pre.wsi_dim != self.model_config.wsi_dim:
-            raise ConfigError(
-                f"bags in {cohort.bag_dir} have D = {pre.wsi_dim}; the model config expects wsi_dim = {self.model_config.wsi_dim}"
-            )
-        if self.bags is not None:
-            self.bags.wsi_dim = self.model_config.wsi_dim
-        mcfg = self.model_config.replace(
-            m1_sizes=pre.m1_sizes,
-            m1_names=tuple(pre.m1_names) or self.model_config.m1_names[: len(pre.m1_sizes)],
-            n_bins=cfg.n_bins,
-        )
-        model = build_model(mcfg).to(self.device)
-        ids_all = cohort.case_ids
-        m1_all = m1_matrix(cohort, pre, ids_all)
-        rows = {c: i for i, c in enumerate(ids_all)}
-        pts = cohort.patients
-        bins = pd.Series(pre.bins(pts["time"].to_numpy()), index=pts.index)
-        cens = pts["censorship"].astype(int)
-
+        data = self._fit_fold_data(fold)
+        model = build_model(data.config).to(self.device)
         train_ids = list(fold.train)
-        weights = (
-            class_weights(bins[train_ids].to_numpy(), cens[train_ids].to_numpy())
-            if cfg.weighted_sampler
-            else None
-        )
         wsi_mean = self._mean_patch(train_ids) if self.needs_wsi else None
-
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (1 - e / cfg.epochs) ** cfg.lr_power)
-        rng = np.random.default_rng(seed)
-        size_of = self.bags.size if (self.bags is not None and cfg.batch_size > 1) else None
-        history: list[dict[str, float]] = []
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-        steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
-        for epoch in range(cfg.epochs):
-            te = time.perf_counter()
-            model.train()
-            totals = {"loss": 0.0, "nll": 0.0, "dis": 0.0}
-            batches = epoch_batches(train_ids, weights, cfg.batch_size, size_of, rng)
-            opt.zero_grad(set_to_none=True)
-            for step, batch in enumerate(batches):
-                x = assemble(batch, m1_all, rows, self.bags, self.needs_wsi).to(self.device)
-                y = torch.as_tensor(bins[batch].to_numpy(), device=self.device)
-                c = torch.as_tensor(cens[batch].to_numpy(), device=self.device, dtype=torch.float32)
-                with autocast:
-                    out = model(x.m1, x.wsi, x.mask, validate=epoch == 0)
-                nll = nll_survival_loss(out.hazards.float(), y, c, alpha=cfg.alpha_surv)
-                loss = nll
-                dis = torch.zeros((), device=self.device)
-                if mcfg.model_type == "deref" and mcfg.decouple and mcfg.alpha_dis:
-                    dis = decoupling_loss(out.features.float(), mcfg.distance, mcfg.hinge_margin)
-                    loss = loss + mcfg.alpha_dis * dis
-                (loss / cfg.grad_accum).backward()
-                if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                totals["loss"] += loss.item() * len(batch)
-                totals["nll"] += nll.item() * len(batch)
-                totals["dis"] += dis.item() * len(batch)
-                if self.progress:
-                    self.progress(
-                        f"fold {fold.index} epoch {epoch + 1}/{cfg.epochs}", step + 1, steps_per_epoch
-                    )
-            sched.step()
-            record = {
-                "epoch": epoch + 1,
-                "lr": opt.param_groups[0]["lr"],
-                "train_loss": totals["loss"] / len(train_ids),
-                "train_nll": totals["nll"] / len(train_ids),
-                "train_dis": totals["dis"] / len(train_ids),
-                "seconds": time.perf_counter() - te,
-            }
-            if cfg.track_validation or epoch + 1 == cfg.epochs:
-                val = self._predict(model, fold.val, m1_all, rows)
-                record["val_cindex"] = _cindex(pts.loc[fold.val], val["risk"].to_numpy())
-            history.append(record)
-            log.info(
-                "fold %d epoch %d: %s", fold.index, epoch + 1, {k: round(v, 4) for k, v in record.items()}
-            )
-
-        val_pred = self._predict(model, fold.val, m1_all, rows)
-        train_pred = self._predict(model, train_ids, m1_all, rows)
+        history = self._fit(model, data, fold, seed)
+        val_pred = self._predict(model, fold.val, data)
+        train_pred = self._predict(model, train_ids, data)
         val_pred.insert(1, "fold", fold.index)
-        cidx = [h["val_cindex"] for h in history if "val_cindex" in h]
-        metrics = {
-            "cindex_last_epoch": history[-1]["val_cindex"],
-            "optimistic_best_epoch": int(np.argmax(cidx)) + 1 if cidx and cfg.track_validation else None,
-            "optimistic_best_epoch_cindex": float(np.max(cidx)) if cidx and cfg.track_validation else None,
-            "n_train": len(train_ids),
-            "n_val": len(fold.val),
-        }
         if fold_dir is not None:
             extra = {
                 "wsi_mean": None if wsi_mean is None else wsi_mean.tolist(),
                 "fold": fold.index,
                 "seed": seed,
             }
-            save_checkpoint(fold_dir, model, pre, extra)
-        result = FoldResult(
+            save_checkpoint(fold_dir, model, data.pre, extra)
+        train_risks = pd.DataFrame(
+            {"fold": fold.index, "case_id": train_ids, "risk": train_pred["risk"].to_numpy()}
+        )
+        info = FoldInfo(
             index=fold.index,
-            predictions=val_pred,
-            train_risks=pd.DataFrame(
-                {"fold": fold.index, "case_id": train_ids, "risk": train_pred["risk"].to_numpy()}
-            ),
-            history=history,
-            metrics=metrics,
+            bin_edges=tuple(float(e) for e in data.pre.bin_edges),
+            train_ids=tuple(train_ids),
+            val_ids=tuple(fold.val),
+            seed=seed,
+            metrics=_fold_metrics(history, len(train_ids), len(fold.val), self.cfg.track_validation),
+            history=tuple(history),
             seconds=time.perf_counter() - t0,
         )
-        result.metrics["bin_edges"] = pre.bin_edges
-        result.metrics["model_config"] = mcfg.to_dict()
-        return result
+        return FoldResult(info, data.config, val_pred, train_risks)
+
+    def _fit_fold_data(self, fold: Fold) -> _FoldData:
+        cohort, mcfg = self.cohort, self.model_config
+        wsi_dim = mcfg.wsi_dim if self.needs_wsi else None
+        pre = fit_preprocessing(cohort, fold.train, n_bins=self.cfg.n_bins, wsi_dim=wsi_dim)
+        if self.needs_wsi and pre.wsi_dim is not None and pre.wsi_dim != mcfg.wsi_dim:
+            raise ConfigError(
+                f"bags in {cohort.bag_dir} have D = {pre.wsi_dim}; the model config expects wsi_dim = {mcfg.wsi_dim}"
+            )
+        if self.bags is not None:
+            self.bags.wsi_dim = mcfg.wsi_dim
+        config = mcfg.replace(
+            m1_sizes=pre.m1_sizes,
+            m1_names=tuple(pre.m1_names) or mcfg.m1_names[: len(pre.m1_sizes)],
+            n_bins=self.cfg.n_bins,
+        )
+        ids = cohort.case_ids
+        pts = cohort.patients
+        return _FoldData(
+            pre=pre,
+            config=config,
+            m1_all=m1_matrix(cohort, pre, ids),
+            rows={c: i for i, c in enumerate(ids)},
+            bins=pd.Series(pre.bins(pts["time"].to_numpy()), index=pts.index),
+            cens=pts["censorship"].astype(int),
+        )
+
+    def _fit(self, model: torch.nn.Module, data: _FoldData, fold: Fold, seed: int) -> list[dict[str, float]]:
+        """The paper's optimization of one fold; returns the per-epoch history."""
+        cfg = self.cfg
+        train_ids = list(fold.train)
+        weights = None
+        if cfg.weighted_sampler:
+            weights = class_weights(data.bins[train_ids].to_numpy(), data.cens[train_ids].to_numpy())
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (1 - e / cfg.epochs) ** cfg.lr_power)
+        rng = np.random.default_rng(seed)
+        size_of = self.bags.size if (self.bags is not None and cfg.batch_size > 1) else None
+        history: list[dict[str, float]] = []
+        for epoch in range(cfg.epochs):
+            te = time.perf_counter()
+            batches = epoch_batches(train_ids, weights, cfg.batch_size, size_of, rng)
+            label = f"fold {fold.index} epoch {epoch + 1}/{cfg.epochs}"
+            totals = self._train_epoch(model, opt, data, batches, epoch == 0, label)
+            sched.step()
+            n = len(train_ids)
+            record = {
+                "epoch": epoch + 1,
+                "lr": opt.param_groups[0]["lr"],
+                "train_loss": totals["loss"] / n,
+                "train_nll": totals["nll"] / n,
+                "train_dis": totals["dis"] / n,
+                "seconds": time.perf_counter() - te,
+            }
+            if cfg.track_validation or epoch + 1 == cfg.epochs:
+                risk = self._predict(model, fold.val, data)["risk"].to_numpy()
+                pts = self.cohort.patients.loc[fold.val]
+                time_, event = pts["time"].to_numpy(), pts["event"].to_numpy()
+                # no event in the fold: the C-index is undefined, recorded as NaN
+                record["val_cindex"] = harrell_c(time_, event, risk).cindex if event.any() else float("nan")
+            history.append(record)
+            log.info(
+                "fold %d epoch %d: %s", fold.index, epoch + 1, {k: round(v, 4) for k, v in record.items()}
+            )
+        return history
+
+    def _train_epoch(
+        self,
+        model: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        data: _FoldData,
+        batches: list[list[str]],
+        validate: bool,
+        label: str,
+    ) -> dict[str, float]:
+        """One pass over ``batches`` (with gradient accumulation); loss sums over patients."""
+        cfg = self.cfg
+        model.train()
+        totals = {"loss": 0.0, "nll": 0.0, "dis": 0.0}
+        steps = math.ceil(sum(len(b) for b in batches) / cfg.batch_size)
+        opt.zero_grad(set_to_none=True)
+        for step, batch in enumerate(batches):
+            loss, nll, dis = self._losses(model, data, batch, validate)
+            (loss / cfg.grad_accum).backward()
+            if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            totals["loss"] += loss.item() * len(batch)
+            totals["nll"] += nll.item() * len(batch)
+            totals["dis"] += dis.item() * len(batch)
+            if self.progress:
+                self.progress(label, step + 1, steps)
+        return totals
+
+    def _losses(
+        self, model: torch.nn.Module, data: _FoldData, batch: list[str], validate: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, nll, decoupling)`` of one batch; ``loss = nll + alpha_dis * decoupling``."""
+        mcfg = data.config
+        x = assemble(batch, data.m1_all, data.rows, self.bags, self.needs_wsi).to(self.device)
+        y = torch.as_tensor(data.bins[batch].to_numpy(), device=self.device)
+        c = torch.as_tensor(data.cens[batch].to_numpy(), device=self.device, dtype=torch.float32)
+        with self._autocast():
+            out = model(x.m1, x.wsi, x.mask, validate=validate)
+        nll = nll_survival_loss(out.hazards.float(), y, c, alpha=self.cfg.alpha_surv)
+        if mcfg.model_type == "deref" and mcfg.decouple and mcfg.alpha_dis:
+            dis = decoupling_loss(out.features.float(), mcfg.distance, mcfg.hinge_margin)
+            return nll + mcfg.alpha_dis * dis, nll, dis
+        return nll, nll, torch.zeros((), device=self.device)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def _mean_patch(self, ids: Sequence[str]) -> np.ndarray:
         total, count = None, 0
@@ -299,17 +386,17 @@ class CohortTrainer:
         return (total / max(count, 1)).astype(np.float32)
 
     @torch.no_grad()
-    def _predict(self, model, ids: Sequence[str], m1_all, rows) -> pd.DataFrame:
+    def _predict(self, model: torch.nn.Module, ids: Sequence[str], data: _FoldData) -> pd.DataFrame:
+        """``case_id, risk, risk_std, surv_k`` of ``ids`` (in that order), in eval mode."""
         model.eval()
         ids = list(ids)
         order = sorted(ids, key=self.bags.size) if self.bags is not None else ids
         risk, std, surv = [], [], []
         bs = self.cfg.eval_batch_size
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
         for s in range(0, len(order), bs):
             batch = order[s : s + bs]
-            x = assemble(batch, m1_all, rows, self.bags, self.needs_wsi).to(self.device)
-            with autocast:
+            x = assemble(batch, data.m1_all, data.rows, self.bags, self.needs_wsi).to(self.device)
+            with self._autocast():
                 out = model(x.m1, x.wsi, x.mask, validate=False)
             risk.append(out.risk.float().cpu().numpy())
             std.append(out.risk_std.float().cpu().numpy())
@@ -318,15 +405,69 @@ class CohortTrainer:
             {"case_id": order, "risk": np.concatenate(risk), "risk_std": np.concatenate(std)}
         )
         s_arr = np.concatenate(surv)
-        for j, col in enumerate(surv_columns(s_arr.shape[1])):
+        for j, col in enumerate(surv_column_names(s_arr.shape[1])):
             frame[col] = s_arr[:, j]
         return frame.set_index("case_id").loc[ids].reset_index()
 
 
-def _cindex(pts: pd.DataFrame, risk: np.ndarray) -> float:
-    if int(pts["event"].sum()) == 0:
-        return float("nan")
-    return harrell_c(pts["time"].to_numpy(), pts["event"].to_numpy(), risk).cindex
+def _summary(protocol: str, values: Sequence[float], nan_aware: bool) -> CIndexSummary:
+    """Mean and sample standard deviation of per-fold C-indices (std 0 for one fold)."""
+    v = np.asarray(values, dtype=float)
+    mean, std = (np.nanmean, np.nanstd) if nan_aware else (np.mean, np.std)
+    return CIndexSummary(
+        protocol=protocol,
+        mean=float(mean(v)),
+        std=float(std(v, ddof=1)) if len(v) > 1 else 0.0,
+        folds=tuple(v.tolist()),
+    )
+
+
+def run_metrics(folds: Sequence[FoldInfo], oof: pd.DataFrame, epochs: int) -> RunMetrics:
+    """The run's metrics: the fixed last epoch's C-index over folds (the headline; folds
+    without an event are left out of mean and std), the pooled out-of-fold C-index of
+    ``oof`` (``time, event, risk``), and the best-epoch figure when every fold tracked it."""
+    headline = _summary(
+        HEADLINE_PROTOCOL.format(epochs=epochs),
+        [np.nan if f.cindex_last_epoch is None else f.cindex_last_epoch for f in folds],
+        nan_aware=True,
+    )
+    best = [f.optimistic_best_epoch_cindex for f in folds]
+    optimistic = None
+    if all(b is not None for b in best):
+        optimistic = _summary(OPTIMISTIC_PROTOCOL, best, nan_aware=False)
+    event = oof["event"].to_numpy()
+    pooled = (
+        harrell_c(oof["time"].to_numpy(), event, oof["risk"].to_numpy()).cindex
+        if event.any()
+        else float("nan")
+    )
+    return RunMetrics(headline=headline, optimistic_best_epoch=optimistic, pooled_oof_cindex=pooled)
+
+
+def _data_info(cohort: Cohort, wsi_dim: int | None, data_info: dict[str, Any] | None) -> DataInfo:
+    extra = dict(data_info or {})
+    return DataInfo(
+        table=str(Path(cohort.source).resolve()),
+        bag_dir=None if cohort.bag_dir is None else str(Path(cohort.bag_dir).resolve()),
+        fingerprint=cohort.fingerprint,
+        n_patients=len(cohort.case_ids),
+        n_events=int(cohort.n_events),
+        m1_names=tuple(f.name for f in cohort.families),
+        m1_columns=tuple(tuple(f.columns) for f in cohort.families),
+        wsi_dim=wsi_dim,
+        time_col=str(extra.pop("time_col", None) or DataInfo.time_col),
+        extra=extra,
+    )
+
+
+def _oof_table(cohort: Cohort, folds: Sequence[FoldResult]) -> pd.DataFrame:
+    """The folds' validation predictions with each patient's ``time, censorship, event``."""
+    preds = pd.concat([f.predictions for f in folds], ignore_index=True)
+    pts = cohort.patients.loc[preds["case_id"]]
+    preds.insert(2, "time", pts["time"].to_numpy())
+    preds.insert(3, "censorship", pts["censorship"].to_numpy())
+    preds.insert(4, "event", pts["event"].to_numpy())
+    return preds
 
 
 def train_cross_validation(
@@ -343,87 +484,37 @@ def train_cross_validation(
 ) -> RunResult:
     """Train every fold, write the run directory (see :mod:`deref.runs`) and return results.
 
-    ``only_folds`` trains a subset of the (checked, complete) folds: a quick look, whose
-    out-of-fold table then covers only those folds' patients.
+    ``data_info`` adds provenance to ``run.json``'s ``data`` (``signatures``, ``splits``,
+    ``time_col``, ...). ``only_folds`` trains a subset of the (checked, complete) folds: a
+    quick look, whose out-of-fold table then covers only those folds' patients.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer = CohortTrainer(cohort, model_config, train_config, progress)
     trainer.check(folds)
-    write_mcat_splits(folds, out / "splits")
-    result = RunResult(path=out)
-    fold_meta = []
-    for fold in folds:
-        if only_folds is not None and fold.index not in only_folds:
-            continue
-        fr = trainer.train_fold(fold, out / f"fold_{fold.index}")
-        result.folds.append(fr)
-        m = dict(fr.metrics)
-        fold_meta.append(
-            {
-                "index": fold.index,
-                "seed": train_config.seed + fold.index,
-                "n_train": len(fold.train),
-                "n_val": len(fold.val),
-                "train_ids": list(fold.train),
-                "val_ids": list(fold.val),
-                "bin_edges": [("inf" if math.isinf(e) else float(e)) for e in m.pop("bin_edges")],
-                "metrics": {k: v for k, v in m.items() if k != "model_config"},
-                "history": fr.history,
-                "seconds": fr.seconds,
-            }
+    chosen = [f for f in folds if only_folds is None or f.index in only_folds]
+    if not chosen:
+        raise ConfigError(
+            f"only_folds {list(only_folds or [])} names no fold; folds are {[f.index for f in folds]}"
         )
-    final_cfg = ModelConfig.from_dict(result.folds[0].metrics["model_config"])
-    preds = pd.concat([f.predictions for f in result.folds], ignore_index=True)
-    pts = cohort.patients.loc[preds["case_id"]]
-    preds.insert(2, "time", pts["time"].to_numpy())
-    preds.insert(3, "censorship", pts["censorship"].to_numpy())
-    preds.insert(4, "event", pts["event"].to_numpy())
+    write_mcat_splits(folds, out / "splits")
+    results = [trainer.train_fold(fold, out / f"fold_{fold.index}") for fold in chosen]
+    preds = _oof_table(cohort, results)
     preds.to_csv(out / "predictions.csv", index=False)
-    pd.concat([f.train_risks for f in result.folds], ignore_index=True).to_csv(
+    pd.concat([f.train_risks for f in results], ignore_index=True).to_csv(
         out / "train_risks.csv", index=False
     )
-    last = np.array([f.metrics["cindex_last_epoch"] for f in result.folds], dtype=float)
-    best = [f.metrics["optimistic_best_epoch_cindex"] for f in result.folds]
-    metrics = {
-        "headline": {
-            "protocol": f"fixed last epoch ({train_config.epochs})",
-            "cindex_mean": float(np.nanmean(last)),
-            "cindex_std": float(np.nanstd(last, ddof=1)) if len(last) > 1 else 0.0,
-            "cindex_folds": last.tolist(),
-        },
-        "pooled_oof_cindex": _cindex(cohort.patients.loc[preds["case_id"]], preds["risk"].to_numpy()),
-    }
-    if all(b is not None for b in best):
-        metrics["optimistic_best_epoch"] = {
-            "protocol": "best epoch chosen on the validation fold (optimistic; for comparison with the paper only)",
-            "cindex_mean": float(np.mean(best)),
-            "cindex_std": float(np.std(best, ddof=1)) if len(best) > 1 else 0.0,
-            "cindex_folds": best,
-        }
-    result.predictions = preds
-    result.metrics = metrics
-    info = {
-        "format": RUN_FORMAT,
-        "name": name or out.name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "package_version": __version__,
-        "torch_version": torch.__version__,
-        "model": final_cfg.to_dict(),
-        "train": train_config.to_dict(),
-        "data": {
-            "table": str(Path(cohort.source).resolve()),
-            "bag_dir": None if cohort.bag_dir is None else str(Path(cohort.bag_dir).resolve()),
-            "fingerprint": cohort.fingerprint,
-            "n_patients": len(cohort.case_ids),
-            "n_events": cohort.n_events,
-            "m1_names": [f.name for f in cohort.families],
-            "m1_columns": [list(f.columns) for f in cohort.families],
-            "wsi_dim": final_cfg.wsi_dim if trainer.needs_wsi else None,
-            **(data_info or {}),
-        },
-        "folds": fold_meta,
-        "metrics": metrics,
-    }
-    write_json(out / "run.json", info)
-    return result
+    model = results[0].model_config
+    info = RunInfo(
+        name=name or out.name,
+        model=model,
+        folds=tuple(f.info for f in results),
+        data=_data_info(cohort, model.wsi_dim if trainer.needs_wsi else None, data_info),
+        train=train_config.to_dict(),
+        metrics=run_metrics([f.info for f in results], preds, train_config.epochs),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        package_version=__version__,
+        torch_version=torch.__version__,
+    )
+    write_run_info(out, info)
+    return RunResult(path=out, info=info, folds=results, predictions=preds)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from deref.cli import figures as figures_cmd
 from deref.cli.main import COMMANDS
-from deref.errors import DataError
+from deref.errors import CheckpointError, DataError
 from deref.figures import (
     OKABE_ITO,
     caption_text,
@@ -25,6 +25,8 @@ from deref.figures import (
     risk_boxplot_plotly,
     stratification_table,
 )
+from deref.model import ModelConfig
+from deref.runs import DataInfo, FoldInfo, RunInfo
 from deref.stratify import assign_groups, stratify, training_cutoffs
 
 META = figure_meta(
@@ -174,12 +176,51 @@ def test_not_reached_and_not_estimable_are_spelled_out(tables):
     assert table[table.section == "hazard_ratio"].note.iloc[0] == "not estimable: no events in group 'low'"
 
 
-def test_boxplots(results):
+def _event_times_by_group(tables, rule="median"):
+    """Survival times of the patients with an event, per risk group, from the input tables."""
+    pred, train = tables
+    groups = assign_groups(pred, training_cutoffs(train, rule)).to_numpy()
+    ev = pred.censorship.to_numpy() == 0
+    return {g: np.sort(pred.time.to_numpy()[ev & (groups == g)]) for g in ("low", "high")}
+
+
+def test_boxplots_show_the_groups_numbers(results, tables):
     res = results["median"]
+    want = _event_times_by_group(tables)
     fig = risk_boxplot_plotly(res, meta=META)
     assert [t.type for t in fig.data] == ["box", "box"]
-    assert "Welch t-test high vs low" in fig.layout.annotations[0].text
+    for trace, (name, vals) in zip(fig.data, want.items()):
+        assert trace.name == f"{name} ({vals.size} events)"
+        np.testing.assert_allclose(np.sort(trace.y), vals)
+    tt = res.ttest
+    assert fig.layout.annotations[0].text == (
+        f"Welch t-test high vs low: t = {tt.statistic:.2f}, p = {tt.p_value:.3f}"
+        if tt.p_value >= 1e-3
+        else f"Welch t-test high vs low: t = {tt.statistic:.2f}, p = {tt.p_value:.1e}"
+    )
     mpl = risk_boxplot_matplotlib(res, meta=META)
+    ax = mpl.axes[0]
+    # the median is the horizontal line as wide as its box (the caps are half as wide)
+    medians = [
+        ln
+        for ln in ax.lines
+        if len(ln.get_xdata()) == 2
+        and ln.get_ydata()[0] == ln.get_ydata()[1]
+        and np.ptp(ln.get_xdata()) == pytest.approx(0.55)
+    ]
+    assert len(medians) == len(want)
+    for i, vals in enumerate(want.values()):
+        q1, med, q3 = np.percentile(vals, [25, 50, 75])
+        assert medians[i].get_ydata()[0] == pytest.approx(med)
+        box_y = ax.patches[i].get_path().vertices[:, 1]
+        assert (box_y.min(), box_y.max()) == pytest.approx((q1, q3))
+        scatter = [
+            ln for ln in ax.lines if ln.get_marker() == "o" and abs(np.mean(ln.get_xdata()) - (i + 1)) < 0.2
+        ]
+        np.testing.assert_allclose(np.sort(scatter[0].get_ydata()), vals)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        f"{n}\n({v.size} events)" for n, v in want.items()
+    ]
     assert export_figure(mpl, "pdf", META).startswith(b"%PDF")
 
 
@@ -191,14 +232,14 @@ def _write_run(tmp_path, tables, with_train=True):
     pred.drop(columns="event").to_csv(run / "predictions.csv", index=False)
     if with_train:
         train.to_csv(run / "train_risks.csv", index=False)
-    info = {
-        "name": "deref-blca-s0",
-        "created": "2025-01-31T10:00:00",
-        "model": {"n_bins": 4},
-        "data": {"table": "tcga_blca_all_clean.csv.zip"},
-        "folds": [{"index": f, "bin_edges": [0, 10, 20, 30, 200], "metrics": {}} for f in range(3)],
-    }
-    (run / "run.json").write_text(json.dumps(info))
+    info = RunInfo(
+        name="deref-blca-s0",
+        model=ModelConfig(model_type="snn"),
+        folds=tuple(FoldInfo(index=f, bin_edges=(0.0, 10.0, 20.0, 30.0, 200.0)) for f in range(3)),
+        data=DataInfo(table="tcga_blca_all_clean.csv.zip"),
+        created="2025-01-31T10:00:00",
+    )
+    (run / "run.json").write_text(json.dumps(info.to_dict()))
     return run
 
 
@@ -237,5 +278,5 @@ def test_cli_errors_name_the_file(tmp_path, tables):
     with pytest.raises(DataError, match=r"predictions.csv: missing column"):
         _cli(["figures", str(run), "--out", str(tmp_path / "o"), "--cutoffs-from", "cohort"])
     (run / "run.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"run.json: not valid JSON"):
+    with pytest.raises(CheckpointError, match=r"run.json: not valid JSON"):
         _cli(["figures", str(run), "--out", str(tmp_path / "o")])

@@ -1,24 +1,22 @@
-"""deref.metrics against lifelines and direct scikit-survival calls."""
+"""deref.metrics against lifelines, hand-computed values and (for input handling) scikit-survival."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from lifelines import KaplanMeierFitter
 from lifelines.utils import concordance_index
-from sksurv.metrics import (
-    concordance_index_censored,
-    concordance_index_ipcw,
-    cumulative_dynamic_auc,
-    integrated_brier_score,
-)
+from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
 
 from deref.errors import DataError
 from deref.metrics import (
     ConcordanceResult,
+    calibration,
     evaluate_predictions,
     harrell_c,
     integrated_brier,
+    percentile,
     survival_at_times,
     time_dependent_auc,
     uno_c,
@@ -99,7 +97,7 @@ def test_harrell_all_censored_raises_not_zero():
     [
         ([1.0, -2.0], [1, 0], [0.1, 0.2], "negative"),
         ([1.0, 2.0], [1, 0], [0.1, np.nan], "NaN"),
-        ([1.0, 2.0], [1, 2], [0.1, 0.2], "0/1"),
+        ([1.0, 2.0], [1, 2], [0.1, 0.2], "must be 0 or 1"),
         ([1.0, 2.0, 3.0], [1, 0], [0.1, 0.2, 0.3], "event has 2"),
     ],
 )
@@ -109,18 +107,45 @@ def test_harrell_rejects_bad_input(time, event, risk, match):
 
 
 # ------------------------------------------------------------------------------ Uno / AUC / IBS
-def test_uno_matches_sksurv_and_default_tau():
+def test_uno_default_tau_is_the_training_followup():
     df, _, _ = _cohort(120, seed=1)
     tr, te = df.iloc[:80], df.iloc[80:]
     tr_e, te_e = 1 - tr.censorship.to_numpy(), 1 - te.censorship.to_numpy()
-    tau = float(np.percentile(tr.time, 80))
-    res = uno_c(tr.time, tr_e, te.time, te_e, te.risk, tau=tau)
-    ref = concordance_index_ipcw(_y(tr_e, tr.time), _y(te_e, te.time), te.risk.to_numpy(), tau=tau)
-    assert res.cindex == pytest.approx(ref[0]) and res.concordant == ref[1] and res.tau == tau
     default = uno_c(tr.time, tr_e, te.time, te_e, te.risk)
-    assert default.tau == pytest.approx(tr.time.max())
-    ref = concordance_index_ipcw(_y(tr_e, tr.time), _y(te_e, te.time), te.risk.to_numpy(), tau=tr.time.max())
-    assert default.cindex == pytest.approx(ref[0]) and default.method == "uno"
+    assert default.tau == pytest.approx(tr.time.max()) and default.method == "uno"
+    explicit = uno_c(tr.time, tr_e, te.time, te_e, te.risk, tau=float(tr.time.max()))
+    assert default.cindex == explicit.cindex
+    tau = float(np.percentile(tr.time, 80))
+    shorter = uno_c(tr.time, tr_e, te.time, te_e, te.risk, tau=tau)
+    assert shorter.tau == tau and shorter.cindex != default.cindex  # truncation changes the pairs
+
+
+def _uno_by_hand(t, e, r, tau):
+    """Uno's C when the censoring weights are all 1 (an uncensored training sample): the share
+    of concordant pairs (ties in risk count half) among pairs with an event before tau."""
+    num = den = 0.0
+    for i in range(t.size):
+        if not e[i] or t[i] >= tau:
+            continue
+        for j in range(t.size):
+            if t[j] > t[i]:
+                den += 1
+                num += 1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0
+    return num / den
+
+
+def test_uno_against_a_hand_computed_pair_count():
+    # no censoring among the training patients: G(t) = 1, so each comparable pair weighs 1
+    tr_t, tr_e = np.arange(1.0, 21.0), np.ones(20, int)
+    t = np.array([2.0, 3.5, 5.0, 7.0, 8.0, 11.0, 13.0, 15.5])
+    e = np.array([1, 0, 1, 1, 0, 1, 1, 0])
+    r = np.array([0.9, 0.1, 0.7, 0.8, 0.3, 0.3, 0.2, 0.0])
+    for tau in (20.0, 10.0):
+        res = uno_c(tr_t, tr_e, t, e, r, tau=tau)
+        assert res.cindex == pytest.approx(_uno_by_hand(t, e, r, tau), abs=1e-12)
+    # by hand for tau = 10: events at 2, 5, 7 -> 7 + 5 + 4 = 16 pairs, of which
+    # 2: all 7 concordant; 5 (0.7): 4 of 5 (7.0 has 0.8); 7 (0.8): all 4 -> 15/16
+    assert uno_c(tr_t, tr_e, t, e, r, tau=10.0).cindex == pytest.approx(15 / 16)
 
 
 def test_uno_with_test_patient_beyond_training_followup():
@@ -140,17 +165,29 @@ def test_uno_perfect_and_reversed():
     assert uno_c(t, e, t, e, t).cindex == pytest.approx(0.0)
 
 
-def test_time_dependent_auc_matches_sksurv():
+def test_time_dependent_auc_against_a_hand_computed_example():
+    # uncensored training patients: IPCW weights 1, so AUC(t) is the share of (case, control)
+    # pairs ordered by risk, cases = events by t, controls = still event-free after t
+    tr_t, tr_e = np.arange(1.0, 21.0), np.ones(20, int)
+    t = np.array([2.0, 3.0, 5.0, 6.0, 9.0, 12.0, 14.0, 16.0])
+    e = np.array([1, 0, 1, 1, 1, 0, 1, 0])
+    r = np.array([0.9, 0.5, 0.4, 0.8, 0.6, 0.3, 0.7, 0.1])
+    res = time_dependent_auc(tr_t, tr_e, t, e, r, [4.0, 10.0])
+    # t = 4: case {2.0: 0.9}; controls 5..16 -> 0.9 beats all 6 -> 1
+    # t = 10: cases {0.9, 0.4, 0.8, 0.6}; controls {12: 0.3, 14: 0.7, 16: 0.1}
+    #   0.9: 3, 0.4: 2, 0.8: 3, 0.6: 2 -> 10 of 12
+    np.testing.assert_allclose(res.auc, [1.0, 10 / 12])
+    assert res.times.tolist() == [4.0, 10.0]
+    assert min(res.auc) <= res.mean_auc <= max(res.auc)
+
+
+def test_time_dependent_auc_default_times():
     df, _, _ = _cohort(150, seed=2)
     tr, te = df.iloc[:100], df.iloc[100:]
     tr_e, te_e = 1 - tr.censorship.to_numpy(), 1 - te.censorship.to_numpy()
-    times = np.array([5.0, 10.0, 20.0])
-    assert te.time.max() < tr.time.max()  # no truncation needed: compare to sksurv directly
-    res = time_dependent_auc(tr.time, tr_e, te.time, te_e, te.risk, times)
-    auc, mean_auc = cumulative_dynamic_auc(_y(tr_e, tr.time), _y(te_e, te.time), te.risk.to_numpy(), times)
-    np.testing.assert_allclose(res.auc, auc)
-    assert res.mean_auc == pytest.approx(mean_auc)
-    assert time_dependent_auc(tr.time, tr_e, te.time, te_e, te.risk).times.size >= 2  # default times
+    res = time_dependent_auc(tr.time, tr_e, te.time, te_e, te.risk)
+    assert res.times.size >= 2 and np.all(res.times < tr.time.max())
+    assert 0.5 < res.mean_auc < 1.0  # risk carries signal in the synthetic cohort
 
 
 def test_survival_step_convention():
@@ -165,16 +202,29 @@ def test_survival_step_convention():
         survival_at_times(surv, edges[:3], [1.0])
 
 
-def test_integrated_brier_matches_sksurv():
+def test_integrated_brier_against_a_hand_computed_example():
+    # training patients all uncensored: G(t) = 1 below their largest time (8), so
+    # BS(t) = mean_i [ S_i(t)^2 if T_i <= t and an event, (1 - S_i(t))^2 if T_i > t, else 0 ]
+    t = np.array([2.0, 4.0, 6.0, 8.0, 4.5])
+    e = np.array([1, 1, 1, 1, 0])
+    surv = np.array([[0.5, 0.2, 0.1], [0.8, 0.4, 0.2], [0.9, 0.6, 0.3], [0.9, 0.8, 0.5], [0.7, 0.5, 0.3]])
+    edges = [0.0, 4.0, 6.0, 10.0]  # S(3) = 1, S(5) = surv_0, S(7) = surv_1
+    res = integrated_brier(t[:4], e[:4], t, e, surv, edges, [3.0, 5.0, 7.0])
+    bs3 = (1.0**2) / 5  # only patient 1 has had its event
+    bs5 = (0.5**2 + 0.8**2 + 0.1**2 + 0.1**2 + 0) / 5  # patient 5 censored at 4.5: no term
+    bs7 = (0.2**2 + 0.4**2 + 0.6**2 + 0.2**2 + 0) / 5
+    assert (bs3, bs5, bs7) == pytest.approx((0.2, 0.182, 0.12))
+    ibs = (2 * (bs3 + bs5) / 2 + 2 * (bs5 + bs7) / 2) / (7.0 - 3.0)
+    assert res.ibs == pytest.approx(ibs, abs=1e-12) and res.ibs == pytest.approx(0.171)
+    np.testing.assert_allclose(res.survival[:, 1], surv[:, 0])
+
+
+def test_integrated_brier_oracle_and_errors():
     df, _, edges = _cohort(150, seed=4)
     tr, te = df.iloc[:100], df.iloc[100:]
     tr_e, te_e = 1 - tr.censorship.to_numpy(), 1 - te.censorship.to_numpy()
     sc = [f"surv_{j}" for j in range(4)]
-    times = np.linspace(3, 30, 10)
-    res = integrated_brier(tr.time, tr_e, te.time, te_e, te[sc], edges[0], times)
-    manual = survival_at_times(te[sc].to_numpy(), edges[0], times)
-    ref = integrated_brier_score(_y(tr_e, tr.time), _y(te_e, te.time), manual, times)
-    assert res.ibs == pytest.approx(ref)
+    res = integrated_brier(tr.time, tr_e, te.time, te_e, te[sc], edges[0], np.linspace(3, 30, 10))
     assert 0 < res.ibs < 0.5
     # an oracle whose single bin ends at each patient's own event time scores 0
     t = np.arange(1.0, 31.0)
@@ -243,5 +293,69 @@ def test_evaluate_predictions_input_errors():
     unknown = pd.concat([train, pd.DataFrame({"fold": [0], "case_id": ["nobody"], "risk": [0.0]})])
     with pytest.raises(DataError, match="nobody"):
         evaluate_predictions(df, unknown, edges)
-    with pytest.raises(DataError, match="missing column"):
+    with pytest.raises(DataError, match="no 'risk' column"):
         evaluate_predictions(df.drop(columns="risk"), train, edges)
+    with pytest.raises(DataError, match="no 'fold' column"):
+        evaluate_predictions(df.drop(columns="fold"), train, edges)
+
+
+# ------------------------------------------------------------------------------ dashboard helpers
+def test_percentile_hand_worked():
+    cohort = np.array([1.0, 2.0, 3.0, 4.0, np.nan])  # the NaN is not part of the cohort
+    got = percentile([0.5, 2.0, 2.5, 4.0, np.nan, 3.0], cohort)
+    np.testing.assert_array_equal(got, [0.0, 50.0, 50.0, 100.0, np.nan, 75.0])
+    # half up, not to even: 1/8 = 12.5% -> 13, 3/8 = 37.5% -> 38
+    np.testing.assert_array_equal(percentile([1.0, 3.0], np.arange(1.0, 9.0)), [13.0, 38.0])
+    assert np.isnan(percentile([1.0], np.array([np.nan]))).all()
+
+
+def _calibration_frame():
+    """80 patients in 4 blocks of 20 whose S(15) is 0.9, 0.7, 0.5, 0.3: the quantile groups of
+    S(t) are exactly the blocks. Folds 0 and 1 have different bins; fold -1 (mean of the fold
+    models) uses the mean edges, so S(15) is read from another column per fold."""
+    rng = np.random.default_rng(11)
+    n = 80
+    block = np.arange(n) // 20
+    value = np.array([0.9, 0.7, 0.5, 0.3])[block]
+    fold = np.arange(n) % 3 - 1
+    edges = {0: [0.0, 10.0, 20.0, 30.0], 1: [0.0, 5.0, 12.0, 40.0]}
+    edges[-1] = list(np.mean([edges[0], edges[1]], axis=0))  # [0, 7.5, 16, 35]: S(15) = surv_0
+    surv = np.where(
+        (fold == 1)[:, None],
+        np.stack([np.minimum(value + 0.05, 1), value, 0.5 * value], axis=1),  # S(15) = surv_1
+        np.stack([value, 0.8 * value, 0.5 * value], axis=1),  # S(15) = surv_0
+    )
+    t_ev = rng.exponential(15 / (1.2 - value))
+    t_c = rng.uniform(5, 60, n)
+    df = pd.DataFrame(
+        {
+            "case_id": [f"K{i}" for i in range(n)],
+            "fold": fold,
+            "time": np.round(np.minimum(t_ev, t_c), 1) + 0.1,
+            "censorship": (t_ev > t_c).astype(int),
+        }
+    )
+    for j in range(3):
+        df[f"surv_{j}"] = surv[:, j]
+    return df, edges, block
+
+
+def test_calibration_against_lifelines_kaplan_meier_per_group():
+    df, edges, block = _calibration_frame()
+    cal = calibration(df, edges, 15.0)
+    assert list(cal.group) == ["Q1", "Q2", "Q3", "Q4"]  # highest predicted survival first
+    np.testing.assert_allclose(cal.predicted, [0.9, 0.7, 0.5, 0.3])
+    e = 1 - df.censorship.to_numpy()
+    for b, row in cal.iterrows():
+        sel = block == b
+        kmf = KaplanMeierFitter().fit(df.time[sel], e[sel])
+        ci = kmf.confidence_interval_
+        band = ci[ci.index <= 15.0].iloc[-1]
+        assert row.n == 20 and row.events == e[sel].sum()
+        assert row.observed == pytest.approx(float(kmf.predict(15.0)))
+        assert row.observed_lower == pytest.approx(band.iloc[0])
+        assert row.observed_upper == pytest.approx(band.iloc[1])
+    with pytest.raises(DataError, match="surv_0"):
+        calibration(df.drop(columns=["surv_0", "surv_1", "surv_2"]), edges, 15.0)
+    with pytest.raises(DataError, match="no bin edges for fold -1"):
+        calibration(df, {0: edges[0], 1: edges[1]}, 15.0)

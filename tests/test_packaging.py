@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -118,6 +119,11 @@ def test_pip_install_gives_a_working_command(tmp_path):
     # the locked dependencies of this checkout's environment, as a site directory of the new venv
     Path(site, "locked_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHONPATH"))}
+    # a copy of the sources: setuptools writes build/ and *.egg-info beside what it installs
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "deref", src / "deref", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     subprocess.run(
         [
             sys.executable,
@@ -130,7 +136,7 @@ def test_pip_install_gives_a_working_command(tmp_path):
             "--no-index",
             "--no-build-isolation",
             "--no-warn-script-location",
-            str(REPO),
+            str(src),
         ],
         check=True,
         env=env,

@@ -178,6 +178,26 @@ def test_km_logrank_hr_median_match_lifelines():
     assert res.ttest.n_a == a.size and res.ttest.mean_b < res.ttest.mean_a
 
 
+def _holm_by_hand(p):
+    """Holm's step-down: the k-th smallest p times (m - k + 1), made monotone, capped at 1."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p)
+    out, running = np.empty(p.size), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (p.size - k) * p[i]))
+        out[i] = running
+    return out
+
+
+def test_holm_hand_worked_example():
+    from deref.stratify import _holm
+
+    # sorted 0.01, 0.03, 0.04 -> x3 = 0.03, x2 = 0.06, x1 = 0.04 -> raised to 0.06 (monotone)
+    np.testing.assert_allclose(_holm(np.array([0.01, 0.04, 0.03])), [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(_holm(np.array([0.5, 0.2, 0.01, 0.3])), [0.6, 0.6, 0.04, 0.6])
+    np.testing.assert_allclose(_holm(np.array([0.6, 0.9])), [1.0, 1.0])  # capped at 1
+
+
 def test_three_groups_pairwise_and_hr_against_lowest():
     df, train = _cohort(seed=1)
     cut = training_cutoffs(train, "tertiles")
@@ -189,8 +209,11 @@ def test_three_groups_pairwise_and_hr_against_lowest():
     pw = pairwise_logrank_test(df.time, g, e).summary
     row = res.pairwise_logrank.set_index(["group_a", "group_b"]).loc[("low", "high")]
     assert row.p_value == pytest.approx(pw.loc[("high", "low"), "p"])
-    assert (
-        len(res.pairwise_logrank) == 3 and (res.pairwise_logrank.p_holm >= res.pairwise_logrank.p_value).all()
+    assert len(res.pairwise_logrank) == 3
+    np.testing.assert_allclose(res.pairwise_logrank.p_holm, _holm_by_hand(res.pairwise_logrank.p_value))
+    multipletests = pytest.importorskip("statsmodels.stats.multitest").multipletests
+    np.testing.assert_allclose(
+        res.pairwise_logrank.p_holm, multipletests(res.pairwise_logrank.p_value, method="holm")[1]
     )
     X = pd.DataFrame({"t": df.time, "e": e, "i": (g == "intermediate") * 1.0, "h": (g == "high") * 1.0})
     cph = CoxPHFitter().fit(X, "t", "e")

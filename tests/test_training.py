@@ -19,6 +19,7 @@ from deref.data.cohort import load_cohort
 from deref.data.splits import make_folds
 from deref.errors import CheckpointError, ConfigError, DataError
 from deref.inference import Predictor
+from deref.metrics import harrell_c
 from deref.model import ModelConfig
 from deref.runs import RunDir
 from deref.training import TrainConfig, class_weights, epoch_batches, train_cross_validation
@@ -33,17 +34,16 @@ def demo_cohort(small_demo):
 def test_run_directory_layout_and_headline(small_demo):
     run = RunDir(small_demo / "run")
     info = run.info
-    assert info["format"] == "deref-run/1"
-    assert len(info["folds"]) == 5
-    assert info["metrics"]["headline"]["protocol"].startswith("fixed last epoch")
-    assert "optimistic" not in info["metrics"]["headline"]["protocol"]
+    assert info.format == "deref-run/1"
+    assert info.fold_indices == [0, 1, 2, 3, 4]
+    assert info.metrics.headline.protocol == "fixed last epoch (2)"  # the small demo trains 2 epochs
     preds = run.predictions()
     assert sorted(preds["case_id"]) == sorted(set(preds["case_id"]))  # each patient once, out of fold
-    for f in info["folds"]:
-        assert (run.fold_dir(f["index"]) / "model.safetensors").exists()
-        assert set(f["train_ids"]).isdisjoint(f["val_ids"])
-        fold_preds = preds[preds["fold"] == f["index"]]
-        assert sorted(fold_preds["case_id"]) == sorted(f["val_ids"])
+    for f in info.folds:
+        assert (run.fold_dir(f.index) / "model.safetensors").exists()
+        assert set(f.train_ids).isdisjoint(f.val_ids)
+        fold_preds = preds[preds["fold"] == f.index]
+        assert sorted(fold_preds["case_id"]) == sorted(f.val_ids)
     tr = run.train_risks()
     assert set(tr.columns) == {"fold", "case_id", "risk"}
     assert np.all(np.diff(preds[["surv_0", "surv_1", "surv_2", "surv_3"]].to_numpy(), axis=1) <= 1e-6)
@@ -51,11 +51,11 @@ def test_run_directory_layout_and_headline(small_demo):
 
 def test_bins_come_from_training_fold_only(small_demo, demo_cohort):
     run = RunDir(small_demo / "run")
-    for f in run.info["folds"]:
-        pts = demo_cohort.patients.loc[f["train_ids"]]
+    for f in run.info.folds:
+        pts = demo_cohort.patients.loc[list(f.train_ids)]
         unc = pts.loc[pts["censorship"] == 0, "time"].to_numpy()
         inner = np.quantile(unc, [0.25, 0.5, 0.75])
-        np.testing.assert_allclose([float(e) for e in f["bin_edges"][1:-1]], inner, rtol=1e-9)
+        np.testing.assert_allclose(f.bin_edges[1:-1], inner, rtol=1e-9)
 
 
 def test_predictor_reproduces_run_predictions_and_never_unpickles(small_demo, demo_cohort, monkeypatch):
@@ -109,8 +109,11 @@ def test_cohort_missing_run_columns_is_a_clear_error(small_demo, tmp_path):
     cohort = load_cohort(
         tmp_path / "t.csv", bag_dir=c / "bags", families_json=None, signatures=c / "signatures.csv"
     )
-    with pytest.raises(ConfigError, match="missing from this table"):
+    # the one run <-> cohort fit check names the table, the column and the gene family
+    with pytest.raises(DataError, match=rf"t\.csv:1: {dropped}: 1 column\(s\) of the run's gene family"):
         pred.predict(cohort)
+    with pytest.raises(DataError, match="are not genomic columns of the table"):
+        pred.predict_patient(cohort, cohort.case_ids[0])
 
 
 def test_training_refuses_bags_of_another_dimension(demo_cohort, tmp_path):
@@ -151,7 +154,28 @@ def test_genomic_baseline_same_code_path(demo_cohort, tmp_path):
     cfg = ModelConfig(model_type="snn", m1_sizes=tuple(f.size for f in demo_cohort.families))
     res = train_cross_validation(demo_cohort, folds, cfg, TrainConfig(epochs=3), tmp_path / "snn")
     assert len(res.predictions) == len(demo_cohort.case_ids)
-    assert 0.0 <= res.metrics["headline"]["cindex_mean"] <= 1.0
+    # the headline is the mean and sample std of the folds' last-epoch C-indices, each of
+    # which is Harrell's C of that fold's own predictions
+    by_fold = []
+    for f in res.info.folds:
+        p = res.predictions[res.predictions["fold"] == f.index]
+        by_fold.append(harrell_c(p["time"], p["event"], p["risk"]).cindex)
+        assert f.cindex_last_epoch == pytest.approx(by_fold[-1], abs=1e-12)
+    head = res.info.metrics.headline
+    assert head.folds == pytest.approx(by_fold, abs=1e-12)
+    assert head.mean == pytest.approx(np.mean(by_fold), abs=1e-12)
+    assert head.std == pytest.approx(np.std(by_fold, ddof=1), abs=1e-12)
+    p = res.predictions
+    pooled = harrell_c(p["time"], p["event"], p["risk"]).cindex
+    assert res.info.metrics.pooled_oof_cindex == pytest.approx(pooled, abs=1e-12)
+    # every epoch validated: the last epoch's is the headline, the best one the optimistic figure
+    history = res.info.history_frame()
+    for f in res.info.folds:
+        curve = history.loc[history["fold"] == f.index, "val_cindex"].to_numpy()
+        assert len(curve) == 3 and curve[-1] == f.cindex_last_epoch
+        assert f.optimistic_best_epoch == int(np.argmax(curve)) + 1
+        assert f.optimistic_best_epoch_cindex == curve.max()
+    assert RunDir(tmp_path / "snn").info == res.info  # what was written is what was returned
     # same seed, same numbers
     res2 = train_cross_validation(demo_cohort, folds, cfg, TrainConfig(epochs=3), tmp_path / "snn2")
     np.testing.assert_array_equal(res.predictions["risk"].to_numpy(), res2.predictions["risk"].to_numpy())
@@ -261,3 +285,34 @@ def test_a_demo_folder_counts_as_built_only_for_the_current_recipe(tmp_path):
     assert not demo_is_built(tmp_path)
     summary.write_text("not json")
     assert not demo_is_built(tmp_path)
+
+
+def test_a_run_reloads_its_cohort_with_its_own_survival_columns(small_demo, tmp_path):
+    """`deref train --time-col/--censorship-col`: the run records both, and reloading its
+    cohort (Predictor, dashboard) reads those columns, not the defaults."""
+    import pandas as pd
+
+    from deref.cli.main import main
+    from deref.inference import Predictor
+    from deref.runs.fit import load_run_cohort
+
+    c = small_demo / "cohort"
+    table = pd.read_csv(c / "cohort.csv").rename(
+        columns={"survival_months": "os_days", "censorship": "censored"}
+    )
+    table.to_csv(tmp_path / "renamed.csv", index=False)
+    argv = ["train", str(tmp_path / "renamed.csv"), "--signatures", str(c / "signatures.csv"), "--folds", "2"]
+    argv += ["--time-col", "os_days", "--censorship-col", "censored", "--model", "snn", "--epochs", "1"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    info = RunDir(tmp_path / "run").info
+    assert (info.data.time_col, info.data.extra["censorship_col"], info.time_unit) == (
+        "os_days",
+        "censored",
+        "days",
+    )
+    cohort = load_run_cohort(info)
+    expected = table.drop_duplicates("case_id").set_index("case_id")
+    np.testing.assert_array_equal(cohort.patients["censorship"], expected.loc[cohort.case_ids, "censored"])
+    preds = Predictor(RunDir(tmp_path / "run")).predict(cohort, fold="oof").set_index("case_id")
+    written = RunDir(tmp_path / "run").predictions().set_index("case_id")
+    np.testing.assert_allclose(preds.loc[written.index, "risk"], written["risk"], rtol=1e-5, atol=1e-6)

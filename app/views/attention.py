@@ -7,59 +7,28 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from app import backend, components
-from app.overlay import apply_click, overlay_figure, patch_at_rank
-from deref.figures import OKABE_ITO
+from app.overlay import apply_click, patch_at_rank
+from deref.figures import (
+    FEATURE_TARGETS,
+    attention_maps,
+    colormap_strip,
+    family_attribution_bar,
+    slide_overlay_figure,
+)
 
 CMAPS = ["jet", "viridis", "inferno", "magma", "coolwarm", "RdYlBu_r", "cividis"]
 NORMS = {"percentile": "rank (percentile)", "clip": "clip to percentiles", "raw": "raw (min–max)"}
-FEATURE_TARGETS = {
-    "risk": "risk (whole model)",
-    "specific_wsi": "pathology-specific feature",
-    "share": "shared feature",
-    "explore": "explored (cross-modal) feature",
-    "specific_genomic": "genomics-specific feature",
-}
-
-
-def _targets(v: backend.PatientView, att: backend.AttributionView | None) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    if v.wsi_attention is not None:
-        a = np.asarray(v.wsi_attention)
-        if a.ndim == 2 and a.shape[0] >= 2:
-            out["class-token attention, last layer"] = a[-1]
-            out["class-token attention, first layer"] = a[0]
-            out["class-token attention, mean of layers"] = a.mean(axis=0)
-        else:
-            out["class-token attention"] = a.reshape(-1)
-    if att is not None:
-        for t, s in att.patch_scores.items():
-            if t == "specific_genomic":
-                continue  # no path from the slide to the genomics-specific feature: zero by construction
-            out[f"{FEATURE_TARGETS.get(t, t)} ({att.method})"] = s
-    return out
 
 
 def _colour_bar(cmap: str, lo_text: str, hi_text: str) -> None:
-    import matplotlib
-
-    bar = (matplotlib.colormaps[cmap](np.linspace(0, 1, 240))[:, :3] * 255).astype(np.uint8)
-    st.image(np.repeat(bar[None, :, :], 16, axis=0), caption=f"{lo_text} → {hi_text}", width="stretch")
+    st.image(colormap_strip(cmap), caption=f"{lo_text} → {hi_text}", width="stretch")
 
 
-@st.fragment
-def overlay(
-    scores: np.ndarray,
-    coords: np.ndarray,
-    attrs: dict,
-    thumb: backend.Thumbnail,
-    path: str | None,
-    label: str,
-) -> None:
-    """Only this part reruns when a control moves."""
+def _overlay_controls() -> dict:
+    """The heatmap's settings (``backend.overlay_image`` keyword arguments)."""
     c = st.columns(5)
     opacity = c[0].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="ov_opacity")
     cmap = c[1].selectbox("Colormap", CMAPS, key="ov_cmap")
@@ -75,51 +44,67 @@ def overlay(
     clip = (1.0, 99.0)
     if norm == "clip":
         clip = st.slider("Clip percentiles", 0.0, 100.0, (1.0, 99.0), 0.5, key="ov_clip")
+    return {
+        "opacity": opacity,
+        "cmap": cmap,
+        "normalization": norm,
+        "clip": clip,
+        "threshold": threshold if threshold > 0 else None,
+        "smooth_sigma": sigma,
+    }
+
+
+def _inspected_patch(scores: np.ndarray, coords: np.ndarray, attrs: dict, path: str | None) -> int:
+    """The rank box and the patch it names, read alone at full resolution; returns its index."""
+    rank = st.number_input(
+        "Inspect the patch ranked",
+        1,
+        len(scores),
+        1,
+        key="ov_rank",
+        help="1 = highest score; the patch is outlined on the slide",
+    )
+    idx = patch_at_rank(scores, int(rank))
+    geo = backend.patch_geometry(attrs)
+    view = backend.patch_view(path, scores, coords, idx, geo.read_size, geo.level)
+    if view.image is not None:
+        st.image(
+            view.image,
+            caption=f"patch {idx} · score {scores[idx]:.3g} · ({view.x}, {view.y}) · full resolution",
+        )
+    else:
+        st.caption(
+            f"patch {idx} · score {scores[idx]:.3g} · level-0 ({view.x}, {view.y}); no slide file to read it from"
+        )
+    return idx
+
+
+@st.fragment
+def overlay(
+    scores: np.ndarray,
+    coords: np.ndarray,
+    attrs: dict,
+    thumb: backend.Thumbnail,
+    path: str | None,
+    label: str,
+) -> None:
+    """Only this part reruns when a control moves."""
+    settings = _overlay_controls()
     # A click on the slide picks that patch: the callback makes it the inspected rank.
     click_key = f"ov_click_{label}_{len(scores)}_{int(coords[:, 0].sum())}_{int(coords[:, 1].sum())}"
     with components.guard("Heatmap"):
-        img, res = backend.overlay_image(
-            scores,
-            coords,
-            attrs,
-            thumb,
-            opacity=opacity,
-            cmap=cmap,
-            normalization=norm,
-            clip=clip,
-            threshold=threshold if threshold > 0 else None,
-            smooth_sigma=sigma,
-        )
+        img, res = backend.overlay_image(scores, coords, attrs, thumb, **settings)
         left, right = st.columns([4, 1])
         with right:
-            rank = st.number_input(
-                "Inspect the patch ranked",
-                1,
-                len(scores),
-                1,
-                key="ov_rank",
-                help="1 = highest score; the patch is outlined on the slide",
-            )
-            idx = patch_at_rank(scores, int(rank))
-            size, level = int(attrs.get("patch_size", 256)), int(attrs.get("patch_level", 0))
-            view = backend.patch_view(path if thumb.error is None else None, scores, coords, idx, size, level)
-            if view.image is not None:
-                st.image(
-                    view.image,
-                    caption=f"patch {idx} · score {scores[idx]:.3g} · ({view.x}, {view.y}) · full resolution",
-                )
-            else:
-                st.caption(
-                    f"patch {idx} · score {scores[idx]:.3g} · level-0 ({view.x}, {view.y}); no slide file to read it from"
-                )
+            idx = _inspected_patch(scores, coords, attrs, path if thumb.error is None else None)
             lo, hi = res.norm_range
-            if norm == "percentile":
-                _colour_bar(cmap, "lowest rank", "highest rank")
+            if settings["normalization"] == "percentile":
+                _colour_bar(settings["cmap"], "lowest rank", "highest rank")
             else:
-                _colour_bar(cmap, f"{lo:.3g}", f"{hi:.3g}")
+                _colour_bar(settings["cmap"], f"{lo:.3g}", f"{hi:.3g}")
         with left:
             st.plotly_chart(
-                overlay_figure(img, res.boxes, scores, idx),
+                slide_overlay_figure(img, res.boxes, scores, idx),
                 key=click_key,
                 on_select=lambda: apply_click(st.session_state, click_key, scores),
                 selection_mode="points",
@@ -137,10 +122,10 @@ def _gallery(
     c1, c2 = st.columns([2, 1])
     k = c1.slider("Top-k patches", 1, min(24, len(scores)), min(8, len(scores)), key="topk_k")
     largest = c2.radio("Order", ["highest", "lowest"], horizontal=True, key="topk_order") == "highest"
-    size, level = int(attrs.get("patch_size", 256)), int(attrs.get("patch_level", 0))
+    geo = backend.patch_geometry(attrs)
     order_scores = scores if largest else -scores
     views = backend.top_patches(
-        path if path and thumb.error is None else None, order_scores, coords, k, size, level
+        path if path and thumb.error is None else None, order_scores, coords, k, geo.read_size, geo.level
     )
     if views and views[0].image is None:
         st.info("The slide file is not available: the top patches are listed by coordinates only.")
@@ -160,7 +145,7 @@ def _gallery(
         cols = st.columns(ncol)
         for col, (i, pv) in zip(cols, enumerate(views[start : start + ncol], start=start)):
             col.image(pv.image, caption=f"#{i + 1} · {scores[pv.index]:.3g} · ({pv.x}, {pv.y})")
-    st.caption(f"Read at full resolution through OpenSlide: {size} px at level {level}.")
+    st.caption(f"Read at full resolution through OpenSlide: {geo.read_size} px at level {geo.level}.")
 
 
 def _family_bars(att: backend.AttributionView) -> None:
@@ -172,22 +157,7 @@ def _family_bars(att: backend.AttributionView) -> None:
     ]
     cols = st.columns(min(3, len(targets)) or 1)
     for i, t in enumerate(targets):
-        s = att.family_scores[t]
-        fig = go.Figure(
-            go.Bar(
-                x=s,
-                y=names,
-                orientation="h",
-                marker_color=[OKABE_ITO["vermillion"] if x > 0 else OKABE_ITO["blue"] for x in s],
-            )
-        )
-        fig.update_layout(
-            template="simple_white",
-            height=300,
-            margin={"l": 190, "r": 10, "t": 40, "b": 30},
-            title=FEATURE_TARGETS.get(t, t),
-            yaxis={"autorange": "reversed"},
-        )
+        fig = family_attribution_bar(att.family_scores[t], names, FEATURE_TARGETS.get(t, t))
         cols[i % len(cols)].plotly_chart(fig, key=f"family_{t}")
     words = {"grad": "gradient × (input − baseline)", "ig": "Integrated Gradients"}.get(
         att.method, att.method
@@ -231,7 +201,11 @@ with components.guard("Attention"):
     with components.guard("Attributions", warn=True):
         att = backend.patient_attribution(*src.key, case, method, v.fold, src.slide_dir)
 
-    targets = _targets(v, att)
+    targets = attention_maps(
+        v.wsi_attention,
+        att.patch_scores if att is not None else None,
+        att.method if att is not None else "grad",
+    )
     c1, c2 = st.columns([2, 3])
     slide_names = v.slide_ids or ["slide"]
     si = c1.selectbox("Slide", range(len(slide_names)), format_func=lambda i: slide_names[i], key="att_slide")

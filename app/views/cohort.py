@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from app import backend, components
-from deref.figures import group_colors
+from deref.errors import DeRefError
+from deref.figures import risk_histogram, risk_vs_time_figure
 
 NOT_PREDICTED = "not predicted"
 
@@ -42,69 +42,19 @@ def _filters(table: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
     return table[keep]
 
 
-def _risk_histogram(table: pd.DataFrame, names: list[str]) -> go.Figure:
-    colors = group_colors(len(names))
-    fig = go.Figure()
-    table = table[np.isfinite(table["risk"].to_numpy(float))]
-    edges = np.histogram_bin_edges(table["risk"].to_numpy(float), bins=30)
-    for name, col in zip(names, colors):
-        sub = table[table["risk_group"].astype(str) == name]
-        fig.add_trace(
-            go.Histogram(
-                x=sub["risk"],
-                name=f"{name} (n={len(sub)})",
-                marker_color=col,
-                opacity=0.85,
-                xbins={"start": edges[0], "end": edges[-1], "size": edges[1] - edges[0]},
-            )
+def _c_index_metric(col, src: backend.Source) -> None:
+    head = backend.run_info(src.run_dir).metrics.headline
+    if src.own_cohort and head is not None and np.isfinite(head.mean):
+        sd = head.std if np.isfinite(head.std) else 0.0
+        col.metric(
+            "C-index (out-of-fold)",
+            f"{head.mean:.3f} ± {sd:.3f}",
+            help=f"Harrell's C, mean ± sd over folds; {head.protocol}",
         )
-    fig.update_layout(
-        barmode="stack",
-        template="simple_white",
-        height=320,
-        margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        title="Risk distribution by group",
-        xaxis_title="predicted risk (higher = worse)",
-        yaxis_title="patients",
-        legend={"orientation": "h", "y": 1.12},
-    )
-    return fig
-
-
-def _risk_vs_time(table: pd.DataFrame, names: list[str], unit: str) -> go.Figure:
-    colors = dict(zip(names, group_colors(len(names))))
-    table = table[table["risk_group"] != NOT_PREDICTED]
-    fig = go.Figure()
-    for name in names:
-        for event, symbol, label in ((1, "circle", "event"), (0, "cross-thin-open", "censored")):
-            sub = table[(table["event"] == event) & (table["risk_group"].astype(str) == name)]
-            fig.add_trace(
-                go.Scatter(
-                    x=sub["time"],
-                    y=sub["risk"],
-                    mode="markers",
-                    name=f"{name} · {label}",
-                    text=sub.index,
-                    marker={
-                        "symbol": symbol,
-                        "size": 8,
-                        "color": colors[name],
-                        "line": {"width": 1.5, "color": colors[name]},
-                    },
-                    hovertemplate="%{text}<br>time %{x:.1f}<br>risk %{y:.3f}<extra>"
-                    + f"{name} · {label}</extra>",
-                )
-            )
-    fig.update_layout(
-        template="simple_white",
-        height=320,
-        margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        title="Risk against observed time",
-        xaxis_title=f"time ({unit})",
-        yaxis_title="risk",
-        legend={"orientation": "h", "y": 1.12},
-    )
-    return fig
+    else:
+        col.metric(
+            "C-index", "—", help="available for the run's own cohort (see the Model page for any cohort)"
+        )
 
 
 src = st.session_state.get(components.K_SOURCE)
@@ -116,7 +66,7 @@ with components.guard("Cohort"):
     rule = st.session_state.get(components.K_RULE, "median")
     try:
         groups = backend.risk_groups(*src.key, rule)
-    except Exception as exc:  # noqa: BLE001
+    except DeRefError as exc:  # a bad custom rule: the Stratification page says why
         st.warning(
             f"Risk groups with the rule {rule!r}: {components.explain_error(exc)}; using the median split."
         )
@@ -125,25 +75,13 @@ with components.guard("Cohort"):
     table = table.assign(
         risk_group=groups.reindex(table.index).astype(object).fillna(NOT_PREDICTED).to_numpy()
     )
-    info = backend.run_info(src.run_dir)
-    head = (info.get("metrics") or {}).get("headline") or {}
-
     m = st.columns(5)
     m[0].metric("Patients", len(table))
     m[1].metric(
         "Events", int(table["event"].sum()), help="observed deaths / progressions (the rest are censored)"
     )
     m[2].metric("Slides", int(table["n_slides"].sum()))
-    if src.own_cohort and head.get("cindex_mean") is not None:
-        m[3].metric(
-            "C-index (out-of-fold)",
-            f"{head['cindex_mean']:.3f} ± {head.get('cindex_std') or 0:.3f}",
-            help=f"Harrell's C, mean ± sd over folds; {head.get('protocol', '')}",
-        )
-    else:
-        m[3].metric(
-            "C-index", "—", help="available for the run's own cohort (see the Model page for any cohort)"
-        )
+    _c_index_metric(m[3], src)
     m[4].metric(
         "Risk groups",
         f"{len(groups.cat.categories)} ({rule})",
@@ -185,8 +123,8 @@ with components.guard("Cohort"):
 
     c1, c2 = st.columns(2)
     names = [str(n) for n in groups.cat.categories]
-    c1.plotly_chart(_risk_histogram(table, names), key="risk_hist")
-    c2.plotly_chart(_risk_vs_time(table, names, backend.time_unit(src.run_dir)), key="risk_time")
+    c1.plotly_chart(risk_histogram(table, names), key="risk_hist")
+    c2.plotly_chart(risk_vs_time_figure(table, names, backend.time_unit(src.run_dir)), key="risk_time")
     st.download_button(
         "Download the table (CSV)",
         shown.reset_index().to_csv(index=False).encode(),

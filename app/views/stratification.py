@@ -8,7 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from app import backend, components
-from deref.figures import format_p, hazard_ratio_text, km_figure_plotly, median_text, risk_boxplot_plotly
+from deref.errors import DeRefError
+from deref.figures import format_p, hazard_ratio_text, median_text
 
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "csv": "text/csv"}
 
@@ -36,16 +37,13 @@ with components.guard("Stratification"):
             "Cutoffs from the cohort being shown are **optimistic**: the groups are defined on the very patients they are tested on."
         )
     try:
-        result = backend.stratification(*src.key, rule, source_choice)
-        cut = backend.cutoffs(*src.key, rule, source_choice)
-    except Exception as exc:  # noqa: BLE001
+        rep = backend.report(*src.key, rule, source_choice)
+    except DeRefError as exc:  # a bad custom rule: say why, keep the controls
         st.error(f"**Cutoff rule {rule!r}:** {components.explain_error(exc)}")
         st.stop()
 
-    meta = backend.figure_meta(src, cut.describe())
-    title = f"{meta['run']}: {cut.rule.name} split"
-    km = km_figure_plotly(result, title=title, meta=meta)
-    st.plotly_chart(km, key="km_plot", theme=None)
+    result, cut = rep.result, rep.cutoffs
+    st.plotly_chart(rep.km_figure(backend="plotly"), key="km_plot", theme=None)
     for note in result.notes:
         st.warning(note)
 
@@ -101,9 +99,7 @@ with components.guard("Stratification"):
 
     st.subheader("Risk groups: box plot and t-test")
     b1, b2 = st.columns([3, 2])
-    b1.plotly_chart(
-        risk_boxplot_plotly(result, title=f"{title}: risk groups", meta=meta), key="box_plot", theme=None
-    )
+    b1.plotly_chart(rep.box_figure(backend="plotly"), key="box_plot", theme=None)
     tt = result.ttest
     if tt.estimable:
         b2.markdown(f"**Welch t-test**, {tt.quantity}: {tt.group_b} vs {tt.group_a}")
@@ -132,7 +128,7 @@ with components.guard("Stratification"):
         col.download_button(
             f"Kaplan–Meier {fmt.upper()}" + (" (300 dpi)" if fmt == "png" else ""),
             data=lambda fmt=fmt: backend.km_export(*src.key, rule, source_choice, fmt),
-            file_name=backend.export_file_name(src, rule, fmt),
+            file_name=f"{rep.file_stem('km')}.{fmt}",
             mime=MIME[fmt],
             on_click="ignore",
             key=f"export_{fmt}",
@@ -140,7 +136,7 @@ with components.guard("Stratification"):
     cols[4].download_button(
         "Box plot PNG",
         data=lambda: backend.km_export(*src.key, rule, source_choice, "png", "box"),
-        file_name=backend.export_file_name(src, rule, "png", "box"),
+        file_name=f"{rep.file_stem('box')}.png",
         mime=MIME["png"],
         on_click="ignore",
         key="export_box",

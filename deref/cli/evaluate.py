@@ -13,11 +13,12 @@ examples:
 
 Prints per fold and overall: Harrell's C, Uno's C, mean time-dependent AUC, integrated
 Brier score (censoring weights from each fold's training patients); then the Kaplan-Meier stratification (cutoffs from each fold's training
-risks): log-rank p, hazard ratio with 95% CI, median survival per group.
+risks): log-rank p, hazard ratio with 95% CI, median survival (with its CI) per group.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` subcommand."""
     p = subparsers.add_parser(
         "evaluate",
         help="metrics and KM stratification of a run",
@@ -36,14 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the metrics table and the stratification summary; optionally write JSON. Returns 0."""
     import pandas as pd
 
     from deref.metrics import evaluate_run_predictions
+    from deref.report import stratification_report
     from deref.runs import RunDir, write_json
-    from deref.stratify import assign_groups, compute_cutoffs, stratify
+    from deref.survival import survival_frame
 
     run_dir = RunDir(args.run)
-    preds = (
+    preds = survival_frame(
         pd.read_csv(args.predictions, dtype={"case_id": str}) if args.predictions else run_dir.predictions()
     )
     train_risks = run_dir.train_risks()
@@ -57,23 +60,10 @@ def run(args: argparse.Namespace) -> int:
     table = report.to_frame()
     with pd.option_context("display.width", 120, "display.precision", 3):
         print(table.to_string())
-    cut = compute_cutoffs(args.rule, train_risks=train_risks)
-    groups = assign_groups(preds, cut)
-    res = stratify(preds, groups, cutoffs=cut)
-    print(f"\nrisk groups ({cut.describe()}):")
-    for g in res.groups:
-        med = "not reached" if g.median_survival is None else f"{g.median_survival:.1f}"
-        print(f"  {g.name}: n={g.n}, events={g.events}, median survival {med} {res.time_unit}")
-    if res.logrank is not None and res.logrank.estimable:
-        print(f"  log-rank p = {res.logrank.p_value:.3g}")
-    hr = res.hazard_ratio.primary if res.hazard_ratio is not None else None
-    if hr is not None:
-        print(
-            f"  hazard ratio {hr.group} vs {hr.reference}: {hr.hr:.2f} "
-            f"(95% CI {hr.ci_lower:.2f}-{hr.ci_upper:.2f}), p = {hr.p_value:.3g}"
-        )
-    elif res.hazard_ratio is not None:
-        print(f"  hazard ratio not estimable: {res.hazard_ratio.reason}")
+    strat = stratification_report(preds, rule=args.rule, train_risks=train_risks, run_name=run_dir.name)
+    print()
+    for line in strat.summary_lines():
+        print(line)
     if args.json:
         write_json(Path(args.json), {"metrics": json.loads(table.to_json(orient="index")), "rule": args.rule})
     return 0

@@ -22,8 +22,9 @@ Files written to --out (PREFIX = <case>__<method>):
   PREFIX__families.csv  family, one score column per target
   PREFIX.npz            the same arrays (patch_scores__<target>, family_scores__<target>, coords, ...)
   PREFIX.json           target values, IG convergence deltas, baseline, settings, slide files
-  PREFIX__<target>__<slide>.png  heatmap of --heatmap-target over each slide (blank canvas
-                                 when the slide file is not found)
+  PREFIX__<target>__<slide>.png  heatmap of --heatmap-target over each slide (blank canvas,
+                                 with a warning naming the files looked for, when the slide
+                                 file is not found or cannot be read)
 Targets: risk (the model's risk) and each decoupled feature (its first-order contribution to
 the risk); see `deref.explain.attribution`. Results are cached in RUN/explanations/.
 """
@@ -60,24 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from deref.errors import InputError
-    from deref.explain.attribution import available_targets, explain_patient
+    from deref.explain.attribution import explain_patient, slide_candidates
     from deref.explain.cache import safe_name
-    from deref.explain.heatmap import read_thumbnail, render_heatmap
     from deref.inference import Predictor
 
     pred = Predictor.from_run(args.run, device=args.device, bf16=args.bf16)
     cohort = pred.load_cohort(args.table, args.bags)
-    targets = None
-    if args.targets:
-        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    allowed = available_targets(pred.config)
-    if args.heatmap_target not in allowed:
-        raise InputError(f"--heatmap-target {args.heatmap_target!r}; expected one of {list(allowed)}")
-    if targets is not None and args.heatmap_target not in targets:
-        targets.append(args.heatmap_target)
     attr = explain_patient(
         pred,
         cohort,
@@ -85,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         fold=args.fold,
         steps=args.steps,
-        targets=targets,
+        targets=_targets(args, pred.config),
         use_cache=not args.no_cache,
         slide_dir=args.slides,
         progress=lambda msg: log.info("%s", msg),
@@ -93,6 +82,33 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"explain-{safe_name(args.case_id)}")
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / f"{safe_name(attr.case_id)}__{attr.method}"
+    _write_tables(attr, prefix)
+    slides = [slide_candidates(sid, cohort.bag_dir, args.slides) for sid in attr.slide_ids]
+    pngs = _write_heatmaps(attr, args.heatmap_target, prefix, slides)
+    _print_summary(attr, out, prefix, len(pngs))
+    return 0
+
+
+def _targets(args: argparse.Namespace, config) -> list[str] | None:
+    """``--targets`` as a list (None = all), with ``--heatmap-target`` added when missing."""
+    from deref.errors import InputError
+    from deref.explain.attribution import available_targets
+
+    allowed = available_targets(config)
+    if args.heatmap_target not in allowed:
+        raise InputError(f"--heatmap-target {args.heatmap_target!r}; expected one of {list(allowed)}")
+    if not args.targets:
+        return None
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.heatmap_target not in targets:
+        targets.append(args.heatmap_target)
+    return targets
+
+
+def _write_tables(attr, prefix: Path) -> None:
+    """``PREFIX__patches.csv``, ``PREFIX__families.csv``, ``PREFIX.npz`` and ``PREFIX.json``."""
+    import numpy as np
+
     attr.patch_frame().to_csv(f"{prefix}__patches.csv", index=False)
     attr.family_frame().to_csv(f"{prefix}__families.csv", index=False)
     arrays = attr.arrays()
@@ -116,36 +132,57 @@ def run(args: argparse.Namespace) -> int:
     }
     Path(f"{prefix}.json").write_text(json.dumps(summary, indent=2))
 
-    t = args.heatmap_target
+
+def _thumbnail(slide_id: str, slide_path: str | None, candidates: list[Path]):
+    """``(thumbnail, level-0 dims)`` of a slide, or ``(None, None)`` (with a warning that says
+    why: which files were looked for, or what the slide file's problem is)."""
+    from deref.errors import DeRefError, one_line
+    from deref.slides import read_thumbnail
+
+    if slide_path is None:
+        looked = ", ".join(str(p) for p in candidates) or "nowhere (no bag folder; pass --slides)"
+        log.warning("%s: slide file not found (looked for %s); drawing on a blank canvas", slide_id, looked)
+        return None, None
+    try:
+        return read_thumbnail(slide_path)
+    except (DeRefError, OSError) as exc:  # a bad slide still gets a blank-canvas map
+        log.warning("%s: %s; drawing on a blank canvas", slide_id, one_line(exc))
+        return None, None
+
+
+def _write_heatmaps(attr, target: str, prefix: Path, candidates: list[list[Path]]) -> list[Path]:
+    """One heatmap PNG of ``target`` per slide with patches; ``candidates[s]``: the files
+    looked for as slide ``s`` (for the warning when none was found)."""
+    from PIL import Image
+
+    from deref.explain.cache import safe_name
+    from deref.explain.heatmap import render_heatmap
+
+    geometry = attr.geometry()
+    if geometry.assumed:
+        log.warning(
+            "%s: the bag records no %s; assuming the default", attr.case_id, " or ".join(geometry.assumed)
+        )
     pngs = []
     for s, (sid, spath) in enumerate(zip(attr.slide_ids, attr.slide_paths)):
-        scores, coords = attr.slide_scores(t, s)
+        scores, coords = attr.slide_scores(target, s)
         if scores.size == 0:
             continue
-        thumb, dims = None, None
-        if spath is not None:
-            try:
-                thumb, dims = read_thumbnail(spath)
-            except Exception as exc:  # noqa: BLE001 - a bad slide still gets a blank-canvas map
-                log.warning("%s: %s; drawing on a blank canvas", sid, exc)
-        heat = render_heatmap(
-            scores,
-            coords,
-            attr.patch_size or 256,
-            dims,
-            thumb,
-            patch_level=attr.patch_level,
-            downsample=attr.downsample,
-        )
-        from PIL import Image
-
-        png = Path(f"{prefix}__{t}__{safe_name(Path(sid).stem)}.png")
+        thumb, dims = _thumbnail(sid, spath, candidates[s])
+        heat = render_heatmap(scores, coords, geometry.extent0, dims, thumb)
+        png = Path(f"{prefix}__{target}__{safe_name(Path(sid).stem)}.png")
         Image.fromarray(heat.rgba).save(png)
         pngs.append(png)
+    return pngs
 
+
+def _print_summary(attr, out: Path, prefix: Path, n_pngs: int) -> None:
+    import numpy as np
+
+    cached = " (cached)" if attr.from_cache else ""
     print(
-        f"{attr.case_id}: fold {attr.fold}, {attr.method}, {attr.n_patches} patches on {len(attr.slide_ids)} slide(s), "
-        f"risk {attr.risk:.4f}{' (cached)' if attr.from_cache else ''}"
+        f"{attr.case_id}: fold {attr.fold}, {attr.method}, {attr.n_patches} patches on "
+        f"{len(attr.slide_ids)} slide(s), risk {attr.risk:.4f}{cached}"
     )
     for tgt in attr.targets:
         if np.all(attr.family_scores[tgt] == 0):
@@ -154,5 +191,4 @@ def run(args: argparse.Namespace) -> int:
             top = ", ".join(attr.family_ranking(tgt)[:2])
         delta = "" if attr.convergence_delta is None else f", IG delta {attr.convergence_delta[tgt]:+.2e}"
         print(f"  {tgt}: value {attr.target_values[tgt]:+.4f}; top families: {top}{delta}")
-    print(f"-> {out}/ ({prefix.name}__patches.csv, __families.csv, .npz, .json, {len(pngs)} heatmap PNG(s))")
-    return 0
+    print(f"-> {out}/ ({prefix.name}__patches.csv, __families.csv, .npz, .json, {n_pngs} heatmap PNG(s))")

@@ -63,6 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--slides", metavar="DIR", help="folder holding the slides, if they moved since tiling")
     p.add_argument("--shard", metavar="K/N", help="process only part K of N of the slide list (K = 1..N)")
+    _add_compute_options(p)
+    p.add_argument("--overwrite", action="store_true", help="redo slides whose bag exists")
+    p.add_argument("--list-backbones", action="store_true", help="list the registered backbones and exit")
+    p.set_defaults(func=run)
+
+
+def _add_compute_options(p: argparse.ArgumentParser) -> None:
+    """Batching, readers, threads, device, precision and stored dtype."""
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="(default: %(default)s)")
     p.add_argument(
         "--workers",
@@ -101,39 +109,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PX",
         help="resize patches to this size for the backbone (default: the backbone's, 224)",
     )
-    p.add_argument("--overwrite", action="store_true", help="redo slides whose bag exists")
-    p.add_argument("--list-backbones", action="store_true", help="list the registered backbones and exit")
-    p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from deref.errors import DataError
+def _config(args: argparse.Namespace):
+    """The ``ExtractConfig`` of the arguments (readers by device when --workers is not given)."""
+    from deref.prepare.extract import ExtractConfig, default_workers, resolve_device
 
-    if args.list_backbones:
-        from deref.prepare.backbones import BACKBONES
-
-        for spec in BACKBONES.values():
-            print(f"{spec.name:16s} dim {spec.dim:5d}  input {spec.input_size}px  {spec.description}")
-        return 0
-    if not args.patches or not args.out:
-        raise DataError("--patches and --out are required (see deref extract --help)")
-
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from deref.prepare import exit_status, summarize, write_manifest
-    from deref.prepare.backbones import build_backbone
-    from deref.prepare.extract import (
-        MANIFEST_NAME,
-        ExtractConfig,
-        default_workers,
-        extract_slides,
-        list_patch_files,
-        resolve_device,
-    )
-    from deref.prepare.slides import parse_shard, shard
-
-    config = ExtractConfig(
+    return ExtractConfig(
         batch_size=args.batch_size,
         workers=args.workers if args.workers is not None else default_workers(resolve_device(args.device)),
         threads=args.threads,
@@ -144,23 +126,29 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         slide_dir=Path(args.slides) if args.slides else None,
     )
+
+
+def _patch_files(args: argparse.Namespace) -> tuple[list[Path], str]:
+    """The patch files to extract (this shard's with --shard) and the manifest's name."""
+    from deref.prepare.discover import parse_shard, shard
+    from deref.prepare.extract import MANIFEST_NAME, list_patch_files
+
     files = list_patch_files(args.patches)
-    manifest_name = MANIFEST_NAME
-    if args.shard:
-        k, n = parse_shard(args.shard)
-        total = len(files)
-        files = shard(files, k, n, key=lambda p: p.stem)
-        manifest_name = f"extract_manifest.shard-{k}-of-{n}.csv"
-        print(f"deref extract: shard {k}/{n}: {len(files)} of {total} slides", file=sys.stderr)
-    if args.random_weights:
-        print(
-            "deref extract: WARNING: --random-weights: features from an untrained network are "
-            "UNUSABLE FOR SCIENCE; every bag is marked unusable_for_science=True",
-            file=sys.stderr,
-        )
-    model = build_backbone(args.backbone, args.weights, random_weights=args.random_weights)
-    out = Path(args.out)
-    t0 = time.perf_counter()
+    if not args.shard:
+        return files, MANIFEST_NAME
+    k, n = parse_shard(args.shard)
+    mine = shard(files, k, n, key=lambda p: p.stem)
+    print(f"deref extract: shard {k}/{n}: {len(mine)} of {len(files)} slides", file=sys.stderr)
+    return mine, f"extract_manifest.shard-{k}-of-{n}.csv"
+
+
+def _extract_with_progress(files, out: Path, model, config) -> list:
+    """``extract_slides`` with a slide bar and a per-slide patch bar; failures on stderr."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from deref.prepare.extract import extract_slides
+
     with logging_redirect_tqdm():
         slides_bar = tqdm(total=len(files), unit="slide", desc="extract", disable=None)
         patch_bar = None
@@ -181,13 +169,42 @@ def run(args: argparse.Namespace) -> int:
                 tqdm.write(f"deref extract: {row.error}", file=sys.stderr)
 
         try:
-            rows = extract_slides(
+            return extract_slides(
                 files, out, model, config, on_slide=on_slide, on_batch=on_batch, on_result=on_result
             )
         finally:
             if patch_bar is not None:
                 patch_bar.close()
             slides_bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from deref.errors import DataError
+
+    if args.list_backbones:
+        from deref.prepare.backbones import BACKBONES
+
+        for spec in BACKBONES.values():
+            print(f"{spec.name:16s} dim {spec.dim:5d}  input {spec.input_size}px  {spec.description}")
+        return 0
+    if not args.patches or not args.out:
+        raise DataError("--patches and --out are required (see deref extract --help)")
+
+    from deref.prepare import exit_status, summarize, write_manifest
+    from deref.prepare.backbones import build_backbone
+
+    config = _config(args)
+    files, manifest_name = _patch_files(args)
+    if args.random_weights:
+        print(
+            "deref extract: WARNING: --random-weights: features from an untrained network are "
+            "UNUSABLE FOR SCIENCE; every bag is marked unusable_for_science=True",
+            file=sys.stderr,
+        )
+    model = build_backbone(args.backbone, args.weights, random_weights=args.random_weights)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    rows = _extract_with_progress(files, out, model, config)
     manifest = write_manifest(out / manifest_name, rows)
     print(f"deref extract: {summarize(rows)} (wall {time.perf_counter() - t0:.1f} s); manifest {manifest}")
     return exit_status(rows)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from deref.errors import DataError
+
+if TYPE_CHECKING:
+    from deref.report import StratificationReport
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype={"case_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot be read as CSV ({exc})") from exc
     missing = [c for c in required if c not in df.columns]
@@ -83,18 +85,6 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     if df.empty:
         raise DataError(f"{path}: no rows")
     return df
-
-
-def _read_run_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(info).__name__}")
-    return info
 
 
 def _parse_formats(spec: str) -> list[str]:
@@ -110,88 +100,67 @@ def _with_file(path: Path, exc: DataError) -> DataError:
     return DataError(msg if str(path) in msg else f"{path}: {msg}")
 
 
+def _read_tables(run_dir: Path, needs_training: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``predictions.csv`` and (for training cutoffs) ``train_risks.csv``, columns checked."""
+    pred = _read_csv(run_dir / "predictions.csv", ["case_id", "fold", "time", "censorship", "risk"])
+    if not needs_training:
+        return pred, None
+    train_path = run_dir / "train_risks.csv"
+    if not train_path.is_file():
+        raise DataError(
+            f"{train_path}: file not found; the cutoffs come from each fold's training risks "
+            "(use --cutoffs-from cohort to cut at this cohort's own risks instead)"
+        )
+    return pred, _read_csv(train_path, ["fold", "case_id", "risk"])
+
+
+def _write_files(report: StratificationReport, out: Path, formats: list[str]) -> list[Path]:
+    """The KM figure in each format, its CSV and the box plot PNG; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [(f"{report.file_stem('km', run_prefix=False)}.{fmt}", fmt, "km") for fmt in formats]
+    files.append((f"{report.file_stem('km', run_prefix=False)}.csv", "csv", "km"))
+    files.append((f"{report.file_stem('box', run_prefix=False)}.png", "png", "box"))
+    written = []
+    for name, fmt, what in files:
+        path = out / name
+        path.write_bytes(report.export(fmt, what))
+        written.append(path)
+    return written
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the figures and tables; print log-rank p, HR and medians. Returns 0."""
-    from deref.figures import (
-        export_figure,
-        figure_meta,
-        format_p,
-        hazard_ratio_text,
-        km_figure_matplotlib,
-        median_text,
-        risk_boxplot_matplotlib,
-        stratification_table,
-    )
-    from deref.stratify import CutoffRule, assign_groups, compute_cutoffs, stratify
+    from deref.report import stratification_report
+    from deref.runs import RunDir
+    from deref.stratify import CutoffRule
+    from deref.survival import survival_frame
 
-    run_dir: Path = args.run_dir
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: run directory not found")
     formats = _parse_formats(args.formats)
     rule = CutoffRule.parse(args.rule)
-    pred_path, train_path, info_path = (
-        run_dir / "predictions.csv",
-        run_dir / "train_risks.csv",
-        run_dir / "run.json",
-    )
-
-    info = _read_run_json(info_path)
-    pred = _read_csv(pred_path, ["case_id", "fold", "time", "censorship", "risk"])
-    train = None
-    if args.cutoffs_from == "training" and rule.kind == "quantiles":
-        if not train_path.is_file():
-            raise DataError(
-                f"{train_path}: file not found; the cutoffs come from each fold's training risks "
-                "(use --cutoffs-from cohort to cut at this cohort's own risks instead)"
-            )
-        train = _read_csv(train_path, ["fold", "case_id", "risk"])
-
+    rd = RunDir(args.run_dir)
+    pred, train = _read_tables(rd.path, args.cutoffs_from == "training" and rule.kind == "quantiles")
+    pred_path = rd.path / "predictions.csv"
     try:
-        cutoffs = compute_cutoffs(rule, train_risks=train, pred_df=pred, cutoffs_from=args.cutoffs_from)
-    except DataError as exc:
-        raise _with_file(train_path if train is not None else pred_path, exc) from exc
-    try:
-        groups = assign_groups(pred, cutoffs)
-        result = stratify(pred, groups, cutoffs=cutoffs, time_unit=args.time_unit)
+        sf = survival_frame(pred)
     except DataError as exc:
         raise _with_file(pred_path, exc) from exc
-
-    data = info.get("data") if isinstance(info.get("data"), dict) else {}
-    cohort = args.cohort or (Path(str(data["table"])).stem if data.get("table") else None)
-    meta = figure_meta(
-        run=str(info.get("name") or run_dir.name),
-        cohort=cohort,
-        cutoff=cutoffs.describe(),
-        run_created=info.get("created"),
-    )
-    title = f"{meta['run']}: {rule.name} split"
-    meta_file = {**meta, "title": f"Kaplan–Meier, {title}"}
-
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"km_{rule.slug}"
-    written = []
-    km_fig = km_figure_matplotlib(result, title=title, meta=meta)
-    for fmt in formats:
-        path = out / f"{stem}.{fmt}"
-        path.write_bytes(export_figure(km_fig, fmt, meta_file))
-        written.append(path)
-    table_path = out / f"{stem}.csv"
-    stratification_table(result).to_csv(table_path, index=False)
-    written.append(table_path)
-    box_path = out / "risk_boxplot.png"
-    box_fig = risk_boxplot_matplotlib(result, title=f"{title}: risk groups", meta=meta)
-    box_path.write_bytes(export_figure(box_fig, "png", {**meta, "title": f"Box plot, {title}"}))
-    written.append(box_path)
-
-    lr = result.logrank
-    print(f"risk groups: {rule.name}, cutoffs from {cutoffs.describe()}")
-    print(f"log-rank: {format_p(lr.p_value) if lr.estimable else 'not estimable: ' + str(lr.reason)}")
-    print(hazard_ratio_text(result))
-    for g in result.groups:
-        print(f"  {g.name}: n={g.n}, events={g.events}, {median_text(g, result.time_unit)}")
-    for note in result.notes:
-        print(f"note: {note}")
+    table = rd.info.data.table
+    try:
+        report = stratification_report(
+            sf,
+            rule=rule,
+            train_risks=train,
+            cutoffs_from=args.cutoffs_from,
+            time_unit=args.time_unit,
+            run_name=rd.name,
+            cohort_name=args.cohort or (Path(str(table)).stem if table else None),
+            run_created=rd.info.created,
+        )
+    except DataError as exc:
+        raise _with_file(rd.path / "train_risks.csv" if train is not None else pred_path, exc) from exc
+    written = _write_files(report, args.out, formats)
+    for line in report.summary_lines():
+        print(line)
     for path in written:
         logger.info("wrote %s", path)
     return 0

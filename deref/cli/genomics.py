@@ -12,6 +12,7 @@ import pandas as pd
 from deref.data.cohort import (
     GENOMIC_SUFFIXES,
     GeneFamily,
+    gene_of,
     genomic_columns,
     map_families,
     read_signatures,
@@ -58,13 +59,6 @@ def _write_atomic(path: Path, text: str) -> None:
             tmp.unlink()
 
 
-def _gene(column: str) -> str:
-    for s in GENOMIC_SUFFIXES:
-        if column.endswith(s):
-            return column[: -len(s)]
-    return column
-
-
 def report_frame(families: list[GeneFamily], columns: list[str]) -> pd.DataFrame:
     """One row per (family, gene) with its status and columns, plus one per unused column."""
     genomic = genomic_columns(columns)
@@ -72,7 +66,7 @@ def report_frame(families: list[GeneFamily], columns: list[str]) -> pd.DataFrame
     for fam in families:
         by_gene: dict[str, list[str]] = {}
         for c in fam.columns:
-            by_gene.setdefault(_gene(c), []).append(c)
+            by_gene.setdefault(gene_of(c), []).append(c)
         for g in fam.genes_mapped:
             cols = by_gene.get(g, [])
             rows.append((fam.name, g, "mapped", len(cols), ";".join(cols)))
@@ -81,7 +75,7 @@ def report_frame(families: list[GeneFamily], columns: list[str]) -> pd.DataFrame
     used = {c for f in families for c in f.columns}
     for c in genomic:
         if c not in used:
-            rows.append(("", _gene(c), "unused", 1, c))
+            rows.append(("", gene_of(c), "unused", 1, c))
     return pd.DataFrame(rows, columns=["family", "gene", "status", "n_columns", "columns"])
 
 

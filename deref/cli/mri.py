@@ -59,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mask file name in --root folders (default: %(default)s)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the patient bags")
+    _add_network_options(p)
+    p.add_argument("--overwrite", action="store_true", help="redo patients whose bag exists")
+    p.set_defaults(func=run)
+
+
+def _add_network_options(p: argparse.ArgumentParser) -> None:
+    """Weights, preprocessing and compute options."""
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", metavar="FILE", help="local MONAI-layout 3D ResNet-50 state dict")
     w.add_argument(
@@ -100,8 +107,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write the preprocessed cubes to OUT/crops/<patient>.nii.gz",
     )
-    p.add_argument("--overwrite", action="store_true", help="redo patients whose bag exists")
-    p.set_defaults(func=run)
+
+
+def _cases(args: argparse.Namespace) -> list:
+    """The ``MriCase`` list the arguments name: a table, patient folders, or one patient's volumes."""
+    from deref.errors import DataError
+    from deref.prepare.mri import MriCase, cases_from_folders, cases_from_table, nifti_stem
+
+    seqs = [s.strip() for s in args.sequences.split(",") if s.strip()] if args.sequences else None
+    if args.table or args.root:
+        if args.volumes or args.mask or args.patient:
+            raise DataError(
+                "VOLUME, --mask and --patient are for a single patient; do not combine them with --table/--root"
+            )
+        if args.table:
+            return cases_from_table(args.table, seqs)
+        return cases_from_folders(args.root, seqs, args.mask_name)
+    if not args.volumes:
+        raise DataError(
+            "give the volumes of one patient, or --table CSV, or --root DIR (see deref mri --help)"
+        )
+    names = seqs or [nifti_stem(v) for v in args.volumes]
+    if len(names) != len(args.volumes) or len(set(names)) != len(names):
+        raise DataError(
+            f"--sequences gives {len(names)} distinct names for {len(args.volumes)} volumes; expected one each"
+        )
+    patient = args.patient or nifti_stem(args.volumes[0])
+    mask = Path(args.mask) if args.mask else None
+    return [MriCase(patient, dict(zip(names, map(Path, args.volumes))), mask)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,44 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
     from deref.errors import DataError
     from deref.prepare import exit_status, summarize, write_manifest
-    from deref.prepare.mri import (
-        MANIFEST_NAME,
-        MriCase,
-        MriConfig,
-        build_mri_backbone,
-        cases_from_folders,
-        cases_from_table,
-        nifti_stem,
-        process_cases,
-    )
+    from deref.prepare.mri import MANIFEST_NAME, MriConfig, build_mri_backbone, process_cases
 
-    seqs = [s.strip() for s in args.sequences.split(",") if s.strip()] if args.sequences else None
-    if args.table or args.root:
-        if args.volumes or args.mask or args.patient:
-            raise DataError(
-                "VOLUME, --mask and --patient are for a single patient; do not combine them with --table/--root"
-            )
-        cases = (
-            cases_from_table(args.table, seqs)
-            if args.table
-            else cases_from_folders(args.root, seqs, args.mask_name)
-        )
-    elif args.volumes:
-        names = seqs or [nifti_stem(v) for v in args.volumes]
-        if len(names) != len(args.volumes) or len(set(names)) != len(names):
-            raise DataError(
-                f"--sequences gives {len(names)} distinct names for {len(args.volumes)} volumes; expected one each"
-            )
-        patient = args.patient or nifti_stem(args.volumes[0])
-        cases = [
-            MriCase(
-                patient, dict(zip(names, map(Path, args.volumes))), Path(args.mask) if args.mask else None
-            )
-        ]
-    else:
-        raise DataError(
-            "give the volumes of one patient, or --table CSV, or --root DIR (see deref mri --help)"
-        )
+    cases = _cases(args)
     n_seq = {len(c.sequences) for c in cases}
     config = MriConfig(
         grid=args.grid,

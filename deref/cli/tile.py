@@ -43,7 +43,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files and/or folders of slides")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
-    g = p.add_argument_group("patches")
+    _add_patch_options(p.add_argument_group("patches"))
+    _add_tissue_options(p.add_argument_group("tissue mask"))
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        metavar="N",
+        help="slides tiled in parallel (default: %(default)s)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo slides whose patch file exists")
+    p.set_defaults(func=run)
+
+
+def _add_patch_options(g) -> None:
+    """Patch size, magnification, resolution and tissue fraction options."""
     g.add_argument(
         "--patch-size",
         type=int,
@@ -71,7 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="F",
         help="keep patches at least this fraction tissue (default: %(default)s)",
     )
-    t = p.add_argument_group("tissue mask")
+
+
+def _add_tissue_options(t) -> None:
+    """Tissue mask options (deref.prepare.tissue.TissueParams)."""
     t.add_argument(
         "--saturation-threshold",
         type=float,
@@ -102,15 +119,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="UM",
         help="resolution of the tissue mask, um/px (default: %(default)g)",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=min(4, os.cpu_count() or 1),
-        metavar="N",
-        help="slides tiled in parallel (default: %(default)s)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="redo slides whose patch file exists")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from deref.prepare import exit_status, summarize, write_manifest
-    from deref.prepare.slides import discover_slides
+    from deref.prepare.discover import discover_slides
     from deref.prepare.tile import MANIFEST_NAME, TileConfig, tile_slides
     from deref.prepare.tissue import TissueParams
 

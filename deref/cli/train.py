@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from deref.cli.common import BarProgress, add_cohort_args, load_cohort_from_args, parse_overrides
 from deref.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deref.runs import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +74,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def _model_config(args: argparse.Namespace, cohort):
+    """The model config of ``--model`` and ``--set``: gene-family sizes from the cohort and,
+    for a slide-reading model, ``wsi_dim`` from the first bag's header."""
     from deref.data.bags import find_bag, peek_bag_shape
-    from deref.data.splits import make_folds, read_mcat_splits
     from deref.model import ModelConfig
-    from deref.training import TrainConfig, train_cross_validation
+    from deref.runs import GENOMIC_ONLY_MODELS
 
-    cohort = load_cohort_from_args(args)
-    if not cohort.families:
-        raise ConfigError("no gene families: pass --signatures or --families")
     overrides = parse_overrides(args.set)
     overrides.setdefault("model_type", args.model)
-    if args.bags and "wsi_dim" not in overrides and args.model not in ("snn", "snn_transformer"):
+    if args.bags and "wsi_dim" not in overrides and args.model not in GENOMIC_ONLY_MODELS:
         for case in cohort.case_ids:
             slides = cohort.slides.get(case) or []
             if slides:
@@ -89,8 +91,13 @@ def run(args: argparse.Namespace) -> int:
                 break
     overrides.setdefault("m1_sizes", tuple(f.size for f in cohort.families))
     overrides.setdefault("m1_names", tuple(f.name for f in cohort.families))
-    mcfg = ModelConfig(**overrides)
-    tcfg = TrainConfig(
+    return ModelConfig(**overrides)
+
+
+def _train_config(args: argparse.Namespace):
+    from deref.training import TrainConfig
+
+    return TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -102,6 +109,17 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         track_validation=not args.no_track_validation,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from deref.data.splits import make_folds, read_mcat_splits
+    from deref.training import train_cross_validation
+
+    cohort = load_cohort_from_args(args)
+    if not cohort.families:
+        raise ConfigError("no gene families: pass --signatures or --families")
+    mcfg = _model_config(args, cohort)
+    tcfg = _train_config(args)
     folds = (
         read_mcat_splits(args.splits)
         if args.splits
@@ -121,27 +139,38 @@ def run(args: argparse.Namespace) -> int:
             tcfg,
             args.out,
             name=args.name,
-            data_info={"signatures": args.signatures, "families_json": args.families, "splits": args.splits},
+            data_info={
+                "signatures": args.signatures,
+                "families_json": args.families,
+                "splits": args.splits,
+                "time_col": args.time_col,
+                # recorded so that the run reloads its cohort with the same column (deref.runs.fit)
+                "censorship_col": args.censorship_col,
+            },
             progress=bar,
             only_folds=only,
         )
     finally:
         bar.close()
-    print_run_summary(result.metrics, [(f.index, f.metrics) for f in result.folds])
+    print_run_summary(result.info)
     print(f"run written to {args.out}")
     return 0
 
 
-def print_run_summary(metrics: dict, folds: list[tuple[int, dict]]) -> None:
-    for k, m in folds:
-        best = m.get("optimistic_best_epoch_cindex")
+def print_run_summary(info: RunInfo) -> None:
+    """Per-fold and cohort-level C-index of a trained run (the best epoch labelled optimistic)."""
+    for f in info.folds:
+        best = f.optimistic_best_epoch_cindex
         extra = (
-            f"  (best epoch {m['optimistic_best_epoch']}: {best:.3f}, optimistic)" if best is not None else ""
+            f"  (best epoch {f.optimistic_best_epoch}: {best:.3f}, optimistic)" if best is not None else ""
         )
-        print(f"fold {k}: C-index {m['cindex_last_epoch']:.3f}{extra}")
-    h = metrics["headline"]
-    print(f"C-index, {h['protocol']}: {h['cindex_mean']:.3f} ± {h['cindex_std']:.3f}")
-    if "optimistic_best_epoch" in metrics:
-        b = metrics["optimistic_best_epoch"]
-        print(f"C-index, best epoch per fold (optimistic): {b['cindex_mean']:.3f} ± {b['cindex_std']:.3f}")
-    print(f"pooled out-of-fold C-index: {metrics['pooled_oof_cindex']:.3f}")
+        print(f"fold {f.index}: C-index {_c(f.cindex_last_epoch)}{extra}")
+    head, best = info.metrics.headline, info.metrics.optimistic_best_epoch
+    print(f"C-index, {head.protocol}: {head.mean:.3f} ± {head.std:.3f}")
+    if best is not None:
+        print(f"C-index, best epoch per fold (optimistic): {best.mean:.3f} ± {best.std:.3f}")
+    print(f"pooled out-of-fold C-index: {info.metrics.pooled_oof_cindex:.3f}")
+
+
+def _c(value: float | None) -> str:
+    return f"{float('nan') if value is None else value:.3f}"

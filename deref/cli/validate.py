@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,8 +25,10 @@ from deref.data.cohort import (
     read_table,
 )
 from deref.data.splits import Fold, fold_problems, read_mcat_splits
-from deref.errors import DeRefError
-from deref.model.config import ModelConfig
+from deref.errors import CheckpointError, DeRefError, one_line
+from deref.runs import RunDir, RunInfo
+from deref.runs.fit import run_fit_problems
+from deref.survival import event_of
 
 EPILOG = """\
 examples:
@@ -86,7 +87,7 @@ class _Report:
         if listed:
             self.problems.extend(str(p) for p in listed)
         else:
-            self.problems.append(" ".join(str(exc).split()))
+            self.problems.append(one_line(exc))
 
 
 @dataclass
@@ -131,10 +132,11 @@ def _check_table(args: argparse.Namespace, rep: _Report) -> _Table:
         first_line = {c: int(ln) for c, ln, ok in zip(cases[::-1], lines[::-1], valid[::-1]) if ok}
         info.no_slide = [(c, first_line[c]) for c in info.case_ids if c not in has]
     if args.censorship_col in df.columns:
-        cens = pd.to_numeric(df[args.censorship_col], errors="coerce")
-        first = pd.DataFrame({"case": cases[valid], "cens": cens[valid]}).drop_duplicates("case")
-        if first["cens"].isin([0, 1]).all():
-            info.events = {c: int(1 - v) for c, v in zip(first["case"], first["cens"])}
+        first = pd.DataFrame({"case": cases[valid], "censorship": df[args.censorship_col][valid]})
+        first = first.drop_duplicates("case")
+        events = event_of(first, what=str(info.path))
+        if np.isin(events, (0.0, 1.0)).all():
+            info.events = {c: int(e) for c, e in zip(first["case"], events)}
     return info
 
 
@@ -242,159 +244,57 @@ def _check_splits(args: argparse.Namespace, table: _Table, rep: _Report) -> list
     return folds
 
 
-def _read_run(args: argparse.Namespace, rep: _Report) -> tuple[ModelConfig | None, list[list[str]] | None]:
-    path = Path(args.run) / "run.json"
-    if not path.is_file():
-        rep.add(Problem(str(path), None, None, "run file not found", "a run folder holding run.json"))
-        return None, None
+def _read_run(args: argparse.Namespace, rep: _Report) -> RunInfo | None:
+    """The run's typed ``run.json``; a missing or malformed file is a problem naming it."""
+    run_json = Path(args.run) / "run.json"
+    if not run_json.is_file():
+        rep.add(Problem(str(run_json), None, None, "run file not found", "a run folder holding run.json"))
+        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        rep.add(Problem(str(path), None, None, f"not readable JSON ({exc})", "a JSON object"))
-        return None, None
-    if not isinstance(data, dict):
-        rep.add(Problem(str(path), None, None, "not a JSON object", "keys 'model' and 'data'"))
-        return None, None
-    config = None
-    if "model" not in data:
-        rep.add(Problem(str(path), None, "model", "missing key", "a model configuration"))
-    else:
-        try:
-            config = ModelConfig.from_dict(data["model"])
-        except (DeRefError, TypeError) as exc:
-            rep.add(
-                Problem(str(path), None, "model", f"invalid model configuration: {exc}", "a ModelConfig dict")
-            )
-    columns = None
-    m1 = (data.get("data") or {}).get("m1_columns") if isinstance(data.get("data"), dict) else None
-    if m1 is None:
-        rep.add(Problem(str(path), None, "data.m1_columns", "missing key", "column names per gene family"))
-    elif not (
-        isinstance(m1, list) and all(isinstance(g, list) and all(isinstance(c, str) for c in g) for g in m1)
-    ):
-        rep.add(Problem(str(path), None, "data.m1_columns", "malformed", "a list of lists of column names"))
-    else:
-        columns = m1
-    return config, columns
+        return RunDir(args.run).info
+    except (CheckpointError, OSError) as exc:
+        text = one_line(exc).removeprefix(f"{run_json}: ")
+        expected = None if "expected" in text else "a run.json as `deref train` writes it"
+        rep.add(Problem(str(run_json), None, None, text, expected))
+        return None
 
 
-def _check_run_fit(
-    args: argparse.Namespace,
-    table: _Table,
-    rep: _Report,
-    config: ModelConfig | None,
-    m1_columns: list[list[str]] | None,
-    families: list[GeneFamily] | None,
-) -> None:
+def _check_run(
+    args: argparse.Namespace, table: _Table, families: list[GeneFamily] | None, rep: _Report
+) -> RunInfo | None:
+    """The run's fit to the table and its families (the one fit check of :mod:`deref.runs.fit`).
+
+    Bags are not part of it here: :func:`_check_bags` reads every bag against the run's width.
+    """
+    info = _read_run(args, rep)
+    if info is None:
+        return None
     run_json = str(Path(args.run) / "run.json")
-    if config is not None and m1_columns is not None and tuple(len(g) for g in m1_columns) != config.m1_sizes:
+    if args.wsi_dim is not None and args.wsi_dim != info.model.wsi_dim:
         rep.add(
-            Problem(
-                run_json,
-                None,
-                "model.m1_sizes",
-                f"{list(config.m1_sizes)} but data.m1_columns has {[len(g) for g in m1_columns]} columns",
-                "the same group sizes",
-            )
+            Problem(run_json, None, "model.wsi_dim", f"{info.model.wsi_dim}", f"--wsi-dim {args.wsi_dim}")
         )
-    if m1_columns is not None and table.df is not None:
-        present = set(genomic_columns(str(c) for c in table.df.columns))
-        names = list(config.m1_names) if config is not None else []
-        for i, group in enumerate(m1_columns):
-            name = names[i] if i < len(names) else f"group {i}"
-            missing = [c for c in group if c not in present]
-            if missing:
-                rep.add(
-                    Problem(
-                        str(table.path),
-                        1,
-                        missing[0],
-                        f"{len(missing)} column(s) of the run's family {name!r} are not genomic columns of "
-                        f"the table: {missing[:5]}" + (" ..." if len(missing) > 5 else ""),
-                        f"the columns the run was trained on ({run_json})",
-                    )
-                )
-    if families is not None and m1_columns is not None:
-        if len(families) != len(m1_columns):
-            rep.add(
-                Problem(
-                    run_json,
-                    None,
-                    "data.m1_columns",
-                    f"{len(m1_columns)} groups but the given families have {len(families)}",
-                    "the same number of families",
-                )
-            )
-        for fam, group in zip(families, m1_columns):
-            if fam.columns != group:
-                added = [c for c in fam.columns if c not in set(group)]
-                removed = [c for c in group if c not in set(fam.columns)]
-                detail = (
-                    f"{len(added)} column(s) not in the run, {len(removed)} of the run's missing"
-                    if added or removed
-                    else "same columns in another order"
-                )
-                rep.add(
-                    Problem(
-                        run_json,
-                        None,
-                        f"data.m1_columns ({fam.name})",
-                        f"family columns from the data differ from the run's: {detail}",
-                        "exactly the run's columns, in its order",
-                    )
-                )
-    elif families is not None and config is not None:
-        sizes = tuple(f.size for f in families)
-        if sizes != config.m1_sizes:
-            rep.add(
-                Problem(
-                    run_json,
-                    None,
-                    "model.m1_sizes",
-                    f"{list(config.m1_sizes)}",
-                    f"the data's sizes {list(sizes)}",
-                )
-            )
+    genomic = None if table.df is None else genomic_columns(str(c) for c in table.df.columns)
+    problems = run_fit_problems(
+        info,
+        run_json=run_json,
+        table=str(table.path),
+        genomic_columns=genomic,
+        families=families,
+        check_bags=False,
+    )
+    for p in problems:
+        rep.add(p)
+    return info
 
 
-def run(args: argparse.Namespace) -> int:
-    rep = _Report()
-    table = _check_table(args, rep)
-    families = _families(args, table, rep)
-
-    config = m1_columns = None
-    if args.run:
-        config, m1_columns = _read_run(args, rep)
-    expected_dim = args.wsi_dim
-    if config is not None:
-        if expected_dim is not None and expected_dim != config.wsi_dim:
-            rep.add(
-                Problem(
-                    str(Path(args.run) / "run.json"),
-                    None,
-                    "model.wsi_dim",
-                    f"{config.wsi_dim}",
-                    f"--wsi-dim {expected_dim}",
-                )
-            )
-        expected_dim = config.wsi_dim if expected_dim is None else expected_dim
-    if args.run:
-        _check_run_fit(args, table, rep, config, m1_columns, families)
-
-    bag_stats = None
-    if args.bags:
-        bag_stats = _check_bags(args, table, rep, expected_dim)
-    folds: list[Fold] = []
-    if args.splits:
-        folds = _check_splits(args, table, rep)
-
-    if rep.problems:
-        for line in rep.problems:
-            print(line)
-        n = len(rep.problems)
-        print(f"{n} problem{'s' if n != 1 else ''}")
-        return 1
-
+def _print_summary(
+    table: _Table,
+    families: list[GeneFamily] | None,
+    info: RunInfo | None,
+    bag_stats: dict[str, Any] | None,
+    folds: list[Fold],
+) -> None:
     n_events = sum(table.events.values()) if table.events else 0
     print(f"OK: {table.path}")
     print(
@@ -405,13 +305,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"  genomic columns {len(genomic_columns(str(c) for c in table.df.columns))}")
     if families is not None:
         print("  families: " + ", ".join(f"{f.name} {f.size}" for f in families))
-    elif m1_columns is not None:
-        print(f"  run's families sizes: {[len(g) for g in m1_columns]}")
+    elif info is not None and info.data.m1_columns:
+        print(f"  run's families sizes: {[len(g) for g in info.data.m1_columns]}")
     if bag_stats is not None:
         print(f"  bags found {bag_stats['found']}/{len(table.slides)}, features {bag_stats.get('dim')}-d")
     if folds:
         sizes = ", ".join(f"{len(f.train)}/{len(f.val)}" for f in folds)
         print(f"  splits: {len(folds)} folds, train/val {sizes}")
-    if config is not None:
-        print(f"  run: {config.model_type}, wsi_dim {config.wsi_dim}, m1_sizes {list(config.m1_sizes)}")
+    if info is not None:
+        cfg = info.model
+        print(f"  run: {cfg.model_type}, wsi_dim {cfg.wsi_dim}, m1_sizes {list(cfg.m1_sizes)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    rep = _Report()
+    table = _check_table(args, rep)
+    families = _families(args, table, rep)
+    info = _check_run(args, table, families, rep) if args.run else None
+    expected_dim = args.wsi_dim
+    if expected_dim is None and info is not None:
+        expected_dim = info.model.wsi_dim
+    bag_stats = _check_bags(args, table, rep, expected_dim) if args.bags else None
+    folds = _check_splits(args, table, rep) if args.splits else []
+    if rep.problems:
+        for line in rep.problems:
+            print(line)
+        n = len(rep.problems)
+        print(f"{n} problem{'s' if n != 1 else ''}")
+        return 1
+    _print_summary(table, families, info, bag_stats, folds)
     return 0

@@ -252,21 +252,33 @@ def read_bag(path: str | os.PathLike, expected_dim: int | None = None) -> Bag:
         different from ``expected_dim``, ``coords`` not of shape (N, 2).
     """
     path = Path(path)
+    features, coords, attrs = _read_arrays(path)
+    features = _checked_features(features, path, expected_dim)
+    if coords is not None:
+        coords = _checked_coords(coords, features.shape[0], path)
+    return Bag(features=features, coords=coords, attrs=attrs, path=path)
+
+
+def _read_arrays(path: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """``(features, coords or None, attrs)`` of a ``.h5`` or ``.pt`` bag, unchecked."""
     if not path.exists():
         raise DataError(f"{path}: bag file not found")
     if not path.is_file():
         raise DataError(f"{path}: not a file; expected a .h5 or .pt bag")
     suffix = path.suffix.lower()
     if suffix == ".h5":
-        features, coords, attrs = _read_h5(path)
-    elif suffix == ".pt":
-        features, coords, attrs = _read_pt(path)
-    else:
-        raise DataError(f"{path}: unknown bag format {suffix!r}; expected .h5 or .pt")
+        return _read_h5(path)
+    if suffix == ".pt":
+        return _read_pt(path)
+    raise DataError(f"{path}: unknown bag format {suffix!r}; expected .h5 or .pt")
 
+
+def _checked_features(features: Any, path: Path, expected_dim: int | None) -> np.ndarray:
+    """``(N, D)`` float32 features: 2-D (a ``(1, N, D)`` batch of one is unwrapped), numeric,
+    at least one patch, ``D == expected_dim`` when given, every value finite."""
     features = np.asarray(features)
     if features.ndim == 3 and features.shape[0] == 1:
-        features = features[0]  # a (1, N, D) batch of one
+        features = features[0]
     if features.ndim != 2:
         raise DataError(f"{path}: features have shape {tuple(features.shape)}; expected N x D")
     if features.dtype.kind not in "fiu":
@@ -284,17 +296,19 @@ def read_bag(path: str | os.PathLike, expected_dim: int | None = None) -> Bag:
         raise DataError(
             f"{path}: {bad_rows} of {n} patch(es) have NaN or Inf features; expected finite values"
         )
-    features = np.ascontiguousarray(features, dtype=np.float32)
-    if coords is not None:
-        coords = np.asarray(coords)
-        if coords.ndim == 3 and coords.shape[0] == 1:
-            coords = coords[0]
-        if coords.shape != (n, 2):
-            raise DataError(
-                f"{path}: coords have shape {tuple(coords.shape)}; expected ({n}, 2) to match {n} patches"
-            )
-        coords = np.ascontiguousarray(coords, dtype=np.int64)
-    return Bag(features=features, coords=coords, attrs=attrs, path=path)
+    return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def _checked_coords(coords: Any, n: int, path: Path) -> np.ndarray:
+    """``(N, 2)`` int64 coords (a ``(1, N, 2)`` batch of one is unwrapped)."""
+    coords = np.asarray(coords)
+    if coords.ndim == 3 and coords.shape[0] == 1:
+        coords = coords[0]
+    if coords.shape != (n, 2):
+        raise DataError(
+            f"{path}: coords have shape {tuple(coords.shape)}; expected ({n}, 2) to match {n} patches"
+        )
+    return np.ascontiguousarray(coords, dtype=np.int64)
 
 
 def bag_stem(slide_id: str) -> str:

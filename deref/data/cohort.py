@@ -26,7 +26,7 @@ import os
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,61 +110,6 @@ def _lines_text(lines: Sequence[int], limit: int = 5) -> str:
 
 
 # --------------------------------------------------------------------------- reading
-def safe_member_name(name: str, root: str | os.PathLike) -> Path:
-    """The path under ``root`` where an archive member called ``name`` may be written.
-
-    Parameters
-    ----------
-    name
-        The member name as stored in the archive (``/`` or ``\\`` separated).
-    root
-        The folder members are written into.
-
-    Returns
-    -------
-    Path
-        ``root / name``, guaranteed to stay inside ``root``.
-
-    Raises
-    ------
-    DataError
-        When ``name`` is absolute (``/x``, ``C:\\x``, ``\\\\server\\x``), empty, or climbs out
-        of ``root`` through ``..`` components (or a symlink under ``root``).
-    """
-    if not name or "\x00" in name:
-        raise DataError(f"archive member {name!r}: empty or invalid name; expected a relative file name")
-    if (
-        PurePosixPath(name).is_absolute()
-        or PureWindowsPath(name).is_absolute()
-        or PureWindowsPath(name).drive
-    ):
-        raise DataError(
-            f"archive member {name!r} has an absolute path; expected a name relative to the archive folder"
-        )
-    parts: list[str] = []
-    for part in name.replace("\\", "/").split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not parts:
-                raise DataError(
-                    f"archive member {name!r} climbs out of its folder ('..'); "
-                    "refusing to write it outside the target folder"
-                )
-            parts.pop()
-        else:
-            parts.append(part)
-    if not parts:
-        raise DataError(f"archive member {name!r} names no file; expected a relative file name")
-    root_path = Path(root)
-    target = root_path.joinpath(*parts)
-    resolved_root = root_path.resolve()
-    resolved = target.resolve()
-    if resolved != resolved_root and resolved_root not in resolved.parents:
-        raise DataError(f"archive member {name!r} resolves outside {root_path} (through a symlink)")
-    return target
-
-
 def _read_file_bytes(path: Path) -> bytes:
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -402,7 +347,8 @@ def map_families(columns: Sequence[str], signatures: Mapping[str, Sequence[str]]
     return families
 
 
-def _gene_of(column: str) -> str:
+def gene_of(column: str) -> str:
+    """The gene symbol of a genomic column (``TP53_rnaseq`` -> ``TP53``); other names unchanged."""
     for s in GENOMIC_SUFFIXES:
         if column.endswith(s):
             return column[: -len(s)]
@@ -456,7 +402,7 @@ def read_families_json(path: str | os.PathLike, columns: Sequence[str] | None = 
                         "columns of the cohort table ending in _rnaseq, _cnv or _mut",
                     )
                 )
-        genes = list(dict.fromkeys(_gene_of(c) for c in cols))
+        genes = list(dict.fromkeys(gene_of(c) for c in cols))
         families.append(GeneFamily(name=name, columns=list(cols), genes_mapped=genes))
     raise_problems(problems, f"{path}: gene families")
     return families
@@ -468,6 +414,233 @@ def _numeric(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     values = pd.to_numeric(series, errors="coerce")
     bad = values.isna() & series.notna()
     return values.astype(float), bad
+
+
+def _record_lines(df: pd.DataFrame) -> np.ndarray:
+    """``(n_rows,)`` CSV line of each row: ``index + 2`` as :func:`read_table` numbers them, else by position."""
+    if pd.api.types.is_integer_dtype(df.index):
+        return np.asarray(df.index, dtype=np.int64) + 2
+    return np.arange(len(df), dtype=np.int64) + 2
+
+
+def _required_problem(df: pd.DataFrame, src: str, required: list[str]) -> Problem | None:
+    missing = [c for c in required if c not in df.columns]
+    if not missing:
+        return None
+    return Problem(
+        src,
+        1,
+        ", ".join(missing),
+        f"required column(s) missing: {missing}",
+        f"a header with {required} (found {len(df.columns)} columns: {list(df.columns[:8])}"
+        + (" ...)" if len(df.columns) > 8 else ")"),
+    )
+
+
+def _time_problems(raw: pd.Series, src: str, lines: np.ndarray, col: str) -> tuple[np.ndarray, list[Problem]]:
+    """``(times (n,) float with NaN where unreadable, problems)``: not a number, missing, not finite, negative."""
+    time, bad = _numeric(raw)
+    problems = [
+        Problem(src, int(ln), col, f"{_show(value)} is not a number", "a survival time >= 0")
+        for ln, value in zip(lines[bad.to_numpy()], raw[bad])
+    ]
+    tv = time.to_numpy()
+    problems += [
+        Problem(src, int(ln), col, "missing survival time", "a survival time >= 0")
+        for ln in lines[np.isnan(tv) & ~bad.to_numpy()]
+    ]
+    inf = np.isinf(tv)
+    problems += [
+        Problem(src, int(ln), col, f"survival time {t} is not finite", "a finite time >= 0")
+        for ln, t in zip(lines[inf], tv[inf])
+    ]
+    with np.errstate(invalid="ignore"):
+        neg = tv < 0
+    problems += [
+        Problem(src, int(ln), col, f"negative survival time {t:g}", "a survival time >= 0")
+        for ln, t in zip(lines[neg], tv[neg])
+    ]
+    return tv, problems
+
+
+def _censorship_problems(
+    raw: pd.Series, src: str, lines: np.ndarray, col: str
+) -> tuple[np.ndarray, list[Problem]]:
+    """``(censorship (n,) float, problems)``: every value that is not 0 or 1."""
+    cens = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isin(cens, (0.0, 1.0))
+    problems = [
+        Problem(
+            src,
+            int(ln),
+            col,
+            f"censorship {'missing' if pd.isna(value) else _show(value)}",
+            "0 (event observed) or 1 (censored)",
+        )
+        for ln, value in zip(lines[bad], raw.to_numpy()[bad])
+    ]
+    return cens, problems
+
+
+def _genomic_problems(
+    df: pd.DataFrame, gcols: list[str], src: str, lines: np.ndarray
+) -> tuple[np.ndarray | None, list[Problem]]:
+    """``(genomic values (n, n_genomic) float or None, problems)``: no genomic column, values
+    that are not numbers, blank cells (one problem per column)."""
+    if not gcols:
+        return None, [
+            Problem(
+                src, 1, None, "no genomic column", "columns named <GENE>_rnaseq, <GENE>_cnv or <GENE>_mut"
+            )
+        ]
+    block = df[gcols]
+    problems: list[Problem] = []
+    if all(pd.api.types.is_numeric_dtype(t) for t in block.dtypes):
+        genomic = block.to_numpy(dtype=float)
+    else:
+        genomic = np.empty(block.shape, dtype=float)
+        for j, c in enumerate(gcols):
+            values, bad = _numeric(block[c])
+            genomic[:, j] = values.to_numpy()
+            if bad.any():
+                bl = lines[bad.to_numpy()]
+                problems.append(
+                    Problem(
+                        src,
+                        int(bl[0]),
+                        c,
+                        f"{int(bad.sum())} value(s) are not numbers (first {_show(block[c][bad].iloc[0])}; "
+                        f"{_lines_text(list(bl))})",
+                        "numbers",
+                    )
+                )
+    # Non-numbers were reported above; report only truly blank cells as missing.
+    nan = np.isnan(genomic)
+    for j in np.flatnonzero(nan.any(axis=0)):
+        c = gcols[j]
+        blank = nan[:, j] & df[c].isna().to_numpy()
+        if blank.any():
+            bl = lines[blank]
+            problems.append(
+                Problem(
+                    src,
+                    int(bl[0]),
+                    c,
+                    f"{int(blank.sum())} missing value(s) ({_lines_text(list(bl))})",
+                    "a number in every row (no imputation is done)",
+                )
+            )
+    return genomic, problems
+
+
+def _slide_duplicate_problems(
+    slide_raw: pd.Series, case_str: pd.Series, src: str, lines: np.ndarray
+) -> list[Problem]:
+    """Rows repeating a (case, slide) pair, and slides listed under two patients."""
+    slide = slide_raw.astype(str).str.strip()
+    has_slide = slide_raw.notna().to_numpy() & (slide != "").to_numpy()
+    first_line: dict[tuple[str, str], int] = {}
+    owner: dict[str, tuple[str, int]] = {}
+    problems = []
+    for ln, s, c, hs in zip(lines, slide, case_str, has_slide):
+        if not hs:
+            continue
+        if (c, s) in first_line:
+            problems.append(
+                Problem(
+                    src,
+                    int(ln),
+                    "slide_id",
+                    f"duplicate row: case {c} slide {s} already on line {first_line[(c, s)]}",
+                    "one row per slide",
+                )
+            )
+            continue
+        first_line[(c, s)] = int(ln)
+        if s in owner and owner[s][0] != c:
+            problems.append(
+                Problem(
+                    src,
+                    int(ln),
+                    "slide_id",
+                    f"slide {s} is listed for case {c} and for case {owner[s][0]} (line {owner[s][1]})",
+                    "each slide to belong to one patient",
+                )
+            )
+        owner.setdefault(s, (c, int(ln)))
+    return problems
+
+
+def _case_duplicate_problems(
+    case_str: pd.Series, blank_case: pd.Series, src: str, lines: np.ndarray
+) -> list[Problem]:
+    """Rows repeating a patient in a table without ``slide_id`` (one row per patient then)."""
+    dup = case_str.duplicated(keep="first").to_numpy() & ~blank_case.to_numpy()
+    firsts = {c: int(ln) for ln, c in zip(lines[::-1], case_str[::-1])}
+    return [
+        Problem(
+            src,
+            int(ln),
+            "case_id",
+            f"duplicate row for case {c} (first on line {firsts[c]}); the table has no slide_id column",
+            "one row per patient when there is no slide_id column",
+        )
+        for ln, c in zip(lines[dup], case_str[dup])
+    ]
+
+
+def _disagreement_problems(
+    case_str: pd.Series,
+    labels: Mapping[str, np.ndarray],
+    genomic: np.ndarray | None,
+    gcols: list[str],
+    src: str,
+    lines: np.ndarray,
+) -> list[Problem]:
+    """Rows of one patient that disagree with the patient's first row on a label (``labels``:
+    column -> ``(n,)`` values) or on genomic values."""
+    codes, uniques = pd.factorize(case_str)
+    if len(uniques) == len(case_str):
+        return []
+    first_pos = np.full(len(uniques), -1, dtype=np.int64)
+    for i in range(len(codes) - 1, -1, -1):
+        first_pos[codes[i]] = i
+    ref = first_pos[codes]
+    rows = np.flatnonzero(ref != np.arange(len(case_str)))
+    problems = []
+    for col, values in labels.items():
+        a, b = values[rows], values[ref[rows]]
+        differs = ~np.asarray((a == b) | (pd.isna(a) & pd.isna(b)), dtype=bool)
+        problems += [
+            Problem(
+                src,
+                int(lines[r]),
+                col,
+                f"case {case_str.iloc[r]}: {col} {values[r]:g} disagrees with line "
+                f"{int(lines[ref[r]])} ({values[ref[r]]:g})",
+                "the same value on every row of a patient",
+            )
+            for r in rows[differs]
+        ]
+    if genomic is None:
+        return problems
+    a, b = genomic[rows], genomic[ref[rows]]
+    diff = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    for k in np.flatnonzero(diff.any(axis=1)):
+        r = rows[k]
+        cols = [gcols[j] for j in np.flatnonzero(diff[k])]
+        more = f" and {len(cols) - 5} more" if len(cols) > 5 else ""
+        problems.append(
+            Problem(
+                src,
+                int(lines[r]),
+                cols[0],
+                f"case {case_str.iloc[r]}: genomic values differ from line {int(lines[ref[r]])} "
+                f"in {len(cols)} column(s) {cols[:5]}{more}",
+                "identical genomic values on every row of a patient",
+            )
+        )
+    return problems
 
 
 def check_table(
@@ -502,202 +675,29 @@ def check_table(
         problem (nothing else can be checked).
     """
     src = str(source)
-    required = [*ID_COLUMNS, time_col, censorship_col]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        return [
-            Problem(
-                src,
-                1,
-                ", ".join(missing),
-                f"required column(s) missing: {missing}",
-                f"a header with {required} (found {len(df.columns)} columns: {list(df.columns[:8])}"
-                + (" ...)" if len(df.columns) > 8 else ")"),
-            )
-        ]
-    problems: list[Problem] = []
+    missing = _required_problem(df, src, [*ID_COLUMNS, time_col, censorship_col])
+    if missing is not None:
+        return [missing]
     if len(df) == 0:
         return [Problem(src, None, None, "table has no data rows", "one row per slide")]
-    if pd.api.types.is_integer_dtype(df.index):
-        lines = np.asarray(df.index, dtype=np.int64) + 2  # read_table keeps record positions
-    else:
-        lines = np.arange(len(df), dtype=np.int64) + 2
-
-    case = df["case_id"]
-    blank_case = case.isna() | (case.astype(str).str.strip() == "")
-    for ln in lines[blank_case.to_numpy()]:
-        problems.append(Problem(src, int(ln), "case_id", "blank case_id", "a patient identifier"))
-
-    time, bad = _numeric(df[time_col])
-    for ln, raw in zip(lines[bad.to_numpy()], df[time_col][bad]):
-        problems.append(
-            Problem(src, int(ln), time_col, f"{_show(raw)} is not a number", "a survival time >= 0")
-        )
-    tv = time.to_numpy()
-    for ln in lines[np.isnan(tv) & ~bad.to_numpy()]:
-        problems.append(Problem(src, int(ln), time_col, "missing survival time", "a survival time >= 0"))
-    with np.errstate(invalid="ignore"):
-        for ln, t in zip(lines[np.isinf(tv)], tv[np.isinf(tv)]):
-            problems.append(
-                Problem(src, int(ln), time_col, f"survival time {t} is not finite", "a finite time >= 0")
-            )
-        neg = tv < 0
-    for ln, t in zip(lines[neg], tv[neg]):
-        problems.append(
-            Problem(src, int(ln), time_col, f"negative survival time {t:g}", "a survival time >= 0")
-        )
-
-    cens_raw = df[censorship_col]
-    cens = pd.to_numeric(cens_raw, errors="coerce").to_numpy(dtype=float)
-    bad_c = ~np.isin(cens, (0.0, 1.0))
-    for ln, raw in zip(lines[bad_c], cens_raw.to_numpy()[bad_c]):
-        shown = "missing" if pd.isna(raw) else _show(raw)
-        problems.append(
-            Problem(src, int(ln), censorship_col, f"censorship {shown}", "0 (event observed) or 1 (censored)")
-        )
-
+    lines = _record_lines(df)
+    blank_case = df["case_id"].isna() | (df["case_id"].astype(str).str.strip() == "")
+    problems = [
+        Problem(src, int(ln), "case_id", "blank case_id", "a patient identifier")
+        for ln in lines[blank_case.to_numpy()]
+    ]
+    time, time_problems = _time_problems(df[time_col], src, lines, time_col)
+    cens, cens_problems = _censorship_problems(df[censorship_col], src, lines, censorship_col)
     gcols = genomic_columns(df.columns)
-    if not gcols:
-        problems.append(
-            Problem(
-                src,
-                1,
-                None,
-                "no genomic column",
-                "columns named <GENE>_rnaseq, <GENE>_cnv or <GENE>_mut",
-            )
-        )
-    genomic = None
-    if gcols:
-        block = df[gcols]
-        if all(pd.api.types.is_numeric_dtype(t) for t in block.dtypes):
-            genomic = block.to_numpy(dtype=float)
-        else:
-            genomic = np.empty(block.shape, dtype=float)
-            for j, c in enumerate(gcols):
-                vals, badv = _numeric(block[c])
-                genomic[:, j] = vals.to_numpy()
-                if badv.any():
-                    bl = lines[badv.to_numpy()]
-                    problems.append(
-                        Problem(
-                            src,
-                            int(bl[0]),
-                            c,
-                            f"{int(badv.sum())} value(s) are not numbers (first {_show(block[c][badv].iloc[0])}; "
-                            f"{_lines_text(list(bl))})",
-                            "numbers",
-                        )
-                    )
-        nan = np.isnan(genomic)
-        # Non-numbers were reported above; report only truly blank cells as missing.
-        if nan.any():
-            for j in np.flatnonzero(nan.any(axis=0)):
-                c = gcols[j]
-                miss = nan[:, j] & df[c].isna().to_numpy()
-                if miss.any():
-                    bl = lines[miss]
-                    problems.append(
-                        Problem(
-                            src,
-                            int(bl[0]),
-                            c,
-                            f"{int(miss.sum())} missing value(s) ({_lines_text(list(bl))})",
-                            "a number in every row (no imputation is done)",
-                        )
-                    )
-
-    # Duplicates.
-    case_str = case.astype(str).str.strip()
+    genomic, genomic_problems = _genomic_problems(df, gcols, src, lines)
+    problems += time_problems + cens_problems + genomic_problems
+    case_str = df["case_id"].astype(str).str.strip()
     if "slide_id" in df.columns:
-        slide = df["slide_id"].astype(str).str.strip()
-        has_slide = df["slide_id"].notna().to_numpy() & (slide != "").to_numpy()
-        key = case_str + "\x00" + slide
-        first_line: dict[str, int] = {}
-        owner: dict[str, tuple[str, int]] = {}
-        for ln, k, s, c, hs in zip(lines, key, slide, case_str, has_slide):
-            if not hs:
-                continue
-            if k in first_line:
-                problems.append(
-                    Problem(
-                        src,
-                        int(ln),
-                        "slide_id",
-                        f"duplicate row: case {c} slide {s} already on line {first_line[k]}",
-                        "one row per slide",
-                    )
-                )
-                continue
-            first_line[k] = int(ln)
-            if s in owner and owner[s][0] != c:
-                problems.append(
-                    Problem(
-                        src,
-                        int(ln),
-                        "slide_id",
-                        f"slide {s} is listed for case {c} and for case {owner[s][0]} (line {owner[s][1]})",
-                        "each slide to belong to one patient",
-                    )
-                )
-            owner.setdefault(s, (c, int(ln)))
+        problems += _slide_duplicate_problems(df["slide_id"], case_str, src, lines)
     else:
-        dup = case_str.duplicated(keep="first").to_numpy() & ~blank_case.to_numpy()
-        firsts = {c: int(ln) for ln, c in zip(lines[::-1], case_str[::-1])}
-        for ln, c in zip(lines[dup], case_str[dup]):
-            problems.append(
-                Problem(
-                    src,
-                    int(ln),
-                    "case_id",
-                    f"duplicate row for case {c} (first on line {firsts[c]}); the table has no slide_id column",
-                    "one row per patient when there is no slide_id column",
-                )
-            )
-
-    # Rows of one patient must agree on labels and genomic values.
-    codes, uniques = pd.factorize(case_str)
-    if len(uniques) < len(df):
-        first_pos = np.full(len(uniques), -1, dtype=np.int64)
-        for i in range(len(codes) - 1, -1, -1):
-            first_pos[codes[i]] = i
-        ref = first_pos[codes]
-        rows = np.flatnonzero(ref != np.arange(len(df)))
-
-        def differs(values: np.ndarray) -> np.ndarray:
-            a, b = values[rows], values[ref[rows]]
-            same = (a == b) | (pd.isna(a) & pd.isna(b))
-            return ~np.asarray(same, dtype=bool)
-
-        for col, values in ((time_col, tv), (censorship_col, cens)):
-            for r in rows[differs(values)]:
-                problems.append(
-                    Problem(
-                        src,
-                        int(lines[r]),
-                        col,
-                        f"case {case_str.iloc[r]}: {col} {values[r]:g} disagrees with line "
-                        f"{int(lines[ref[r]])} ({values[ref[r]]:g})",
-                        "the same value on every row of a patient",
-                    )
-                )
-        if genomic is not None:
-            a, b = genomic[rows], genomic[ref[rows]]
-            diff = ~((a == b) | (np.isnan(a) & np.isnan(b)))
-            for k in np.flatnonzero(diff.any(axis=1)):
-                r = rows[k]
-                cols = [gcols[j] for j in np.flatnonzero(diff[k])]
-                more = f" and {len(cols) - 5} more" if len(cols) > 5 else ""
-                problems.append(
-                    Problem(
-                        src,
-                        int(lines[r]),
-                        cols[0],
-                        f"case {case_str.iloc[r]}: genomic values differ from line {int(lines[ref[r]])} "
-                        f"in {len(cols)} column(s) {cols[:5]}{more}",
-                        "identical genomic values on every row of a patient",
-                    )
-                )
+        problems += _case_duplicate_problems(case_str, blank_case, src, lines)
+    labels = {time_col: time, censorship_col: cens}
+    problems += _disagreement_problems(case_str, labels, genomic, gcols, src, lines)
     # In file order, like a linter; problems not tied to a line first.
     return sorted(problems, key=lambda p: -1 if p.row is None else p.row)
 
@@ -759,42 +759,6 @@ class Cohort:
     def genomic_columns(self) -> list[str]:
         return list(self.genomic.columns)
 
-    def m1_arrays(
-        self, case_ids: Sequence[str], families: Sequence[GeneFamily] | None = None
-    ) -> list[np.ndarray]:
-        """Raw (unstandardized) modality-1 inputs, one array per family.
-
-        Parameters
-        ----------
-        case_ids
-            ``n`` patients, in the order wanted.
-        families
-            Defaults to ``self.families``.
-
-        Returns
-        -------
-        list of numpy.ndarray
-            One float32 array ``(n, d_g)`` per family, columns in ``family.columns`` order.
-        """
-        families = self.families if families is None else families
-        if not families:
-            raise ConfigError(
-                f"{self.source}: no gene families; pass signatures or a families JSON to load_cohort"
-            )
-        unknown = [c for c in case_ids if c not in self.genomic.index]
-        if unknown:
-            raise DataError(f"{self.source}: {len(unknown)} case id(s) not in the table: {list(unknown)[:5]}")
-        rows = self.genomic.loc[list(case_ids)]
-        out = []
-        for fam in families:
-            missing = [c for c in fam.columns if c not in self.genomic.columns]
-            if missing:
-                raise DataError(
-                    f"{self.source}: family {fam.name!r} needs column(s) the table lacks: {missing[:5]}"
-                )
-            out.append(np.ascontiguousarray(rows[fam.columns].to_numpy(dtype=np.float32)))
-        return out
-
     def patient_bag(self, case_id: str, expected_dim: int | None = None) -> Bag:
         """All WSI bags of one patient, concatenated (see :func:`load_patient_bag`)."""
         if self.bag_dir is None:
@@ -806,6 +770,102 @@ class Cohort:
 
 _ID_DTYPES = {"case_id": str, "slide_id": str}
 _RESERVED = {"time", "censorship", "event", "n_slides", "case_id", "slide_id"}
+
+
+def _slides_of(df: pd.DataFrame, case_ids: list[str]) -> dict[str, list[str]]:
+    """``{case_id: [slide_id, ...]}`` in table order; blank slide ids are skipped."""
+    slides: dict[str, list[str]] = {c: [] for c in case_ids}
+    if "slide_id" in df.columns:
+        for c, s in zip(df["case_id"], df["slide_id"]):
+            if pd.notna(s) and str(s).strip():
+                slides[c].append(str(s).strip())
+    return slides
+
+
+def _patients_frame(
+    df: pd.DataFrame,
+    first: pd.DataFrame,
+    slides: Mapping[str, list[str]],
+    time_col: str,
+    censorship_col: str,
+    path: Path,
+) -> pd.DataFrame:
+    """One row per patient: time, censorship, event, n_slides, then the per-patient columns.
+
+    A column (other than the labels, genomic and index columns) that varies between the
+    slides of one patient is not a patient attribute: it is left out, with a warning.
+    """
+    case_ids = list(first.index)
+    patients = pd.DataFrame(index=pd.Index(case_ids, name="case_id"))
+    patients["time"] = pd.to_numeric(first[time_col]).astype(float)
+    patients["censorship"] = pd.to_numeric(first[censorship_col]).astype(int)
+    # The cohort table is an edge of its own: its event column is resolved here, once.
+    patients["event"] = 1 - patients["censorship"]
+    patients["n_slides"] = [len(slides[c]) for c in case_ids]
+    skip = set(genomic_columns(df.columns)) | {time_col, censorship_col} | _RESERVED
+    extras = [c for c in df.columns if c not in skip and not str(c).startswith("Unnamed:")]
+    if not extras:
+        return patients
+    varying = df.groupby("case_id", sort=False)[extras].nunique(dropna=False).max()
+    per_slide = [c for c in extras if varying[c] > 1]
+    if per_slide:
+        log.warning(
+            "%s: column(s) %s vary between slides of one patient; not kept as patient attributes",
+            path,
+            per_slide,
+        )
+    for c in extras:
+        if c not in per_slide:
+            patients[c] = first[c]
+    return patients
+
+
+def _cohort_families(
+    signatures: str | os.PathLike | None,
+    families_json: str | os.PathLike | None,
+    gcols: list[str],
+    path: Path,
+) -> list[GeneFamily]:
+    """The gene families from a signatures table or a families JSON (none without either)."""
+    if signatures is not None:
+        families = map_families(gcols, read_signatures(signatures))
+        empty = [f.name for f in families if not f.columns]
+        if empty:
+            raise DataError(
+                f"{signatures}: famil{'ies' if len(empty) > 1 else 'y'} {empty} map to no column of "
+                f"{path}; expected genes with <GENE>_rnaseq/_cnv/_mut columns"
+            )
+        return families
+    if families_json is not None:
+        return read_families_json(families_json, gcols)
+    return []
+
+
+def _modalities(
+    patients: pd.DataFrame, slides: Mapping[str, list[str]], bag_dir: Path | None, path: Path
+) -> pd.DataFrame:
+    """Per patient: ``genomic``, ``wsi`` (a bag file for every slide) and ``n_bags``."""
+    n_bags = np.zeros(len(patients), dtype=np.int64)
+    if bag_dir is not None:
+        for i, c in enumerate(patients.index):
+            for s in slides[c]:
+                try:
+                    find_bag(s, bag_dir)
+                except DataError:
+                    continue
+                n_bags[i] += 1
+        n_missing = int(patients["n_slides"].sum() - n_bags.sum())
+        if n_missing:
+            log.warning("%s: %d slide(s) have no bag file in %s", path, n_missing, bag_dir)
+    n_slides = patients["n_slides"].to_numpy()
+    return pd.DataFrame(
+        {
+            "genomic": np.ones(len(patients), dtype=bool),
+            "wsi": (n_bags > 0) & (n_bags == n_slides),
+            "n_bags": n_bags,
+        },
+        index=patients.index,
+    )
 
 
 def load_cohort(
@@ -851,89 +911,21 @@ def load_cohort(
     raise_problems(check_table(df, path, time_col, censorship_col), f"{path}: cohort table")
 
     gcols = genomic_columns(df.columns)
-    case_str = df["case_id"].astype(str).str.strip()
-    df = df.assign(case_id=case_str)
+    df = df.assign(case_id=df["case_id"].astype(str).str.strip())
     first = df.drop_duplicates("case_id", keep="first").set_index("case_id")
-    case_ids = list(first.index)
-
-    slides: dict[str, list[str]] = {c: [] for c in case_ids}
-    if "slide_id" in df.columns:
-        for c, s in zip(case_str, df["slide_id"]):
-            if pd.notna(s) and str(s).strip():
-                slides[c].append(str(s).strip())
-
-    patients = pd.DataFrame(index=pd.Index(case_ids, name="case_id"))
-    patients["time"] = pd.to_numeric(first[time_col]).astype(float)
-    patients["censorship"] = pd.to_numeric(first[censorship_col]).astype(int)
-    patients["event"] = 1 - patients["censorship"]
-    patients["n_slides"] = [len(slides[c]) for c in case_ids]
-
-    gset = set(gcols)
-    extras = [
-        c
-        for c in df.columns
-        if c not in gset
-        and c not in (time_col, censorship_col)
-        and c not in _RESERVED
-        and not str(c).startswith("Unnamed:")
-    ]
-    if extras:
-        varying = df.groupby("case_id", sort=False)[extras].nunique(dropna=False).max()
-        per_slide = [c for c in extras if varying[c] > 1]
-        if per_slide:
-            log.warning(
-                "%s: column(s) %s vary between slides of one patient; not kept as patient attributes",
-                path,
-                per_slide,
-            )
-        for c in extras:
-            if c not in per_slide:
-                patients[c] = first[c]
-
+    slides = _slides_of(df, list(first.index))
+    patients = _patients_frame(df, first, slides, time_col, censorship_col, path)
     genomic = first[gcols].astype(np.float32)
     genomic.index.name = "case_id"
-
-    if signatures is not None:
-        families = map_families(gcols, read_signatures(signatures))
-        empty = [f.name for f in families if not f.columns]
-        if empty:
-            raise DataError(
-                f"{signatures}: famil{'ies' if len(empty) > 1 else 'y'} {empty} map to no column of "
-                f"{path}; expected genes with <GENE>_rnaseq/_cnv/_mut columns"
-            )
-    elif families_json is not None:
-        families = read_families_json(families_json, gcols)
-    else:
-        families = []
-
-    bags_path = None
-    n_bags = np.zeros(len(case_ids), dtype=np.int64)
-    if bag_dir is not None:
-        bags_path = Path(bag_dir)
-        if not bags_path.is_dir():
-            raise DataError(f"{bags_path}: bag folder not found")
-        for i, c in enumerate(case_ids):
-            for s in slides[c]:
-                try:
-                    find_bag(s, bags_path)
-                    n_bags[i] += 1
-                except DataError:
-                    pass
-        n_missing = int(patients["n_slides"].sum() - n_bags.sum())
-        if n_missing:
-            log.warning("%s: %d slide(s) have no bag file in %s", path, n_missing, bags_path)
-    modalities = pd.DataFrame(
-        {
-            "genomic": np.ones(len(case_ids), dtype=bool),
-            "wsi": (n_bags > 0) & (n_bags == patients["n_slides"].to_numpy()),
-            "n_bags": n_bags,
-        },
-        index=patients.index,
-    )
+    families = _cohort_families(signatures, families_json, gcols, path)
+    bags_path = None if bag_dir is None else Path(bag_dir)
+    if bags_path is not None and not bags_path.is_dir():
+        raise DataError(f"{bags_path}: bag folder not found")
+    modalities = _modalities(patients, slides, bags_path, path)
     log.info(
         "%s: %d patients, %d slides, %d events, %d genomic columns, %d families",
         path,
-        len(case_ids),
+        len(patients),
         int(patients["n_slides"].sum()),
         int(patients["event"].sum()),
         len(gcols),
@@ -957,6 +949,7 @@ __all__ = [
     "Problem",
     "GENOMIC_SUFFIXES",
     "check_table",
+    "gene_of",
     "genomic_columns",
     "load_cohort",
     "map_families",
@@ -964,5 +957,4 @@ __all__ = [
     "read_families_json",
     "read_signatures",
     "read_table",
-    "safe_member_name",
 ]

@@ -19,6 +19,7 @@ import pandas as pd
 
 from deref.data.cohort import Problem, raise_problems, read_table
 from deref.errors import ConfigError, DataError
+from deref.survival import event_of
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,79 @@ def read_mcat_splits(directory: str | os.PathLike) -> list[Fold]:
     return folds
 
 
+def _listed(ids: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(ids[:limit]) + (f", ... ({len(ids)} cases)" if len(ids) > limit else "")
+
+
+def _unknown_case_problems(fold: Fold, table_set: set[str]) -> list[Problem]:
+    """Cases of a fold's train or val column that the cohort table lacks."""
+    problems = []
+    for col, ids in (("train", fold.train), ("val", fold.val)):
+        unknown = [c for c in ids if c not in table_set]
+        if unknown:
+            problems.append(
+                Problem(
+                    fold.name,
+                    None,
+                    col,
+                    f"{len(unknown)} case(s) not in the cohort table: {_listed(unknown)}",
+                    "case ids of the table",
+                )
+            )
+    return problems
+
+
+def _membership_problems(fold: Fold, table: Sequence[str]) -> list[Problem]:
+    """Train/val overlap, and table cases the fold leaves out."""
+    tr, va = set(fold.train), set(fold.val)
+    problems = []
+    overlap = sorted(tr & va)
+    if overlap:
+        problems.append(
+            Problem(
+                fold.name,
+                None,
+                "train, val",
+                f"{len(overlap)} case(s) in both train and val: {_listed(overlap)}",
+                "disjoint training and validation sets",
+            )
+        )
+    absent = [c for c in table if c not in tr and c not in va]
+    if absent:
+        problems.append(
+            Problem(
+                fold.name,
+                None,
+                None,
+                f"{len(absent)} table case(s) in neither train nor val: {_listed(absent)}",
+                "every patient of the table in the fold",
+            )
+        )
+    return problems
+
+
+def _size_problems(fold: Fold, events: Mapping[str, int] | pd.Series | None) -> list[Problem]:
+    """An empty training or validation set, or a training set without an event."""
+    problems = []
+    if not fold.train:
+        problems.append(Problem(fold.name, None, "train", "empty training fold", "training patients"))
+    elif events is not None:
+        known = [c for c in set(fold.train) if c in events]
+        if known and sum(int(events[c]) for c in known) == 0:
+            problems.append(
+                Problem(
+                    fold.name,
+                    None,
+                    "train",
+                    f"training fold of {len(known)} patients has no event (all censored)",
+                    "at least one uncensored patient to fit time bins and the survival loss",
+                )
+            )
+    if not fold.val:
+        problems.append(Problem(fold.name, None, "val", "empty validation fold", "validation patients"))
+    return problems
+
+
 def fold_problems(
     folds: Sequence[Fold],
     case_ids: Iterable[str],
@@ -136,65 +210,12 @@ def fold_problems(
     table = list(dict.fromkeys(str(c) for c in case_ids))
     table_set = set(table)
     problems: list[Problem] = []
-    in_some_val: set[str] = set()
-
-    def listed(ids: Sequence[str], limit: int = 5) -> str:
-        return ", ".join(ids[:limit]) + (f", ... ({len(ids)} cases)" if len(ids) > limit else "")
-
     for fold in folds:
-        tr, va = set(fold.train), set(fold.val)
-        in_some_val |= va
-        for col, ids in (("train", fold.train), ("val", fold.val)):
-            unknown = [c for c in ids if c not in table_set]
-            if unknown:
-                problems.append(
-                    Problem(
-                        fold.name,
-                        None,
-                        col,
-                        f"{len(unknown)} case(s) not in the cohort table: {listed(unknown)}",
-                        "case ids of the table",
-                    )
-                )
-        overlap = sorted(tr & va)
-        if overlap:
-            problems.append(
-                Problem(
-                    fold.name,
-                    None,
-                    "train, val",
-                    f"{len(overlap)} case(s) in both train and val: {listed(overlap)}",
-                    "disjoint training and validation sets",
-                )
-            )
-        absent = [c for c in table if c not in tr and c not in va]
-        if absent:
-            problems.append(
-                Problem(
-                    fold.name,
-                    None,
-                    None,
-                    f"{len(absent)} table case(s) in neither train nor val: {listed(absent)}",
-                    "every patient of the table in the fold",
-                )
-            )
-        if not tr:
-            problems.append(Problem(fold.name, None, "train", "empty training fold", "training patients"))
-        elif events is not None:
-            known = [c for c in tr if c in events]
-            if known and sum(int(events[c]) for c in known) == 0:
-                problems.append(
-                    Problem(
-                        fold.name,
-                        None,
-                        "train",
-                        f"training fold of {len(known)} patients has no event (all censored)",
-                        "at least one uncensored patient to fit time bins and the survival loss",
-                    )
-                )
-        if not va:
-            problems.append(Problem(fold.name, None, "val", "empty validation fold", "validation patients"))
+        problems += _unknown_case_problems(fold, table_set)
+        problems += _membership_problems(fold, table)
+        problems += _size_problems(fold, events)
     if folds:
+        in_some_val = {c for fold in folds for c in fold.val}
         never = [c for c in table if c not in in_some_val]
         if never:
             problems.append(
@@ -202,7 +223,7 @@ def fold_problems(
                     str(folds[0].source.parent) if folds[0].source is not None else "folds",
                     None,
                     "val",
-                    f"{len(never)} table case(s) in no validation fold: {listed(never)}",
+                    f"{len(never)} table case(s) in no validation fold: {_listed(never)}",
                     "every patient validated in one fold",
                 )
             )
@@ -269,10 +290,12 @@ def make_folds(patients_df: pd.DataFrame, k: int = 5, seed: int = 0, n_bins: int
     order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
     ids = [ids[i] for i in order]
     time = patients_df["time"].to_numpy(dtype=float)[order]
-    if "event" in patients_df.columns:
-        event = patients_df["event"].to_numpy(dtype=int)[order]
-    else:
-        event = 1 - patients_df["censorship"].to_numpy(dtype=int)[order]
+    event_raw = event_of(patients_df.assign(case_id=patients_df.index.astype(str)), what="patients table")
+    bad = ~np.isin(event_raw, (0.0, 1.0))
+    if bad.any():
+        cases = [str(c) for c in patients_df.index[bad][:5]]
+        raise DataError(f"patients table: event/censorship must be 0 or 1; case(s) {cases} are not")
+    event = event_raw.astype(np.int64)[order]
     bins = _time_bins(time, event, n_bins)
     strata = event * max(n_bins, 1) + bins
     rng = np.random.default_rng(seed)

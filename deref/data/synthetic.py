@@ -46,6 +46,7 @@ import pandas as pd
 
 from deref.data.bags import write_bag_h5
 from deref.errors import DataError
+from deref.slides import block_mean, write_pyramidal_tiff
 
 # --------------------------------------------------------------------------- constants
 #: Version of the generator; bumped whenever the same seed would give different files.
@@ -433,19 +434,15 @@ def log_risk(
     return B_ONC * s_onc + B_TSG * s_tsg + B_FRAC * r + B_INT * r * s_cyt
 
 
-def harrell_cindex(time: np.ndarray, censorship: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C (scikit-survival), ``censorship`` 1 = censored, higher risk = earlier event."""
-    from sksurv.exceptions import NoComparablePairException
-    from sksurv.metrics import concordance_index_censored
+def _oracle_cindex(time: np.ndarray, censorship: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C of ``risk`` (:func:`deref.metrics.harrell_c`, ``event = 1 - censorship``);
+    NaN where it is undefined (a tiny cohort with no event or no comparable pair)."""
+    from deref.metrics import harrell_c  # scikit-survival: not for the slide-rendering workers
 
-    event = np.asarray(censorship) == 0
-    if len(event) < 2 or not event.any():  # e.g. a tiny cohort with no event: undefined
-        return float("nan")
+    event = 1 - np.asarray(censorship, dtype=np.int64)
     try:
-        return float(
-            concordance_index_censored(event, np.asarray(time, dtype=float), np.asarray(risk, dtype=float))[0]
-        )
-    except NoComparablePairException:  # no comparable pair (e.g. all times tied)
+        return harrell_c(time, event, risk).cindex
+    except DataError:
         return float("nan")
 
 
@@ -470,6 +467,116 @@ def _check_args(n_patients: int, seed: int, slide_size: tuple[int, int]) -> tupl
     return width, height
 
 
+@dataclass(frozen=True)
+class _Clinical:
+    """Per-patient clinical draws: ids, age, sex, site, number of slides, risky fractions."""
+
+    case_ids: list[str]
+    age: np.ndarray
+    is_female: np.ndarray
+    site: np.ndarray
+    n_slides: np.ndarray
+    fraction: np.ndarray  # (n,) first slide's risky fraction
+    second: np.ndarray  # (n,) second slide's risky fraction (used where n_slides == 2)
+
+
+def _simulate_clinical(n: int, seed: int) -> _Clinical:
+    crng = _rng(seed, _S_CLINICAL)
+    case_ids = [f"DEMO-{i + 1:04d}" for i in range(n)]
+    age = np.clip(np.round(crng.normal(68, 10.5, n)), 34, 90).astype(np.int64)
+    is_female = (crng.random(n) < 0.26).astype(np.int64)
+    site = crng.choice(np.asarray(_SITES), size=n)
+    n_slides = np.where(crng.random(n) < TWO_SLIDE_PROB, 2, 1)
+    frng = _rng(seed, _S_FRACTION)
+    fraction = frng.beta(*FRACTION_BETA, size=n)
+    second = np.clip(fraction + frng.normal(0, SECOND_SLIDE_SD, n), 0.0, 1.0)
+    return _Clinical(case_ids, age, is_female, site, n_slides, fraction, second)
+
+
+def _slide_layouts(clin: _Clinical, seed: int, slide_size: tuple[int, int]) -> list[SlideLayout]:
+    """One layout per slide, in table order (a patient's slides ``-01``, ``-02`` together)."""
+    layouts = []
+    for i, case in enumerate(clin.case_ids):
+        for j in range(int(clin.n_slides[i])):
+            fraction = clin.fraction[i] if j == 0 else clin.second[i]
+            layouts.append(_layout_slide(seed, i, j, f"{case}-{j + 1:02d}.svs", slide_size, fraction))
+    return layouts
+
+
+def _patch_counts(layouts: list[SlideLayout], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(patches, risky patches)`` per patient, ``(n,)`` int64 each, all slides together."""
+    n_patch = np.zeros(n, dtype=np.int64)
+    n_risky = np.zeros(n, dtype=np.int64)
+    for lay in layouts:
+        n_patch[lay.case_index] += lay.n_patches
+        n_risky[lay.case_index] += lay.n_risky
+    if (n_patch == 0).any():  # cannot happen with the blob sizes used; guard anyway
+        raise DataError("a demo slide has no tissue patch; use a larger slide_size")
+    return n_patch, n_risky
+
+
+def _simulate_survival(eta: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Weibull event times with log hazard ratio ``eta``, independent uniform follow-up."""
+    n = len(eta)
+    srng = _rng(seed, _S_SURVIVAL)
+    u = srng.random(n)
+    t_event = WEIBULL_SCALE * (-np.log1p(-u) * np.exp(-eta)) ** (1.0 / WEIBULL_SHAPE)
+    t_follow = srng.uniform(FOLLOWUP_MIN, FOLLOWUP_MAX, n)
+    return {
+        "event_time": t_event,
+        "followup_time": t_follow,
+        "survival_months": np.maximum(np.round(np.minimum(t_event, t_follow), 2), 0.1),
+        "censorship": (t_follow < t_event).astype(np.int64),
+    }
+
+
+def _truth_frame(
+    clin: _Clinical, counts: tuple[np.ndarray, np.ndarray], scores: dict[str, np.ndarray], seed: int
+) -> pd.DataFrame:
+    """One row per patient: the planted components, the log-risk and the survival draws."""
+    n_patch, n_risky = counts
+    r = n_risky / n_patch
+    s_onc, s_tsg, s_cyt = scores["oncogene_score"], scores["suppressor_score"], scores["cytokine_score"]
+    eta = log_risk(s_onc, s_tsg, r, s_cyt)
+    return pd.DataFrame(
+        {
+            "case_id": clin.case_ids,
+            "n_slides": clin.n_slides.astype(np.int64),
+            "n_patches": n_patch,
+            "n_risky_patches": n_risky,
+            "risky_fraction": r,
+            **scores,
+            "component_oncogenes": B_ONC * s_onc,
+            "component_suppressors": B_TSG * s_tsg,
+            "component_risky_fraction": B_FRAC * (r - R0),
+            "component_interaction": B_INT * (r - R0) * s_cyt,
+            "log_risk": eta,
+            **_simulate_survival(eta, seed),
+        }
+    )
+
+
+def _cohort_table(
+    clin: _Clinical, truth: pd.DataFrame, genomic: pd.DataFrame, layouts: list[SlideLayout], panel: GenePanel
+) -> pd.DataFrame:
+    """The MCAT-layout table: one row per slide, repeating its patient's values."""
+    per_patient = pd.DataFrame(
+        {
+            "case_id": clin.case_ids,
+            "site": clin.site,
+            "is_female": clin.is_female,
+            "oncotree_code": "DEMO",
+            "age": clin.age,
+            "survival_months": truth["survival_months"].to_numpy(),
+            "censorship": truth["censorship"].to_numpy(),
+        }
+    )
+    per_patient = pd.concat([per_patient, genomic], axis=1)
+    rows = per_patient.iloc[[lay.case_index for lay in layouts]].reset_index(drop=True)
+    rows.insert(1, "slide_id", [lay.slide_id for lay in layouts])
+    return rows[list(CLINICAL_COLUMNS) + panel.columns]
+
+
 def simulate_demo(
     n_patients: int = 300, seed: int = 0, *, slide_size: tuple[int, int] = SLIDE_SIZE
 ) -> DemoSimulation:
@@ -483,88 +590,20 @@ def simulate_demo(
     n = int(n_patients)
     panel = gene_panel()
     genomic, _ = _simulate_genomics(panel, n, seed)
-
-    crng = _rng(seed, _S_CLINICAL)
-    case_ids = [f"DEMO-{i + 1:04d}" for i in range(n)]
-    age = np.clip(np.round(crng.normal(68, 10.5, n)), 34, 90).astype(np.int64)
-    is_female = (crng.random(n) < 0.26).astype(np.int64)
-    site = crng.choice(np.asarray(_SITES), size=n)
-    n_slides = np.where(crng.random(n) < TWO_SLIDE_PROB, 2, 1)
-
-    frng = _rng(seed, _S_FRACTION)
-    fraction = frng.beta(*FRACTION_BETA, size=n)
-    second = np.clip(fraction + frng.normal(0, SECOND_SLIDE_SD, n), 0.0, 1.0)
-
-    layouts: list[SlideLayout] = []
-    for i in range(n):
-        for j in range(int(n_slides[i])):
-            sid = f"{case_ids[i]}-{j + 1:02d}.svs"
-            layouts.append(_layout_slide(seed, i, j, sid, slide_size, fraction[i] if j == 0 else second[i]))
-    n_patch = np.zeros(n, dtype=np.int64)
-    n_risky = np.zeros(n, dtype=np.int64)
-    for lay in layouts:
-        n_patch[lay.case_index] += lay.n_patches
-        n_risky[lay.case_index] += lay.n_risky
-    if (n_patch == 0).any():  # cannot happen with the blob sizes used; guard anyway
-        raise DataError("a demo slide has no tissue patch; use a larger slide_size")
-    r = n_risky / n_patch
-
-    s_onc = family_score(genomic, ONCOGENE_FAMILY, panel)
-    s_tsg = family_score(genomic, SUPPRESSOR_FAMILY, panel)
-    s_cyt = family_score(genomic, MODIFIER_FAMILY, panel)
-    eta = log_risk(s_onc, s_tsg, r, s_cyt)
-
-    srng = _rng(seed, _S_SURVIVAL)
-    u = srng.random(n)
-    t_event = WEIBULL_SCALE * (-np.log1p(-u) * np.exp(-eta)) ** (1.0 / WEIBULL_SHAPE)
-    t_follow = srng.uniform(FOLLOWUP_MIN, FOLLOWUP_MAX, n)
-    observed = np.maximum(np.round(np.minimum(t_event, t_follow), 2), 0.1)
-    censorship = (t_follow < t_event).astype(np.int64)
-
-    truth = pd.DataFrame(
-        {
-            "case_id": case_ids,
-            "n_slides": n_slides.astype(np.int64),
-            "n_patches": n_patch,
-            "n_risky_patches": n_risky,
-            "risky_fraction": r,
-            "oncogene_score": s_onc,
-            "suppressor_score": s_tsg,
-            "cytokine_score": s_cyt,
-            "component_oncogenes": B_ONC * s_onc,
-            "component_suppressors": B_TSG * s_tsg,
-            "component_risky_fraction": B_FRAC * (r - R0),
-            "component_interaction": B_INT * (r - R0) * s_cyt,
-            "log_risk": eta,
-            "event_time": t_event,
-            "followup_time": t_follow,
-            "survival_months": observed,
-            "censorship": censorship,
-        }
-    )
-    oracle = harrell_cindex(observed, censorship, eta)
-
-    per_patient = pd.DataFrame(
-        {
-            "case_id": case_ids,
-            "site": site,
-            "is_female": is_female,
-            "oncotree_code": "DEMO",
-            "age": age,
-            "survival_months": observed,
-            "censorship": censorship,
-        }
-    )
-    per_patient = pd.concat([per_patient, genomic], axis=1)
-    rows = per_patient.iloc[[lay.case_index for lay in layouts]].reset_index(drop=True)
-    rows.insert(1, "slide_id", [lay.slide_id for lay in layouts])
-    table = rows[list(CLINICAL_COLUMNS) + panel.columns]
+    clin = _simulate_clinical(n, seed)
+    layouts = _slide_layouts(clin, seed, slide_size)
+    scores = {
+        "oncogene_score": family_score(genomic, ONCOGENE_FAMILY, panel),
+        "suppressor_score": family_score(genomic, SUPPRESSOR_FAMILY, panel),
+        "cytokine_score": family_score(genomic, MODIFIER_FAMILY, panel),
+    }
+    truth = _truth_frame(clin, _patch_counts(layouts, n), scores, seed)
     return DemoSimulation(
-        table=table,
+        table=_cohort_table(clin, truth, genomic, layouts, panel),
         signatures=signatures_frame(panel),
         truth=truth,
         layouts=layouts,
-        oracle_cindex=oracle,
+        oracle_cindex=_oracle_cindex(truth["survival_months"], truth["censorship"], truth["log_risk"]),
         seed=seed,
         n_patients=n,
         slide_size=slide_size,
@@ -688,15 +727,6 @@ def _risky_texture(rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _block_mean(img: np.ndarray, f: int) -> np.ndarray:
-    """Downsample ``(h, w, c)`` uint8 by ``f`` (mean of f x f blocks, rounded)."""
-    h, w, c = img.shape
-    h2, w2 = h // f, w // f
-    s = img[: h2 * f, : w2 * f].astype(np.uint32).reshape(h2, f, w2 * f, c).sum(axis=1)
-    s = s.reshape(h2, w2, f, c).sum(axis=2)
-    return ((s + (f * f) // 2) // (f * f)).astype(np.uint8)
-
-
 @dataclass
 class TextureLibrary:
     """Phenotype textures (768 x 768 RGB uint8) at level 0 and downsampled to level 1."""
@@ -715,8 +745,8 @@ def texture_library(seed: int) -> TextureLibrary:
     return TextureLibrary(
         normal,
         risky,
-        [_block_mean(t, LEVEL_FACTOR) for t in normal],
-        [_block_mean(t, LEVEL_FACTOR) for t in risky],
+        [block_mean(t, LEVEL_FACTOR) for t in normal],
+        [block_mean(t, LEVEL_FACTOR) for t in risky],
     )
 
 
@@ -798,7 +828,7 @@ class _SlidePainter:
         """Level 1 (complete once :meth:`cells` is exhausted) and further 4x block means."""
         levels = [self.level1]
         while max(levels[-1].shape[:2]) // LEVEL_FACTOR >= PATCH_SIZE:
-            levels.append(_block_mean(levels[-1], LEVEL_FACTOR))
+            levels.append(block_mean(levels[-1], LEVEL_FACTOR))
         return levels
 
 
@@ -814,145 +844,21 @@ def render_slide(layout: SlideLayout, seed: int, library: TextureLibrary | None 
     return [level0, *painter.reduced_levels()]
 
 
-def _jpeg_split(stream: bytes) -> tuple[bytes, bytes]:
-    """Split a JPEG stream into ``(quantization tables, abbreviated stream without them)``.
-
-    The abbreviated stream keeps its own (optimized) Huffman tables; APPn segments are dropped.
-    """
-    i, tables, body = 2, [], [b"\xff\xd8"]
-    while True:
-        marker = stream[i : i + 2]
-        if marker == b"\xff\xda":  # start of scan: the rest is entropy-coded data + EOI
-            body.append(stream[i:])
-            break
-        length = int.from_bytes(stream[i + 2 : i + 4], "big")
-        seg = stream[i : i + 2 + length]
-        if marker == b"\xff\xdb":
-            tables.append(seg)
-        elif not 0xE0 <= marker[1] <= 0xEF:
-            body.append(seg)
-        i += 2 + length
-    return b"".join(tables), b"".join(body)
-
-
-class _TileEncoder:
-    """Encodes 256 x 256 RGB tiles as abbreviated YCbCr 4:2:0 JPEG sharing one set of
-    quantization tables (the TIFF ``JPEGTables``), with optimized Huffman tables per tile."""
-
-    def __init__(self, quality: int) -> None:
-        self.quality = int(quality)
-        self.dqt: bytes | None = None
-        self._background: bytes | None = None
-
-    def encode(self, tile: np.ndarray) -> bytes:
-        import imagecodecs
-
-        if tile.shape[:2] != (PATCH_SIZE, PATCH_SIZE):
-            pad = np.empty((PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
-            pad[...] = BACKGROUND
-            pad[: tile.shape[0], : tile.shape[1]] = tile
-            tile = pad
-        enc = imagecodecs.jpeg8_encode(
-            np.ascontiguousarray(tile),
-            level=self.quality,
-            outcolorspace="ycbcr",
-            subsampling=(2, 2),
-            optimize=True,
-        )
-        dqt, body = _jpeg_split(bytes(enc))
-        if self.dqt is None:
-            self.dqt = dqt
-        elif dqt != self.dqt:  # cannot happen: the quality fixes the tables
-            raise RuntimeError("JPEG quantization tables differ between tiles")
-        return body
-
-    def background(self) -> bytes:
-        if self._background is None:
-            bg = np.empty((PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
-            bg[...] = BACKGROUND
-            self._background = self.encode(bg)
-        return self._background
-
-    def level(self, img: np.ndarray) -> list[bytes]:
-        h, w = img.shape[:2]
-        ts = PATCH_SIZE
-        return [self.encode(img[y : y + ts, x : x + ts]) for y in range(0, h, ts) for x in range(0, w, ts)]
-
-    @property
-    def jpegtables(self) -> bytes:
-        return b"\xff\xd8" + (self.dqt or b"") + b"\xff\xd9"
-
-
-def _write_pyramid(
-    path: Path, size: tuple[int, int], level0_tiles: list[bytes], reduced: list[np.ndarray], enc: _TileEncoder
-) -> Path:
-    import tifffile
-
-    w0, h0 = size
-    q = enc.quality
-    tail = f"|AppMag = {APP_MAG}|MPP = {MPP}"
-    head = "Aperio Image Library v10.0.0\n"
-    reduced_tiles = [enc.level(lev) for lev in reduced]
-    thumb = reduced[-1]
-    while max(thumb.shape[:2]) > 256:
-        thumb = _block_mean(thumb, 2)
-    th, tw = thumb.shape[:2]
-    common = {
-        "dtype": np.uint8,
-        "tile": (PATCH_SIZE, PATCH_SIZE),
-        "photometric": "rgb",  # tifffile tags it YCbCr 2x2, as the tiles are encoded
-        "compression": "jpeg",
-        "jpegtables": enc.jpegtables,
-        "metadata": None,
-    }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tifffile.TiffWriter(tmp) as tif:
-            tif.write(
-                iter(level0_tiles),
-                shape=(h0, w0, 3),
-                description=f"{head}{w0}x{h0} [0,0 {w0}x{h0}] ({PATCH_SIZE}x{PATCH_SIZE}) JPEG/RGB Q={q}{tail}",
-                **common,
-            )
-            tif.write(
-                thumb,
-                photometric="rgb",
-                rowsperstrip=16,
-                compression="jpeg",
-                compressionargs={"level": 90},
-                description=f"{head}{w0}x{h0} -> {tw}x{th} - {tail}",
-                metadata=None,
-            )
-            for lev, tiles in zip(reduced, reduced_tiles):
-                lh, lw = lev.shape[:2]
-                tif.write(
-                    iter(tiles),
-                    shape=lev.shape,
-                    subfiletype=1,
-                    description=f"{head}{w0}x{h0} [0,0 {w0}x{h0}] ({PATCH_SIZE}x{PATCH_SIZE}) -> {lw}x{lh} "
-                    f"JPEG/RGB Q={q}{tail}",
-                    **common,
-                )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def write_slide_tiff(path: str | os.PathLike, levels: list[np.ndarray], quality: int = JPEG_QUALITY) -> Path:
-    """Write pyramid levels (arrays, level 0 first) as an Aperio-style TIFF, atomically.
+    """Write pyramid levels (arrays, level 0 first) as the demo's Aperio-style TIFF, atomically.
 
-    The layout OpenSlide reads as ``aperio``: level 0 as the first page, a small stripped
-    thumbnail as the second, then each reduced level as its own top-level tiled page
-    (``subfiletype=1``); every page's description starts with ``Aperio Image Library`` and
-    carries ``AppMag`` and ``MPP``; ``metadata=None`` so tifffile adds no description of its own.
-    Tiles are YCbCr 4:2:0 JPEG with the quantization tables shared in ``JPEGTables`` (as in
-    scanner files) and optimized Huffman tables per tile.
+    :func:`deref.slides.write_pyramidal_tiff` at 20x and 0.5 um/px, 256-px tiles padded with
+    the demo's glass colour: OpenSlide reads it as ``aperio`` with ``AppMag`` and ``MPP``.
     """
-    enc = _TileEncoder(quality)
-    h0, w0 = levels[0].shape[:2]
-    return _write_pyramid(Path(path), (w0, h0), enc.level(levels[0]), list(levels[1:]), enc)
+    return write_pyramidal_tiff(
+        path,
+        levels,
+        mpp=MPP,
+        magnification=APP_MAG,
+        quality=quality,
+        tile_size=PATCH_SIZE,
+        background=BACKGROUND,
+    )
 
 
 def write_slide(
@@ -962,11 +868,8 @@ def write_slide(
     library: TextureLibrary | None = None,
     quality: int = JPEG_QUALITY,
 ) -> Path:
-    """Paint and write a demo slide without holding level 0 in memory (same pixels as :func:`render_slide`)."""
-    painter = _SlidePainter(layout, seed, library)
-    enc = _TileEncoder(quality)
-    tiles = [enc.background() if t is None else enc.encode(t) for _, _, t in painter.cells()]
-    return _write_pyramid(Path(path), (layout.width, layout.height), tiles, painter.reduced_levels(), enc)
+    """Paint and write a demo slide (the pixels of :func:`render_slide`)."""
+    return write_slide_tiff(path, render_slide(layout, seed, library), quality)
 
 
 BAG_ATTRS = {
@@ -1118,53 +1021,79 @@ def make_demo_cohort(
     """
     if isinstance(wsi_dim, bool) or not isinstance(wsi_dim, (int, np.integer)) or wsi_dim < 2:
         raise DataError(f"wsi_dim must be an integer >= 2, got {wsi_dim!r}")
-    workers = max(1, int(workers))
     sim = simulate_demo(n_patients, seed, slide_size=slide_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _prepare_out_dir(out, overwrite)
     slides_dir, bags_dir = out / "slides", out / "bags"
+    _render_slides(sim, int(wsi_dim), slides_dir, bags_dir, max(1, int(workers)), progress)
+    table, signatures, truth, meta = (out / name for name in _OUTPUT_FILES)
+    sim.table.to_csv(table, index=False)
+    sim.signatures.to_csv(signatures, index=False)
+    sim.truth.to_csv(truth, index=False)
+    meta.write_text(json.dumps(_demo_meta(sim, int(wsi_dim)), indent=2) + "\n")
+    return DemoCohort(
+        out_dir=out,
+        table=table,
+        signatures=signatures,
+        slides_dir=slides_dir,
+        bags_dir=bags_dir,
+        truth=truth,
+        meta=meta,
+        n_patients=sim.n_patients,
+        n_slides=sim.n_slides,
+        oracle_cindex=sim.oracle_cindex,
+        censored_fraction=sim.censored_fraction,
+        wsi_dim=int(wsi_dim),
+        seed=sim.seed,
+    )
 
+
+def _render_slides(
+    sim: DemoSimulation,
+    wsi_dim: int,
+    slides_dir: Path,
+    bags_dir: Path,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Write every slide and its bag, in this process or in ``workers`` processes."""
     total = len(sim.layouts)
     done = 0
     if progress is not None:
         progress(0, total)
     if workers == 1 or total == 1:
-        library = texture_library(int(seed))
+        library = texture_library(sim.seed)
         for lay in sim.layouts:
-            write_slide_and_bag(lay, int(seed), int(wsi_dim), slides_dir, bags_dir, library)
+            write_slide_and_bag(lay, sim.seed, wsi_dim, slides_dir, bags_dir, library)
             done += 1
             if progress is not None:
                 progress(done, total)
-    else:
-        with _pool(min(workers, total), (int(seed), int(wsi_dim), str(slides_dir), str(bags_dir))) as pool:
-            futures = [pool.submit(_render_one, lay) for lay in sim.layouts]
-            try:
-                for fut in as_completed(futures):
-                    fut.result()  # re-raises a worker's error
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
+        return
+    with _pool(min(workers, total), (sim.seed, wsi_dim, str(slides_dir), str(bags_dir))) as pool:
+        futures = [pool.submit(_render_one, lay) for lay in sim.layouts]
+        try:
+            for fut in as_completed(futures):
+                fut.result()  # re-raises a worker's error
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
-    table = out / "cohort.csv"
-    signatures = out / "signatures.csv"
-    truth = out / "truth.csv"
-    meta = out / "demo.json"
-    sim.table.to_csv(table, index=False)
-    sim.signatures.to_csv(signatures, index=False)
-    sim.truth.to_csv(truth, index=False)
-    info = {
+
+def _demo_meta(sim: DemoSimulation, wsi_dim: int) -> dict:
+    """The content of ``demo.json``: the generator's parameters and the oracle C-index."""
+    return {
         "generator": "deref.data.synthetic",
         "version": DEMO_VERSION,
-        "seed": int(seed),
+        "seed": sim.seed,
         "n_patients": sim.n_patients,
         "n_slides": sim.n_slides,
         "n_patches": int(sim.truth["n_patches"].sum()),
-        "wsi_dim": int(wsi_dim),
+        "wsi_dim": wsi_dim,
         "slide_size": list(sim.slide_size),
         "oracle_cindex": None if math.isnan(sim.oracle_cindex) else sim.oracle_cindex,
         "censored_fraction": sim.censored_fraction,
@@ -1193,22 +1122,6 @@ def make_demo_cohort(
         },
         "documentation": "assets/DEMO.md",
     }
-    meta.write_text(json.dumps(info, indent=2) + "\n")
-    return DemoCohort(
-        out_dir=out,
-        table=table,
-        signatures=signatures,
-        slides_dir=slides_dir,
-        bags_dir=bags_dir,
-        truth=truth,
-        meta=meta,
-        n_patients=sim.n_patients,
-        n_slides=sim.n_slides,
-        oracle_cindex=sim.oracle_cindex,
-        censored_fraction=sim.censored_fraction,
-        wsi_dim=int(wsi_dim),
-        seed=int(seed),
-    )
 
 
 __all__ = [
@@ -1219,7 +1132,6 @@ __all__ = [
     "bag_features",
     "family_score",
     "gene_panel",
-    "harrell_cindex",
     "log_risk",
     "make_demo_cohort",
     "render_slide",

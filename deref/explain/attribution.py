@@ -91,14 +91,18 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from deref.errors import ConfigError, DataError, InputError
-from deref.inference import family_tokens, mean_family_tokens
+from deref.explain.cache import ExplanationCache
+from deref.inference import family_tokens
+
+if TYPE_CHECKING:
+    from deref.explain.patches import PatchGeometry
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +121,10 @@ __all__ = [
     "AttributionArrays",
     "PatientAttribution",
     "attribute_inputs",
-    "family_tokens",
-    "mean_family_tokens",
     "available_targets",
     "explain_patient",
     "find_slide_paths",
+    "slide_candidates",
 ]
 
 
@@ -255,6 +258,20 @@ class PatientAttribution:
         s = np.abs(self.family_scores[target])
         return [self.family_names[i] for i in np.argsort(-s, kind="stable")]
 
+    def geometry(self, level_downsamples: Sequence[float] | None = None) -> PatchGeometry:
+        """The patches' :class:`~deref.explain.patches.PatchGeometry`, from the recorded
+        ``patch_size``, ``patch_level`` and ``downsample`` by the rules of
+        :func:`deref.explain.patches.patch_geometry` (``level_downsamples``: the slide's, for a
+        bag that records a level above 0 but no downsample)."""
+        from deref.explain.patches import patch_geometry
+
+        attrs = {
+            "patch_size": self.patch_size,
+            "patch_level": self.patch_level,
+            "downsample": self.downsample,
+        }
+        return patch_geometry(attrs, level_downsamples)
+
     def slide_scores(self, target: str, slide: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, coords)`` of one slide's patches, for ``render_heatmap``."""
         sel = self.slide_index == slide
@@ -347,6 +364,182 @@ def _fc1(model: nn.Module, x: Tensor) -> Tensor:
     return torch.nn.functional.linear(x.float(), fc1.weight.float(), fc1.bias.float())
 
 
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise InputError(f"method={method!r}; expected one of {list(METHODS)}")
+
+
+def _patient_bag(cfg, m1: Sequence[Tensor], wsi: Tensor) -> tuple[list[Tensor], Tensor]:
+    """One patient's ``m1`` groups as ``(1, d_g)`` and bag as ``(1, N, D)``, checked against ``cfg``."""
+    from deref.model.deref import check_inputs
+
+    m1 = [torch.as_tensor(x, dtype=torch.float32).reshape(1, -1) for x in m1]
+    wsi = torch.as_tensor(wsi, dtype=torch.float32)
+    if wsi.dim() == 2:
+        wsi = wsi.unsqueeze(0)
+    if wsi.dim() != 3 or wsi.shape[0] != 1:
+        raise InputError(f"wsi has shape {tuple(wsi.shape)}; expected one patient's bag (N, D) or (1, N, D)")
+    check_inputs(cfg, m1, wsi, None)
+    return m1, wsi
+
+
+def _baseline_patch(cfg, wsi_baseline: Tensor | np.ndarray | None, dev: torch.device) -> Tensor:
+    """The ``(D,)`` baseline patch embedding (zeros when none is given)."""
+    if wsi_baseline is None:
+        return torch.zeros(cfg.wsi_dim, device=dev)
+    base = _to_device(wsi_baseline, dev).reshape(-1)
+    if base.numel() != cfg.wsi_dim:
+        raise InputError(f"wsi_baseline has {base.numel()} values; expected wsi_dim = {cfg.wsi_dim}")
+    return base
+
+
+def _layer_inputs(
+    model: nn.Module,
+    m1: Sequence[Tensor],
+    wsi: Tensor,
+    wsi_baseline: Tensor | np.ndarray | None,
+    m1_baseline: Tensor | np.ndarray | None,
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(inputs, baselines)`` at the attribution layers: family tokens ``(1, G, C1)`` and fc1
+    outputs ``(1, N, C1)`` of the patient, and of the baseline (module docstring)."""
+    cfg = model.config
+    dev = next(model.parameters()).device
+    m1, wsi = _patient_bag(cfg, m1, wsi)
+    wsi = wsi.to(dev)
+    base_patch = _baseline_patch(cfg, wsi_baseline, dev)
+    tok = family_tokens(model, m1)  # (1, G, C1)
+    if m1_baseline is None:
+        tok_base = family_tokens(model, [torch.zeros_like(x) for x in m1])
+    else:
+        tok_base = _to_device(m1_baseline, dev).reshape(1, *tok.shape[1:])
+    h = _fc1(model, wsi)  # (1, N, C1)
+    h_base = _fc1(model, base_patch.view(1, 1, -1)).expand_as(h).contiguous()
+    return (tok, h), (tok_base.expand_as(tok).contiguous(), h_base)
+
+
+@dataclass
+class _Problem:
+    """One patient's attribution problem at the attribution layers.
+
+    ``inputs`` / ``baselines``: family tokens (1, G, C1) and fc1 outputs (1, N, C1);
+    ``risk_direction``: ``g = d risk / d V`` (1, F, C2), set from the first float32 forward
+    and then held fixed (module docstring, "Targets").
+    """
+
+    net: nn.Module
+    segments: int | str
+    targets: tuple[str, ...]
+    inputs: tuple[Tensor, Tensor]
+    baselines: tuple[Tensor, Tensor]
+    risk_direction: Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.inputs[1].device
+
+    def forward(self, tok: Tensor, h: Tensor, attention: bool = False):
+        return self.net(
+            None, h, None, m1_tokens=tok, segments=self.segments, return_attention=attention, validate=False
+        )
+
+    def target_matrix(self, out) -> Tensor:
+        """(B, T) target values of a forward's output."""
+        return _target_matrix(out, self.targets, tuple(self.net.config.feature_names), self.risk_direction)
+
+
+def _segment_arg(cfg, segs: tuple[int, ...], segments: int | str | None) -> int | str:
+    """The ``segments=`` argument of a forward that averages exactly ``segs``."""
+    seg_arg = segs[0] if len(segs) == 1 else "all" if segs == tuple(cfg.segments) else None
+    if seg_arg is None:  # pragma: no cover - segments_for_forward returns one of the two
+        raise ConfigError(f"unsupported reorganization {segments!r}")
+    return seg_arg
+
+
+def _reduce(attr: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """(patch (N,), family (G,)) float64 scores: per patch the sum over its C1 channels, per
+    family the sum over its token."""
+    fam = attr[0][0].double().sum(dim=-1).cpu().numpy()
+    patch = attr[1][0].double().sum(dim=-1).cpu().numpy()
+    return patch, fam
+
+
+@dataclass
+class _Scores:
+    """Per-target patch (N,) and family (G,) scores; IG adds its deltas and ``T(baseline)``."""
+
+    patch_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    family_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    convergence_delta: dict[str, float] | None = None
+    baseline_values: dict[str, float] | None = None
+
+
+def _gradient_scores(problem: _Problem, values: Tensor, leaves: list[Tensor] | None, autocast) -> _Scores:
+    """Gradient x (input - baseline) per target: one forward (``values`` and ``leaves`` of the
+    value forward when it kept its graph, else a new one under ``autocast``), a backward each."""
+    res = _Scores()
+    targets = problem.targets
+    with torch.enable_grad(), autocast:
+        if leaves is None:
+            leaves = [x.clone().requires_grad_(True) for x in problem.inputs]
+            values = problem.target_matrix(problem.forward(*leaves))[0]
+        for i, t in enumerate(targets):
+            grads = torch.autograd.grad(
+                values[i],
+                leaves,
+                retain_graph=i < len(targets) - 1,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            attr = [gr.float() * (x - b) for gr, x, b in zip(grads, problem.inputs, problem.baselines)]
+            res.patch_scores[t], res.family_scores[t] = _reduce(attr)
+    return res
+
+
+def _ig_scores(
+    problem: _Problem, target_values: dict[str, float], steps: int, batch: int, autocast
+) -> _Scores:
+    """Integrated Gradients of each target (captum, Gauss-Legendre), its convergence delta and
+    ``T(baseline)``."""
+    from captum.attr import IntegratedGradients
+
+    res = _Scores(convergence_delta={}, baseline_values={})
+    for i, t in enumerate(problem.targets):
+
+        def forward(tok_in: Tensor, h_in: Tensor, _i: int = i) -> Tensor:
+            o = problem.target_matrix(problem.forward(tok_in, h_in))[:, _i]
+            # Keep both inputs in the graph: an input with no path to the target then
+            # gets an exact zero gradient instead of an autograd error.
+            return o + (tok_in.sum(dim=(1, 2)) + h_in.sum(dim=(1, 2))) * 0.0
+
+        with autocast:
+            attr, delta = IntegratedGradients(forward).attribute(
+                problem.inputs,
+                baselines=problem.baselines,
+                n_steps=steps,
+                method="gausslegendre",
+                internal_batch_size=batch,
+                return_convergence_delta=True,
+            )
+        res.patch_scores[t], res.family_scores[t] = _reduce(attr)
+        res.convergence_delta[t] = float(delta.reshape(-1)[0])
+        total = float(res.patch_scores[t].sum() + res.family_scores[t].sum())
+        # captum's delta = sum(attr) - (T(x) - T(x')) with its own forwards: recover T(x').
+        res.baseline_values[t] = float(target_values[t] - (total - res.convergence_delta[t]))
+    return res
+
+
+def _value_forward(problem: _Problem, keep_graph: bool):
+    """The float32 forward that gives the target values, risk directions and attention:
+    ``(out, leaves)``; with ``keep_graph`` its graph is kept for the gradient method (``leaves``
+    are its inputs), else ``leaves`` is None."""
+    if keep_graph:
+        with torch.enable_grad():
+            leaves = [x.clone().requires_grad_(True) for x in problem.inputs]
+            return problem.forward(*leaves, attention=True), leaves
+    with torch.no_grad(), torch.autocast(problem.device.type, enabled=False):
+        return problem.forward(*problem.inputs, attention=True), None
+
+
 def attribute_inputs(
     model: nn.Module,
     m1: Sequence[Tensor],
@@ -375,9 +568,9 @@ def attribute_inputs(
         ``(D,)`` baseline patch embedding (the training mean); None = zeros.
     m1_baseline
         ``(G, C1)`` baseline family tokens (the mean token over the training patients, see
-        :func:`mean_family_tokens`); None = the tokens of the all-zero profile (the training
-        mean profile), which a trained SNN maps to almost-zero tokens: a region where the
-        token encoder's LayerNorm makes the model very steep, so IG converges slowly there.
+        ``deref.inference.mean_family_tokens``); None = the tokens of the all-zero profile (the
+        training mean profile), which a trained SNN maps to almost-zero tokens: a region where
+        the token encoder's LayerNorm makes the model very steep, so IG converges slowly there.
     method
         ``"grad"`` or ``"ig"``.
     targets
@@ -394,157 +587,61 @@ def attribute_inputs(
         IG points per forward (default: about ``20,000 / N``; larger batches were slower on CPU).
     """
     _check_model(model)
-    if method not in METHODS:
-        raise InputError(f"method={method!r}; expected one of {list(METHODS)}")
+    _check_method(method)
     if steps < 1:
         raise InputError(f"steps={steps}; expected at least 1")
-    cfg = model.config
-    targets = _check_targets(targets, cfg)
-    names = tuple(cfg.feature_names)
-    dev = next(model.parameters()).device
-
-    m1 = [torch.as_tensor(x, dtype=torch.float32).reshape(1, -1) for x in m1]
-    wsi = torch.as_tensor(wsi, dtype=torch.float32)
-    if wsi.dim() == 2:
-        wsi = wsi.unsqueeze(0)
-    if wsi.dim() != 3 or wsi.shape[0] != 1:
-        raise InputError(f"wsi has shape {tuple(wsi.shape)}; expected one patient's bag (N, D) or (1, N, D)")
-    from deref.model.deref import check_inputs
-
-    check_inputs(cfg, m1, wsi, None)
-    wsi = wsi.to(dev)
-    n = wsi.shape[1]
-    if wsi_baseline is None:
-        base_patch = torch.zeros(cfg.wsi_dim, device=dev)
-    else:
-        base_patch = _to_device(wsi_baseline, dev).reshape(-1)
-        if base_patch.numel() != cfg.wsi_dim:
-            raise InputError(
-                f"wsi_baseline has {base_patch.numel()} values; expected wsi_dim = {cfg.wsi_dim}"
-            )
-    tok = family_tokens(model, m1)  # (1, G, C1)
-    if m1_baseline is None:
-        tok_base = family_tokens(model, [torch.zeros_like(x) for x in m1])
-    else:
-        tok_base = _to_device(m1_baseline, dev).reshape(1, *tok.shape[1:])
-
-    h = _fc1(model, wsi)  # (1, N, C1)
-    h_base = _fc1(model, base_patch.view(1, 1, -1)).expand_as(h).contiguous()
-    net = _attribution_net(model)
+    targets = _check_targets(targets, model.config)
+    inputs, baselines = _layer_inputs(model, m1, wsi, wsi_baseline, m1_baseline)
     segs = model.segments_for_forward(segments)
-    seg_arg = segs[0] if len(segs) == 1 else "all" if segs == tuple(cfg.segments) else None
-    if seg_arg is None:  # pragma: no cover - segments_for_forward returns one of the two
-        raise ConfigError(f"unsupported reorganization {segments!r}")
-
-    def run(tok_in: Tensor, h_in: Tensor, attention: bool = False):
-        return net(
-            None, h_in, None, m1_tokens=tok_in, segments=seg_arg, return_attention=attention, validate=False
-        )
-
-    inputs = (tok, h)
-    baselines = (tok_base.expand_as(tok).contiguous(), h_base)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
-    leaves = None
-    if method == "grad" and not bf16:
-        # One float32 forward with the graph gives the values and the gradients' graph.
-        with torch.enable_grad():
-            leaves = [x.clone().requires_grad_(True) for x in inputs]
-            out = run(*leaves, attention=True)
-    else:
-        # Target values, risk directions and attention always come from a float32 forward.
-        with torch.no_grad(), torch.autocast(dev.type, enabled=False):
-            out = run(*inputs, attention=True)
-    g = _risk_direction(model, out.features.detach(), segs)  # (1, F, C2), held fixed below
-    values = _target_matrix(out, targets, names, g)[0]
+    net = _attribution_net(model)
+    problem = _Problem(net, _segment_arg(model.config, segs, segments), targets, inputs, baselines)
+    out, leaves = _value_forward(problem, keep_graph=method == "grad" and not bf16)
+    problem.risk_direction = _risk_direction(model, out.features.detach(), segs)
+    with torch.enable_grad():  # the gradient method differentiates these values (leaves kept)
+        values = problem.target_matrix(out)[0]
     target_values = {t: float(values[i].detach()) for i, t in enumerate(targets)}
-    cls_attention = out.wsi_attention[0].detach().float().cpu().numpy()
-    risk = float(out.risk[0].detach())
-
-    def reduce(attr: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        """Per patch: sum over the C1 channels; per family: sum over its token."""
-        fam = attr[0][0].double().sum(dim=-1).cpu().numpy()
-        patch = attr[1][0].double().sum(dim=-1).cpu().numpy()
-        return patch, fam
-
-    patch_scores: dict[str, np.ndarray] = {}
-    family_scores: dict[str, np.ndarray] = {}
-    deltas: dict[str, float] | None = None
-    baseline_values: dict[str, float] | None = None
+    autocast = torch.autocast(problem.device.type, dtype=torch.bfloat16, enabled=bf16)
     if method == "grad":
-        with torch.enable_grad(), autocast:
-            if leaves is None:
-                leaves = [x.clone().requires_grad_(True) for x in inputs]
-                vals = _target_matrix(run(*leaves), targets, names, g)[0]
-            else:
-                vals = values
-            for i, t in enumerate(targets):
-                grads = torch.autograd.grad(
-                    vals[i],
-                    leaves,
-                    retain_graph=i < len(targets) - 1,
-                    allow_unused=True,
-                    materialize_grads=True,
-                )
-                attr = [gr.float() * (x - b) for gr, x, b in zip(grads, inputs, baselines)]
-                patch_scores[t], family_scores[t] = reduce(attr)
+        scores = _gradient_scores(problem, values, leaves, autocast)
     else:
-        from captum.attr import IntegratedGradients
-
-        batch = internal_batch_size or _default_batch(n, steps)
-        deltas, baseline_values = {}, {}
-        for i, t in enumerate(targets):
-
-            def forward(tok_in: Tensor, h_in: Tensor, _i: int = i) -> Tensor:
-                o = _target_matrix(run(tok_in, h_in), targets, names, g)[:, _i]
-                # Keep both inputs in the graph: an input with no path to the target then
-                # gets an exact zero gradient instead of an autograd error.
-                return o + (tok_in.sum(dim=(1, 2)) + h_in.sum(dim=(1, 2))) * 0.0
-
-            ig = IntegratedGradients(forward)
-            with autocast:
-                attr, delta = ig.attribute(
-                    inputs,
-                    baselines=baselines,
-                    n_steps=steps,
-                    method="gausslegendre",
-                    internal_batch_size=batch,
-                    return_convergence_delta=True,
-                )
-            patch_scores[t], family_scores[t] = reduce(attr)
-            deltas[t] = float(delta.reshape(-1)[0])
-            total = float(patch_scores[t].sum() + family_scores[t].sum())
-            # captum's delta = sum(attr) - (T(x) - T(x')) with its own forwards: recover T(x').
-            baseline_values[t] = float(target_values[t] - (total - deltas[t]))
+        batch = internal_batch_size or _default_batch(inputs[1].shape[1], steps)
+        scores = _ig_scores(problem, target_values, steps, batch, autocast)
     return AttributionArrays(
         targets=targets,
-        patch_scores=patch_scores,
-        family_scores=family_scores,
+        patch_scores=scores.patch_scores,
+        family_scores=scores.family_scores,
         target_values=target_values,
-        baseline_values=baseline_values,
-        convergence_delta=deltas,
-        cls_attention=cls_attention,
-        risk=risk,
+        baseline_values=scores.baseline_values,
+        convergence_delta=scores.convergence_delta,
+        cls_attention=out.wsi_attention[0].detach().float().cpu().numpy(),
+        risk=float(out.risk[0].detach()),
         segments=segs,
     )
 
 
 # ----------------------------------------------------------------------------- slides
-def find_slide_paths(
-    slide_ids: Sequence[str], bag_dir: str | Path | None, slide_dir: str | Path | None = None
-) -> list[str | None]:
-    """The slide file of each slide id, or None when not found.
-
-    Looks in ``slide_dir`` (when given), then in ``<bag folder>/../slides`` and the bag folder
-    itself (the demo's and CLAM's layouts).
-    """
+def slide_candidates(
+    slide_id: str, bag_dir: str | Path | None, slide_dir: str | Path | None = None
+) -> list[Path]:
+    """The files that may hold slide ``slide_id``, in the order :func:`find_slide_paths` tries
+    them: ``slide_dir`` (when given), then ``<bag folder>/../slides`` and the bag folder itself
+    (the demo's and CLAM's layouts)."""
     roots: list[Path] = []
     if slide_dir is not None:
         roots.append(Path(slide_dir))
     if bag_dir is not None:
         roots += [Path(bag_dir).parent / "slides", Path(bag_dir)]
+    return [r / slide_id for r in roots]
+
+
+def find_slide_paths(
+    slide_ids: Sequence[str], bag_dir: str | Path | None, slide_dir: str | Path | None = None
+) -> list[str | None]:
+    """The slide file of each slide id (resolved), or None when none of its
+    :func:`slide_candidates` is a file."""
     out: list[str | None] = []
     for sid in slide_ids:
-        hit = next((r / sid for r in roots if (r / sid).is_file()), None)
+        hit = next((p for p in slide_candidates(sid, bag_dir, slide_dir) if p.is_file()), None)
         out.append(None if hit is None else str(hit.resolve()))
     return out
 
@@ -557,6 +654,156 @@ def _baseline_words(has_mean: bool, fold: int) -> str:
         else "every patch embedding set to zero (the run stores no mean patch embedding)"
     )
     return f"genomics: each family token at the mean of fold {fold}'s training patients' tokens; WSI: {wsi}"
+
+
+def _check_request(predictor, cohort, case_id: str, method: str, targets: Sequence[str] | None):
+    """``(case_id, targets)`` checked against the run and the cohort."""
+    _check_method(method)
+    cfg = predictor.config
+    if cfg.model_type != "deref":
+        raise ConfigError(f"attributions need a DeReF run; {predictor.run.path} is a {cfg.model_type!r} run")
+    targets = _check_targets(targets, cfg)
+    case_id = str(case_id)
+    if case_id not in cohort.slides:
+        raise DataError(f"{cohort.source}: case {case_id!r} is not in the table")
+    return case_id, targets
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What one explanation is computed from: the patient, the fold model and every setting
+    the numbers depend on (``settings`` is stored with the result and hashed by the cache)."""
+
+    case_id: str
+    fold: int
+    method: str
+    steps: int
+    segments: int | str | None
+    bf16: bool
+    settings: dict[str, Any]
+
+
+def _request(
+    predictor,
+    case_id: str,
+    fold: int | None,
+    method: str,
+    steps: int,
+    segments: int | str | None,
+    bf16: bool | None,
+) -> _Request:
+    """The fold model (``Predictor.fold_for``), the precision and the settings of a request."""
+    k = predictor.fold_for(case_id, fold)
+    bf16 = predictor.bf16 if bf16 is None else bool(bf16)
+    segs = predictor.fold(k).model.segments_for_forward(segments)
+    settings = {
+        "version": ATTRIBUTION_VERSION,
+        "method": method,
+        "steps": int(steps) if method == "ig" else None,
+        "segments": list(segs),
+        "bf16": bf16,
+        "baseline": "train-mean-patch+train-mean-tokens",
+        "train_data": predictor.run.info.data.fingerprint,
+    }
+    return _Request(case_id, k, method, steps, segments, bf16, settings)
+
+
+class _CacheSlot:
+    """The explanation cache entry of one request (see ``deref.explain.cache``)."""
+
+    def __init__(self, predictor, cohort, req: _Request) -> None:
+        fold_dir = predictor.run.fold_dir(req.fold)
+        self.cache = ExplanationCache(predictor.run.path)
+        self.key = self.cache.key(
+            fold=req.fold,
+            case_id=req.case_id,
+            method=req.method,
+            settings=req.settings,
+            weights=fold_dir / "model.safetensors",
+            extra_files=[fold_dir / "preprocessing.json", *_bag_files(cohort, req.case_id)],
+            data_fingerprint=cohort.fingerprint,
+        )
+
+    def load(self) -> PatientAttribution | None:
+        hit = self.cache.load(self.key)
+        return None if hit is None else _from_cache(*hit)
+
+    def save(self, result: PatientAttribution) -> None:
+        self.cache.save(self.key, *_to_cache(result))
+
+
+def _bag_layout(bag, case_id: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(slide_ids, slide_index (N,), coords (N, 2))`` of a patient's bag (one slide, and zero
+    coordinates, when the bag does not say)."""
+    slide_ids = list(bag.slide_ids) if bag.slide_ids else [str(bag.attrs.get("slide_id", case_id))]
+    slide_index = (
+        np.asarray(bag.slide_index, dtype=np.int64)
+        if bag.slide_index is not None
+        else np.zeros(bag.n, np.int64)
+    )
+    coords = (
+        np.asarray(bag.coords, dtype=np.int64) if bag.coords is not None else np.zeros((bag.n, 2), np.int64)
+    )
+    return slide_ids, slide_index, coords
+
+
+def _compute(
+    predictor,
+    cohort,
+    req: _Request,
+    targets: tuple[str, ...],
+    *,
+    slide_dir: str | Path | None,
+    internal_batch_size: int | None,
+    progress: Callable[[str], None] | None,
+) -> PatientAttribution:
+    """Attributions of ``targets`` for the request, with the bag's layout and slide files."""
+    k = req.fold
+    inputs = predictor.inputs(cohort, [req.case_id], k)
+    bag = inputs.bags[0]
+    wsi_mean = predictor.fold(k).wsi_mean
+    if progress:
+        progress(
+            f"{req.case_id}: {req.method} attributions of {len(targets)} target(s) over {bag.n} patches (fold {k})"
+        )
+    arrays = attribute_inputs(
+        predictor.fold(k).model,
+        inputs.m1,
+        torch.from_numpy(np.ascontiguousarray(bag.features)),
+        wsi_mean,
+        predictor.family_token_baseline(k, cohort),
+        method=req.method,
+        targets=targets,
+        steps=req.steps,
+        segments=req.segments,
+        bf16=req.bf16,
+        internal_batch_size=internal_batch_size,
+    )
+    slide_ids, slide_index, coords = _bag_layout(bag, req.case_id)
+    attrs = bag.attrs or {}
+    return PatientAttribution(
+        case_id=req.case_id,
+        fold=k,
+        method=req.method,
+        targets=arrays.targets,
+        patch_scores={t: v.astype(np.float32) for t, v in arrays.patch_scores.items()},
+        family_scores={t: v.astype(np.float32) for t, v in arrays.family_scores.items()},
+        family_names=tuple(predictor.config.m1_names),
+        cls_attention=arrays.cls_attention.astype(np.float32),
+        convergence_delta=arrays.convergence_delta,
+        target_values=arrays.target_values,
+        baseline_values=arrays.baseline_values,
+        risk=arrays.risk,
+        coords=coords,
+        patch_size=_int_or_none(attrs.get("patch_size")),
+        patch_level=_int_or_none(attrs.get("patch_level")),
+        downsample=_float_or_none(attrs.get("downsample")),
+        slide_index=slide_index,
+        slide_ids=slide_ids,
+        slide_paths=find_slide_paths(slide_ids, cohort.bag_dir, slide_dir),
+        baseline=_baseline_words(wsi_mean is not None, k),
+        settings=dict(req.settings, segments=list(arrays.segments)),
+    )
 
 
 def explain_patient(
@@ -593,118 +840,41 @@ def explain_patient(
     targets
         Subset of ``("risk", *feature_names)``; None = all.
     use_cache
-        Read and write ``RUN/explanations/`` (see ``deref.explain.cache``).
+        Read and write ``RUN/explanations/`` (see ``deref.explain.cache``); targets missing
+        from a cached entry are computed and merged into it.
     segments
         Reorganization (None = the model's evaluation default, the mean over all ``s``).
     bf16
         bf16 autocast for the attribution passes; None = the predictor's setting. IG over
         10,000 patches takes ~11 s with it and ~18 s without on 2 CPU cores.
     slide_dir
-        Where the slide files are (default: next to the bag folder, see ``find_slide_paths``).
+        Where the slide files are (default: next to the bag folder, see ``slide_candidates``).
     """
-    from deref.explain import cache as cache_mod
-
-    if method not in METHODS:
-        raise InputError(f"method={method!r}; expected one of {list(METHODS)}")
-    cfg = predictor.config
-    if cfg.model_type != "deref":
-        raise ConfigError(f"attributions need a DeReF run; {predictor.run.path} is a {cfg.model_type!r} run")
-    targets = _check_targets(targets, cfg)
-    case_id = str(case_id)
-    if case_id not in cohort.slides:
-        raise DataError(f"{cohort.source}: case {case_id!r} is not in the table")
-    k = predictor.fold_for(case_id, fold)
-    bf16 = predictor.bf16 if bf16 is None else bool(bf16)
-    model = predictor.fold(k).model
-    segs = model.segments_for_forward(segments)
-    settings = {
-        "version": ATTRIBUTION_VERSION,
-        "method": method,
-        "steps": int(steps) if method == "ig" else None,
-        "segments": list(segs),
-        "bf16": bf16,
-        "baseline": "train-mean-patch+train-mean-tokens",
-        "train_data": predictor.run.info.data.fingerprint,
-    }
-
-    cache = cache_mod.ExplanationCache(predictor.run.path) if use_cache else None
-    key = None
-    have: PatientAttribution | None = None
-    if cache is not None:
-        key = cache.key(
-            fold=k,
-            case_id=case_id,
-            method=method,
-            settings=settings,
-            weights=predictor.run.fold_dir(k) / "model.safetensors",
-            extra_files=[predictor.run.fold_dir(k) / "preprocessing.json", *_bag_files(cohort, case_id)],
-            data_fingerprint=cohort.fingerprint,
+    case_id, targets = _check_request(predictor, cohort, case_id, method, targets)
+    req = _request(predictor, case_id, fold, method, steps, segments, bf16)
+    slot = _CacheSlot(predictor, cohort, req) if use_cache else None
+    have = None if slot is None else slot.load()
+    if have is not None:  # the key does not cover where the slides are: look them up again
+        have = dataclasses.replace(
+            have, slide_paths=find_slide_paths(have.slide_ids, cohort.bag_dir, slide_dir)
         )
-        hit = cache.load(key)
-        if hit is not None:
-            have = _from_cache(*hit)
-            if all(t in have.targets for t in targets):
-                return _subset(have, targets)
+    if have is not None and all(t in have.targets for t in targets):
+        return _subset(have, targets)
     missing = tuple(t for t in targets if have is None or t not in have.targets)
-
-    inputs = predictor.inputs(cohort, [case_id], k)
-    bag = inputs.bags[0]
-    wsi_mean = predictor.fold(k).wsi_mean
-    if progress:
-        progress(
-            f"{case_id}: {method} attributions of {len(missing)} target(s) over {bag.n} patches (fold {k})"
-        )
-    arrays = attribute_inputs(
-        model,
-        inputs.m1,
-        torch.from_numpy(np.ascontiguousarray(bag.features)),
-        wsi_mean,
-        predictor.family_token_baseline(k, cohort),
-        method=method,
-        targets=missing,
-        steps=steps,
-        segments=segments,
-        bf16=bf16,
+    result = _compute(
+        predictor,
+        cohort,
+        req,
+        missing,
+        slide_dir=slide_dir,
         internal_batch_size=internal_batch_size,
+        progress=progress,
     )
-    slide_ids = list(bag.slide_ids) if bag.slide_ids else [str(bag.attrs.get("slide_id", case_id))]
-    slide_index = (
-        np.asarray(bag.slide_index, dtype=np.int64)
-        if bag.slide_index is not None
-        else np.zeros(bag.n, np.int64)
-    )
-    coords = (
-        np.asarray(bag.coords, dtype=np.int64) if bag.coords is not None else np.zeros((bag.n, 2), np.int64)
-    )
-    attrs = bag.attrs or {}
-    result = PatientAttribution(
-        case_id=case_id,
-        fold=k,
-        method=method,
-        targets=arrays.targets,
-        patch_scores={t: v.astype(np.float32) for t, v in arrays.patch_scores.items()},
-        family_scores={t: v.astype(np.float32) for t, v in arrays.family_scores.items()},
-        family_names=tuple(cfg.m1_names),
-        cls_attention=arrays.cls_attention.astype(np.float32),
-        convergence_delta=arrays.convergence_delta,
-        target_values=arrays.target_values,
-        baseline_values=arrays.baseline_values,
-        risk=arrays.risk,
-        coords=coords,
-        patch_size=_int_or_none(attrs.get("patch_size")),
-        patch_level=_int_or_none(attrs.get("patch_level")),
-        downsample=_float_or_none(attrs.get("downsample")),
-        slide_index=slide_index,
-        slide_ids=slide_ids,
-        slide_paths=find_slide_paths(slide_ids, cohort.bag_dir, slide_dir),
-        baseline=_baseline_words(wsi_mean is not None, k),
-        settings=dict(settings, segments=list(arrays.segments)),
-    )
-    if cache is not None:
-        stored = result if have is None else _merge(have, result)
-        cache.save(key, *_to_cache(stored))
-        result = _subset(stored, targets)
-    return result
+    if slot is None:
+        return result
+    stored = result if have is None else _merge(have, result)
+    slot.save(stored)
+    return _subset(stored, targets)
 
 
 # the fields of PatientAttribution that hold one entry per target

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from deref.fileio import file_sha256
+
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "explanations"
@@ -63,8 +65,6 @@ def weights_fingerprint(path: str | os.PathLike) -> str:
         hit = _sha_memo.get(memo_key)
     if hit is not None:
         return hit
-    from deref.runs import file_sha256
-
     digest = file_sha256(p)
     with _sha_lock:
         _sha_memo[memo_key] = digest

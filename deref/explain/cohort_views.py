@@ -3,7 +3,7 @@
 * ``decoupled_features`` runs a run's models over a cohort (batched) and returns the four
   decoupled features, the MoE gate weights and the risks of every patient.
 * ``gate_summary`` is the mean gate weight per expert, overall and by risk group (the paper's
-  bar chart); ``risk_groups`` makes a median split when no better groups are at hand.
+  bar chart), given a risk group per patient (``deref.stratify``'s, cut at the training risks).
 * ``tsne_embedding`` places the ``F x n`` feature vectors in the plane (the paper's t-SNE).
 * ``linear_cka`` / ``cka_matrix``: linear centred kernel alignment between the features
   (Kornblith et al., 2019, "Similarity of neural network representations revisited").
@@ -32,12 +32,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DecoupledFeatures",
+    "TOP_PATCH_COLUMNS",
     "cka_matrix",
     "decoupled_features",
     "expert_labels",
     "gate_summary",
     "linear_cka",
-    "risk_groups",
     "top_patches_cohort",
     "tsne_embedding",
 ]
@@ -150,19 +150,6 @@ def decoupled_features(
 
 
 # ----------------------------------------------------------------------------- gates
-def risk_groups(risks: Sequence[float] | np.ndarray, cutoff: float | None = None) -> np.ndarray:
-    """``"high"`` / ``"low"`` risk labels split at ``cutoff`` (default: the median of ``risks``).
-
-    A risk equal to the cutoff is "low". For groups with cutoffs from the training risks, use
-    ``deref.stratify`` and pass its labels to :func:`gate_summary`.
-    """
-    r = np.asarray(risks, dtype=float).ravel()
-    if r.size == 0 or not np.isfinite(r).all():
-        raise InputError("risks must be a non-empty array of finite numbers")
-    c = float(np.median(r)) if cutoff is None else float(cutoff)
-    return np.where(r > c, "high", "low")
-
-
 def gate_summary(
     gates: np.ndarray,
     groups: Sequence | np.ndarray | None = None,
@@ -175,8 +162,8 @@ def gate_summary(
     gates : (n, N)
         Gate weights (``DecoupledFeatures.gates``).
     groups : (n,), optional
-        A label per patient (e.g. :func:`risk_groups`); groups appear in order of first
-        appearance after the overall row set, which is labelled ``"all"``.
+        A label per patient (e.g. the risk groups of ``deref.stratify``); groups appear in
+        order of first appearance after the overall row set, which is labelled ``"all"``.
     expert_names
         Defaults to ``expert_1 .. expert_N``. With DeReF's per-feature gate (N = F) expert
         ``i`` is weighted by a score of feature ``i``, so feature names are natural labels.
@@ -336,6 +323,59 @@ def cka_matrix(features: np.ndarray, groups: Sequence | np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- top patches
+#: Columns of :func:`top_patches_cohort`'s table.
+TOP_PATCH_COLUMNS = (
+    "rank",
+    "case_id",
+    "fold",
+    "patch",
+    "slide_id",
+    "slide_path",
+    "x",
+    "y",
+    "patch_size",
+    "patch_level",
+    "score",
+)
+
+
+def _patient_top_rows(a, target: str, k: int, per_patient: int | None, largest: bool) -> pd.DataFrame:
+    """The best ``min(k, per_patient)`` patches of one patient's attribution ``a`` (no rank)."""
+    scores = a.cls_attention[-1] if target == "attention" else a.patch_scores[target]
+    order = np.argsort(-scores if largest else scores, kind="stable")
+    if per_patient is not None:
+        order = order[:per_patient]
+    order = order[:k]
+    slide = a.slide_index[order]
+    return pd.DataFrame(
+        {
+            "case_id": a.case_id,
+            "fold": a.fold,
+            "patch": order,
+            "slide_id": np.asarray(a.slide_ids, dtype=object)[slide],
+            "slide_path": np.asarray(a.slide_paths, dtype=object)[slide],
+            "x": a.coords[order, 0],
+            "y": a.coords[order, 1],
+            "patch_size": a.patch_size,
+            "patch_level": a.patch_level,
+            "score": scores[order].astype(np.float64),
+        }
+    )
+
+
+def _ranked(frames: list[pd.DataFrame], k: int, largest: bool) -> pd.DataFrame:
+    """The ``k`` best rows of the patients' frames (in patient order), ranked from 1."""
+    if not frames:
+        return pd.DataFrame(columns=list(TOP_PATCH_COLUMNS))
+    df = pd.concat([f.assign(_patient=i) for i, f in enumerate(frames)], ignore_index=True)
+    df = df.sort_values(
+        ["score", "_patient", "patch"], ascending=[not largest, True, True], kind="stable"
+    ).head(k)
+    df = df.drop(columns="_patient").reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    return df
+
+
 def top_patches_cohort(
     predictor,
     cohort,
@@ -363,10 +403,12 @@ def top_patches_cohort(
     Returns
     -------
     DataFrame
-        ``k`` rows by decreasing score (ties: patient order, then patch index): ``rank,
-        case_id, fold, patch, slide_id, slide_path, x, y, patch_size, patch_level, score``;
-        pass a row's ``x, y, patch_size, patch_level, slide_path`` to
-        ``deref.explain.patches.top_k_patches`` (or ``read_region``) to show the pixels.
+        ``k`` rows by decreasing score (ties: patient order, then patch index), the columns
+        of ``TOP_PATCH_COLUMNS``: ``rank, case_id, fold, patch, slide_id, slide_path, x, y,
+        patch_size, patch_level, score`` (``patch_size`` / ``patch_level`` as the bag records
+        them, None when it does not); read a row's pixels with
+        ``deref.explain.patches.top_k_patches`` at ``x, y`` from ``slide_path``, with the
+        bag's ``patch_geometry`` (its ``read_size`` at ``level``).
     """
     from deref.explain.attribution import available_targets, explain_patient
 
@@ -376,9 +418,10 @@ def top_patches_cohort(
     if target not in allowed:
         raise InputError(f"unknown target {target!r}; expected one of {list(allowed)}")
     ids = [str(c) for c in (cohort.case_ids if case_ids is None else case_ids)]
+    # attention comes with every attribution: ask for the cheapest-to-cache target, the risk
+    attr_target = "risk" if target == "attention" else target
     frames = []
     for i, cid in enumerate(ids):
-        attr_target = "risk" if target == "attention" else target
         a = explain_patient(
             predictor,
             cohort,
@@ -389,50 +432,7 @@ def top_patches_cohort(
             use_cache=use_cache,
             **explain_kwargs,
         )
-        scores = a.cls_attention[-1] if target == "attention" else a.patch_scores[target]
-        order = np.argsort(-scores if largest else scores, kind="stable")
-        if per_patient is not None:
-            order = order[:per_patient]
-        order = order[:k]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "case_id": cid,
-                    "fold": a.fold,
-                    "patch": order,
-                    "slide_id": np.asarray(a.slide_ids, dtype=object)[a.slide_index[order]],
-                    "slide_path": np.asarray(a.slide_paths, dtype=object)[a.slide_index[order]],
-                    "x": a.coords[order, 0],
-                    "y": a.coords[order, 1],
-                    "patch_size": a.patch_size,
-                    "patch_level": a.patch_level,
-                    "score": scores[order].astype(np.float64),
-                    "_patient": i,
-                }
-            )
-        )
+        frames.append(_patient_top_rows(a, target, k, per_patient, largest))
         if progress:
             progress(i + 1, len(ids))
-    if not frames:
-        return pd.DataFrame(
-            columns=[
-                "rank",
-                "case_id",
-                "fold",
-                "patch",
-                "slide_id",
-                "slide_path",
-                "x",
-                "y",
-                "patch_size",
-                "patch_level",
-                "score",
-            ]
-        )
-    df = pd.concat(frames, ignore_index=True)
-    df = df.sort_values(
-        ["score", "_patient", "patch"], ascending=[not largest, True, True], kind="stable"
-    ).head(k)
-    df = df.drop(columns="_patient").reset_index(drop=True)
-    df.insert(0, "rank", np.arange(1, len(df) + 1))
-    return df
+    return _ranked(frames, k, largest)

@@ -41,16 +41,14 @@ thresholded, coloured with a matplotlib colormap and alpha-blended onto the thum
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from deref.errors import DataError, InputError
+from deref.errors import InputError
 
 Normalization = Literal["percentile", "raw", "clip"]
 IndexPriority = Literal["last", "score"]
@@ -63,7 +61,6 @@ __all__ = [
     "normalize_scores",
     "patch_boxes",
     "pixel_to_patch",
-    "read_thumbnail",
     "render_heatmap",
 ]
 
@@ -121,10 +118,6 @@ class HeatmapResult:
     def size(self) -> tuple[int, int]:
         """Canvas size ``(W, H)``, PIL order."""
         return int(self.rgba.shape[1]), int(self.rgba.shape[0])
-
-    def to_image(self) -> Image.Image:
-        """The RGBA image as a PIL image."""
-        return Image.fromarray(self.rgba)
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,6 +504,167 @@ def _smooth(values: np.ndarray, weight: np.ndarray | None, sigma: float) -> np.n
 
 
 # --------------------------------------------------------------------------------------------
+# render_heatmap, step by step: validated inputs -> boxes -> raster -> colour -> blend
+
+
+@dataclass(frozen=True)
+class _Style:
+    """The drawing options of ``render_heatmap``, validated."""
+
+    normalization: Normalization
+    clip: tuple[float, float]
+    threshold: float
+    lut: np.ndarray  # (255, 3) uint8
+    alpha: int  # opacity in 0..255
+    smooth_sigma: float
+    tissue_only: bool
+    blank: np.ndarray  # (3,) uint8
+    index_priority: IndexPriority
+
+
+def _check_style(
+    normalization, clip, threshold, cmap, opacity, smooth_sigma, tissue_only, blank_color, index_priority
+) -> _Style:
+    if not 0.0 <= opacity <= 1.0:
+        raise InputError(f"opacity must be in [0, 1]; got {opacity}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise InputError(f"threshold is in normalized units and must be in [0, 1]; got {threshold}")
+    if not (len(clip) == 2 and 0.0 <= clip[0] < clip[1] <= 100.0):
+        raise InputError(f"clip must be two percentiles 0 <= lo < hi <= 100; got {clip!r}")
+    if not (math.isfinite(smooth_sigma) and smooth_sigma >= 0):
+        raise InputError(f"smooth_sigma must be >= 0 px; got {smooth_sigma}")
+    if index_priority not in ("last", "score"):
+        raise InputError(f"index_priority must be 'last' or 'score'; got {index_priority!r}")
+    if len(blank_color) != 3:
+        raise InputError(f"blank_color must be (r, g, b); got {blank_color!r}")
+    blank = np.asarray(blank_color)
+    if blank.shape != (3,) or not np.all((blank >= 0) & (blank <= 255)):
+        raise InputError(f"blank_color must be (r, g, b) in 0..255; got {blank_color!r}")
+    return _Style(
+        normalization=normalization,
+        clip=clip,
+        threshold=float(threshold if threshold is not None else 0.0),
+        lut=_colormap_lut(cmap),
+        alpha=int(round(opacity * 255)),
+        smooth_sigma=float(smooth_sigma),
+        tissue_only=bool(tissue_only),
+        blank=blank.astype(np.uint8),
+        index_priority=index_priority,
+    )
+
+
+def _slide_size(c: np.ndarray, extent0: tuple[float, float], level0_dims: Any) -> tuple[float, float]:
+    """The level-0 ``(W0, H0)``: given, or inferred from the patches; every patch must touch it."""
+    n = c.shape[0]
+    if level0_dims is None:
+        if n == 0:
+            raise InputError("level0_dims is required when there are no patches")
+        level0_dims = (
+            int(math.ceil(float((c[:, 0] + extent0[0]).max()))),
+            int(math.ceil(float((c[:, 1] + extent0[1]).max()))),
+        )
+    if len(level0_dims) != 2 or not all(float(v) > 0 for v in level0_dims):
+        raise InputError(f"level0_dims must be the slide's positive (width, height); got {level0_dims!r}")
+    w0, h0 = float(level0_dims[0]), float(level0_dims[1])
+    outside = (c[:, 0] + extent0[0] <= 0) | (c[:, 1] + extent0[1] <= 0) | (c[:, 0] >= w0) | (c[:, 1] >= h0)
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        raise InputError(
+            f"{int(outside.sum())} of {n} patches lie entirely outside the slide's level-0 size "
+            f"{int(w0)} x {int(h0)} (first: patch {first} at {tuple(c[first].tolist())}); coords must be "
+            "level-0 pixels and patch_size the level-0 extent"
+        )
+    return w0, h0
+
+
+def _canvas(
+    thumbnail: Any, thumbnail_size: int | None, level0: tuple[float, float]
+) -> tuple[np.ndarray | None, int, int]:
+    """``(base (H, W, 3) uint8 or None for a blank canvas, W, H)``."""
+    if thumbnail is None:
+        cw, ch = canvas_size(level0, thumbnail_size or DEFAULT_THUMBNAIL_SIZE)
+        return None, cw, ch
+    base = _thumbnail_rgb(thumbnail, thumbnail_size)
+    return base, base.shape[1], base.shape[0]
+
+
+def _priorities(s: np.ndarray, index_priority: IndexPriority) -> np.ndarray:
+    """(N,) rank of each patch for winning an overlapped pixel in ``patch_index``."""
+    n = s.shape[0]
+    if index_priority == "last":
+        return np.arange(n)
+    priority = np.empty(n, dtype=np.int64)
+    priority[np.lexsort((np.arange(n), s))] = np.arange(n)  # by score, ties to the higher index
+    return priority
+
+
+def _raster(
+    boxes: np.ndarray, values: np.ndarray, priority: np.ndarray, cw: int, ch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int] | None]:
+    """``(overlay, coverage, patch_index, bbox)`` canvas maps (see :class:`HeatmapResult`), and
+    the patches' pixel bounding box (None when no patch holds a pixel)."""
+    overlay = np.full((ch, cw), np.nan, dtype=np.float32)
+    coverage = np.zeros((ch, cw), dtype=np.int32)
+    patch_index = np.full((ch, cw), -1, dtype=np.int32)
+    bbox = _rasterize(boxes, values, priority, overlay, coverage, patch_index)
+    return overlay, coverage, patch_index, bbox
+
+
+def _coloured(
+    overlay: np.ndarray, coverage: np.ndarray, bbox: tuple[int, int, int, int] | None, style: _Style
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int, int] | None]:
+    """``(overlay, drawn, region)``: the (smoothed) overlay, the values coloured inside
+    ``region`` (the patches' bounding box, or the whole canvas without ``tissue_only``)."""
+    sigma = style.smooth_sigma
+    if style.tissue_only:
+        if bbox is None:
+            return overlay, None, None
+        inside = np.s_[bbox[1] : bbox[3], bbox[0] : bbox[2]]
+        drawn = overlay[inside]
+        if sigma > 0:
+            drawn = _smooth(drawn, coverage[inside] > 0, sigma)
+            overlay[inside] = drawn
+        return overlay, drawn, bbox
+    ch, cw = overlay.shape
+    covered = coverage > 0
+    drawn = np.where(covered, overlay, np.float32(0.0))  # off the patches: value 0
+    if sigma > 0:
+        drawn = _smooth(drawn, None, sigma)
+        overlay = np.where(covered, drawn, np.float32(np.nan)).astype(np.float32)
+    return overlay, drawn, (0, 0, cw, ch)
+
+
+def _compose(
+    base: np.ndarray | None,
+    drawn: np.ndarray | None,
+    region: tuple[int, int, int, int] | None,
+    style: _Style,
+    cw: int,
+    ch: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rgba (H, W, 4) uint8, shown (H, W) bool)``: the colours of ``drawn`` blended inside
+    ``region``, the thumbnail (or blank colour) everywhere else."""
+    shown = np.zeros((ch, cw), dtype=bool)
+    rgba = np.empty((ch, cw, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rest = [np.s_[:, :]]
+    if region is not None:
+        x0, y0, x1, y1 = region
+        sel = np.s_[y0:y1, x0:x1]
+        with np.errstate(invalid="ignore"):
+            shown_sub = drawn >= np.float32(style.threshold)  # NaN: False
+        shown[sel] = shown_sub
+        sub_base = None if base is None else base[sel]
+        _blend(rgba[sel], sub_base, style.blank, drawn, shown_sub, style.lut, style.alpha)
+        rest = [np.s_[:y0, :], np.s_[y1:, :], np.s_[y0:y1, :x0], np.s_[y0:y1, x1:]]
+    # Channel by channel: numpy copies (H, W, 3) into (H, W, 4) several times slower in one go.
+    for part in rest:
+        for k in range(3):
+            rgba[part + (k,)] = style.blank[k] if base is None else base[part + (k,)]
+    return rgba, shown
+
+
+# --------------------------------------------------------------------------------------------
 # Public API
 
 
@@ -543,29 +697,26 @@ def render_heatmap(
     coords : (N, 2) array-like
         Level-0 pixel (x, y) of each patch's top-left corner (the CLAM ``coords`` dataset).
     patch_size : float or (w, h)
-        The patch's extent in level-0 pixels; or, with ``patch_level`` and ``downsample``, its
-        size at that level (the level-0 extent is then ``patch_size * downsample``).
+        The patch's extent in level-0 pixels (``PatchGeometry.extent0``); or, with
+        ``patch_level`` and ``downsample``, its size at that level (extent ``patch_size * downsample``).
     level0_dims : (W0, H0) or None
-        The slide's level-0 size (``OpenSlide.dimensions``); None infers it from the patches'
-        extent (features-only use, when neither the slide nor its size is at hand).
+        The slide's level-0 size; None infers it from the patches' extent (features only).
     thumbnail : PIL image, (H, W[, 3|4]) uint8 array, or None
-        The whole slide, downscaled (``read_thumbnail``); its size is the canvas size. None draws
-        on a ``blank_color`` canvas of ``thumbnail_size`` px (longer side, default 2,048) with
-        the level-0 aspect.
+        The whole slide, downscaled (``deref.slides.read_thumbnail``); its size is the canvas
+        size. None draws on a ``blank_color`` canvas of ``thumbnail_size`` px (longer side,
+        default 2,048) with the level-0 aspect.
     thumbnail_size : int, optional
         Canvas size without a thumbnail; with one, a larger thumbnail is downscaled to it.
     normalization : {"percentile", "raw", "clip"}
-        How scores map to [0, 1] (see ``normalize_scores``); ``clip`` gives the percentiles
-        for ``"clip"``.
+        How scores map to [0, 1] (``normalize_scores``), ``clip`` the percentiles of ``"clip"``.
     threshold : float in [0, 1], optional
-        Pixels whose normalized value is below it get no colour (same units as the colormap,
-        whatever the normalization).
+        Pixels whose normalized value is below it get no colour (colormap units).
     cmap : str or matplotlib colormap
         Default ``"jet"``.
     opacity : float in [0, 1]
         Weight of the colour against the thumbnail.
     smooth_sigma : float
-        Gaussian sigma in canvas pixels (0 = none). With ``tissue_only`` it is a normalized
+        Gaussian sigma in canvas pixels (0 = none); with ``tissue_only`` a normalized
         convolution over the covered pixels only.
     tissue_only : bool
         True colours only pixels covered by a patch. False also colours the rest of the canvas
@@ -579,107 +730,22 @@ def render_heatmap(
     Returns
     -------
     HeatmapResult
-        ``rgba`` (H, W, 4) uint8 plus the maps and geometry described there.
-
-    Notes
-    -----
-    Geometry (level-0 to canvas pixels, per axis, pixel-centre rule) is described in the module
-    docstring. Per-patch normalized values are averaged where patches overlap.
+        ``rgba`` (H, W, 4) uint8 plus the maps and geometry described there. Geometry (level-0
+        to canvas pixels, per axis, pixel-centre rule) is in the module docstring; normalized
+        values are averaged where patches overlap.
     """
     s, c = _check_scores_coords(scores, coords)
     extent0 = _patch_extent0(patch_size, patch_level, downsample)
-    n = s.shape[0]
-    if level0_dims is None:
-        if n == 0:
-            raise InputError("level0_dims is required when there are no patches")
-        level0_dims = (
-            int(math.ceil(float((c[:, 0] + extent0[0]).max()))),
-            int(math.ceil(float((c[:, 1] + extent0[1]).max()))),
-        )
-    if len(level0_dims) != 2 or not all(float(v) > 0 for v in level0_dims):
-        raise InputError(f"level0_dims must be the slide's positive (width, height); got {level0_dims!r}")
-    w0, h0 = float(level0_dims[0]), float(level0_dims[1])
-    outside = (c[:, 0] + extent0[0] <= 0) | (c[:, 1] + extent0[1] <= 0) | (c[:, 0] >= w0) | (c[:, 1] >= h0)
-    if outside.any():
-        first = int(np.flatnonzero(outside)[0])
-        raise InputError(
-            f"{int(outside.sum())} of {n} patches lie entirely outside the slide's level-0 size "
-            f"{int(w0)} x {int(h0)} (first: patch {first} at {tuple(c[first].tolist())}); coords must be "
-            "level-0 pixels and patch_size the level-0 extent"
-        )
-    if not 0.0 <= opacity <= 1.0:
-        raise InputError(f"opacity must be in [0, 1]; got {opacity}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise InputError(f"threshold is in normalized units and must be in [0, 1]; got {threshold}")
-    if not (len(clip) == 2 and 0.0 <= clip[0] < clip[1] <= 100.0):
-        raise InputError(f"clip must be two percentiles 0 <= lo < hi <= 100; got {clip!r}")
-    if not (math.isfinite(smooth_sigma) and smooth_sigma >= 0):
-        raise InputError(f"smooth_sigma must be >= 0 px; got {smooth_sigma}")
-    if index_priority not in ("last", "score"):
-        raise InputError(f"index_priority must be 'last' or 'score'; got {index_priority!r}")
-    if len(blank_color) != 3:
-        raise InputError(f"blank_color must be (r, g, b); got {blank_color!r}")
-    blank = np.asarray(blank_color)
-    if blank.shape != (3,) or not np.all((blank >= 0) & (blank <= 255)):
-        raise InputError(f"blank_color must be (r, g, b) in 0..255; got {blank_color!r}")
-    blank = blank.astype(np.uint8)
-    lut = _colormap_lut(cmap)
-
-    if thumbnail is None:
-        cw, ch = canvas_size(level0_dims, thumbnail_size or DEFAULT_THUMBNAIL_SIZE)
-        base = None
-    else:
-        base = _thumbnail_rgb(thumbnail, thumbnail_size)
-        ch, cw = base.shape[:2]
-
+    w0, h0 = _slide_size(c, extent0, level0_dims)
+    style = _check_style(
+        normalization, clip, threshold, cmap, opacity, smooth_sigma, tissue_only, blank_color, index_priority
+    )
+    base, cw, ch = _canvas(thumbnail, thumbnail_size, (w0, h0))
     values, norm_range = normalize_scores(s, normalization, clip)
     boxes = patch_boxes(c, extent0, (w0, h0), (cw, ch))
-    if index_priority == "last":
-        priority = np.arange(n)
-    else:
-        priority = np.empty(n, dtype=np.int64)
-        priority[np.lexsort((np.arange(n), s))] = np.arange(n)
-    overlay = np.full((ch, cw), np.nan, dtype=np.float32)
-    coverage = np.zeros((ch, cw), dtype=np.int32)
-    patch_index = np.full((ch, cw), -1, dtype=np.int32)
-    bbox = _rasterize(boxes, values, priority, overlay, coverage, patch_index)
-    # Colour is computed over `region` only: the patches' bounding box, or the whole canvas.
-    if tissue_only:
-        region = bbox
-        if bbox is not None:
-            inside = np.s_[bbox[1] : bbox[3], bbox[0] : bbox[2]]
-            drawn = overlay[inside]
-            if smooth_sigma > 0:
-                drawn = _smooth(drawn, coverage[inside] > 0, smooth_sigma)
-                overlay[inside] = drawn
-    else:
-        region = (0, 0, cw, ch)
-        covered = coverage > 0
-        drawn = np.where(covered, overlay, np.float32(0.0))
-        if smooth_sigma > 0:
-            drawn = _smooth(drawn, None, smooth_sigma)
-            overlay = np.where(covered, drawn, np.float32(np.nan)).astype(np.float32)
-
-    shown = np.zeros((ch, cw), dtype=bool)
-    rgba = np.empty((ch, cw, 4), dtype=np.uint8)
-    rgba[..., 3] = 255
-    alpha = int(round(opacity * 255))
-    if region is not None:
-        sel = np.s_[region[1] : region[3], region[0] : region[2]]
-        with np.errstate(invalid="ignore"):
-            shown_sub = drawn >= np.float32(threshold if threshold is not None else 0.0)  # NaN: False
-        shown[sel] = shown_sub
-        _blend(rgba[sel], None if base is None else base[sel], blank, drawn, shown_sub, lut, alpha)
-        x0, y0, x1, y1 = region
-        rest = [np.s_[:y0, :], np.s_[y1:, :], np.s_[y0:y1, :x0], np.s_[y0:y1, x1:]]
-    else:
-        rest = [np.s_[:, :]]
-    # The background outside the region, channel by channel (numpy copies (H, W, 3) into
-    # (H, W, 4) several times slower in one go).
-    for part in rest:
-        for k in range(3):
-            rgba[part + (k,)] = blank[k] if base is None else base[part + (k,)]
-
+    overlay, coverage, patch_index, bbox = _raster(boxes, values, _priorities(s, index_priority), cw, ch)
+    overlay, drawn, region = _coloured(overlay, coverage, bbox, style)
+    rgba, shown = _compose(base, drawn, region, style, cw, ch)
     return HeatmapResult(
         rgba=rgba,
         overlay=overlay,
@@ -708,41 +774,3 @@ def pixel_to_patch(result: HeatmapResult, x: float, y: float) -> int | None:
         return None
     i = int(result.patch_index[row, col])
     return None if i < 0 else i
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def read_thumbnail(
-    slide_path: str | os.PathLike, max_size: int = DEFAULT_THUMBNAIL_SIZE
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Read a whole-slide image's RGB thumbnail through OpenSlide.
-
-    Returns ``(thumbnail, (W0, H0))``: a PIL RGB image whose longer side is at most
-    ``max_size`` (OpenSlide never upscales; transparent areas take the slide's background
-    colour), and the slide's level-0 size. Raises ``DataError`` with a one-line reason when the
-    file is missing, cannot be opened, or its pixels cannot be decoded; the caller can then draw
-    on the blank canvas (``render_heatmap(..., thumbnail=None)``).
-    """
-    path = Path(slide_path)
-    if not path.exists():
-        raise DataError(f"slide file not found: {path}")
-    if max_size < 1:
-        raise InputError(f"max_size must be >= 1 px; got {max_size}")
-    import openslide
-
-    try:
-        slide = openslide.OpenSlide(str(path))
-    except (openslide.OpenSlideError, OSError, ValueError) as exc:
-        raise DataError(f"cannot open slide {path} with OpenSlide: {_one_line(exc)}") from exc
-    try:
-        dims = tuple(int(v) for v in slide.dimensions)
-        try:
-            thumb = slide.get_thumbnail((max_size, max_size))
-        except (openslide.OpenSlideError, OSError, ValueError) as exc:
-            raise DataError(f"cannot read the pixels of slide {path}: {_one_line(exc)}") from exc
-    finally:
-        slide.close()
-    return thumb.convert("RGB"), (dims[0], dims[1])

@@ -4,23 +4,33 @@ Conventions: ``coords`` are level-0 pixel (x, y) top-left corners (the CLAM ``co
 dataset); ``patch_size`` is the patch's side **at** ``patch_level`` (the CLAM ``patch_size``
 attribute), which is exactly what ``OpenSlide.read_region((x, y), patch_level, (size, size))``
 takes. (``render_heatmap`` instead wants the level-0 extent, ``patch_size * downsample``.)
+:func:`patch_geometry` reads both from a bag's attributes, whichever tool wrote the bag.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from deref.errors import DataError, InputError
-from deref.explain.heatmap import _check_scores_coords, _one_line
+from deref.explain.heatmap import _check_scores_coords
+from deref.slides import read_regions
 
-__all__ = ["PatchView", "patch_gallery_image", "patches_at", "top_k_indices", "top_k_patches"]
+__all__ = [
+    "PatchGeometry",
+    "PatchView",
+    "patch_gallery_image",
+    "patch_geometry",
+    "patches_at",
+    "top_k_indices",
+    "top_k_patches",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,100 @@ class PatchView:
     image: Image.Image | None = None
 
 
+@dataclass(frozen=True)
+class PatchGeometry:
+    """How a bag's patches sit on their slide, from the bag's attributes.
+
+    Attributes
+    ----------
+    size : int
+        The patch's side in pixels as recorded (``patch_size``: at ``patch_level`` in CLAM's
+        files, at the target magnification in ``deref tile``'s).
+    level : int
+        The pyramid level the patches are read from (``patch_level``).
+    downsample : float
+        Level-0 pixels per patch pixel, so that a patch covers ``extent0 = size * downsample``
+        level-0 pixels.
+    read_size : int
+        Pixels read at ``level`` for one patch (what ``top_k_patches``/``patches_at`` take
+        as ``patch_size``; ``deref tile``'s ``read_size``, else ``size``).
+    extent0 : float
+        The patch's side in level-0 pixels (what ``render_heatmap`` takes as ``patch_size``).
+    assumed : tuple of str
+        Attributes the bag does not record and that were given their default here
+        (``patch_size`` 256, ``patch_level`` 0), so a caller can say so.
+    """
+
+    size: int
+    level: int
+    downsample: float
+    read_size: int
+    extent0: float
+    assumed: tuple[str, ...] = ()
+
+
+def _attr_number(attrs: Mapping[str, Any], key: str) -> float | None:
+    """A numeric attribute as a float (an array, as CLAM stores ``downsample`` (x, y), gives
+    its mean); None when absent; a :class:`DataError` when not a positive finite number."""
+    if attrs.get(key) is None:
+        return None
+    try:
+        value = float(np.mean(np.asarray(attrs[key], dtype=np.float64)))
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise DataError(f"bag attribute {key}={attrs[key]!r}: expected a non-negative number")
+    return value
+
+
+def patch_geometry(
+    attrs: Mapping[str, Any], level_downsamples: Sequence[float] | None = None
+) -> PatchGeometry:
+    """The patch geometry a bag's (or one slide's) attributes record.
+
+    Rules: ``size`` is ``patch_size`` (256 when absent) and ``level`` is ``patch_level`` (0
+    when absent). The level-0 extent is ``level0_size`` when recorded (``deref tile``), else
+    ``size * downsample`` with the recorded ``downsample`` (CLAM: the read level's
+    downsample), else ``size`` at level 0, else ``size * level_downsamples[level]``.
+    ``read_size`` is the recorded ``read_size`` (``deref tile``, whose patches are resized
+    after reading), else ``size`` (CLAM: ``patch_size`` pixels read at ``patch_level``).
+
+    Parameters
+    ----------
+    attrs : mapping
+        Bag attributes (``Bag.attrs``, or one entry of its ``per_slide``).
+    level_downsamples : sequence of float, optional
+        The slide's ``level_downsamples``, for a bag that records a level above 0 but no
+        downsample.
+
+    Raises
+    ------
+    DataError
+        An attribute that is not a usable number, or a level above 0 with no downsample known.
+    """
+    assumed = tuple(k for k in ("patch_size", "patch_level") if attrs.get(k) is None)
+    size = _attr_number(attrs, "patch_size")
+    size = 256 if size is None else int(size)
+    if size < 1:
+        raise DataError(f"bag attribute patch_size={attrs['patch_size']!r}: expected a positive integer")
+    level = int(_attr_number(attrs, "patch_level") or 0)
+    extent0 = _attr_number(attrs, "level0_size")
+    if not extent0:
+        down = _attr_number(attrs, "downsample")
+        if not down and level == 0:
+            down = 1.0
+        elif not down and level_downsamples is not None and level < len(level_downsamples):
+            down = float(level_downsamples[level])
+        if not down:
+            raise DataError(
+                f"bag attributes give patch_level {level} but no downsample (level-0 pixels per patch "
+                "pixel); pass the slide's level_downsamples"
+            )
+        extent0 = size * down
+    read = _attr_number(attrs, "read_size") or size
+    return PatchGeometry(size, level, extent0 / size, max(1, int(round(read))), float(extent0), assumed)
+
+
 def top_k_indices(scores: Any, k: int, *, largest: bool = True) -> np.ndarray:
     """Indices of the ``k`` highest (or lowest) scores, best first; ties go to the lower index.
 
@@ -52,24 +156,6 @@ def top_k_indices(scores: Any, k: int, *, largest: bool = True) -> np.ndarray:
     idx = np.arange(s.size)
     order = np.lexsort((idx, -s if largest else s))
     return order[: int(k)]
-
-
-def _open_slide(slide_path: str | os.PathLike) -> Any:
-    path = Path(slide_path)
-    if not path.exists():
-        raise DataError(f"slide file not found: {path}")
-    import openslide
-
-    try:
-        return openslide.OpenSlide(str(path))
-    except (openslide.OpenSlideError, OSError, ValueError) as exc:
-        raise DataError(f"cannot open slide {path} with OpenSlide: {_one_line(exc)}") from exc
-
-
-def _on_white(region: Image.Image) -> Image.Image:
-    """RGBA from ``read_region`` (transparent outside the scanned area) onto white, as RGB."""
-    white = Image.new("RGBA", region.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, region).convert("RGB")
 
 
 def top_k_patches(
@@ -174,31 +260,14 @@ def _read_patches(
     xy = np.rint(c[chosen]).astype(np.int64)
     if slide_path is None or chosen.size == 0:
         return [PatchView(int(i), float(s[i]), int(x), int(y), None) for i, (x, y) in zip(chosen, xy)]
-
-    import openslide
-
+    names = [f"patch {int(i)}" for i in chosen]
+    pixels = read_regions(slide_path, xy, patch_level, (patch_size, patch_size), names=names)
     views = []
-    slide = _open_slide(slide_path)
-    try:
-        if patch_level >= slide.level_count:
-            raise DataError(
-                f"slide {slide_path} has {slide.level_count} level(s) (0..{slide.level_count - 1}); "
-                f"patches were requested at level {patch_level}"
-            )
-        for i, (x, y) in zip(chosen, xy):
-            try:
-                region = slide.read_region((int(x), int(y)), patch_level, (patch_size, patch_size))
-            except (openslide.OpenSlideError, OSError, ValueError) as exc:
-                raise DataError(
-                    f"cannot read patch {int(i)} at level-0 ({int(x)}, {int(y)}), level {patch_level}, "
-                    f"size {patch_size} from slide {slide_path}: {_one_line(exc)}"
-                ) from exc
-            image = _on_white(region)
-            if out_size is not None and image.size != (out_size, out_size):
-                image = image.resize((int(out_size), int(out_size)), Image.Resampling.LANCZOS)
-            views.append(PatchView(int(i), float(s[i]), int(x), int(y), image))
-    finally:
-        slide.close()
+    for i, (x, y), rgb in zip(chosen, xy, pixels):
+        image = Image.fromarray(rgb)
+        if out_size is not None and image.size != (out_size, out_size):
+            image = image.resize((int(out_size), int(out_size)), Image.Resampling.LANCZOS)
+        views.append(PatchView(int(i), float(s[i]), int(x), int(y), image))
     return views
 
 

@@ -1,23 +1,17 @@
 """Figure builders for risk stratification: Kaplan–Meier plots, box plots, and their tables.
 
-Builders return figure objects and never write files; :func:`export_figure` turns a
-matplotlib figure into PNG / SVG / PDF bytes with provenance in the file's metadata. The
-CLI (``deref figures``), the dashboard and the tests share these functions.
+Builders return figure objects and never write files (:mod:`deref.figures.export` does;
+:mod:`deref.figures.style` holds the palette and the caption text). The CLI (``deref
+figures``), the dashboard and the tests share them, through :mod:`deref.report`.
 
 Two back ends draw the same content:
 
 - plotly (``*_plotly``) for the interactive dashboard;
-- matplotlib (``*_matplotlib``) for static export. plotly's own static export (kaleido)
-  needs a Chromium that is not always installed; matplotlib needs nothing.
-
-Style: white background, Okabe–Ito colours (distinguishable with the common colour-vision
-deficiencies) ordered from blue (lowest risk) to vermillion (highest), 10–13 pt text.
+- matplotlib (``*_matplotlib``) for static export.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import io
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,121 +21,37 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from deref import __version__
+from deref.figures.style import (  # noqa: F401 - OKABE_ITO, css_rgba: names other modules took from here
+    FONT_FAMILY,
+    OKABE_ITO,
+    caption_text,
+    css_rgba,
+    format_p,
+    group_colors,
+    mpl_figure,
+)
 from deref.stratify import GroupSummary, StratificationResult
 
 if TYPE_CHECKING:  # matplotlib loads with the first static figure, not with this module
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-
-def _mpl_figure(**kwargs: Any) -> Figure:
-    """A bare matplotlib Figure with an Agg canvas (no pyplot state, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(**kwargs)
-    FigureCanvasAgg(fig)
-    return fig
-
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "OKABE_ITO",
-    "group_colors",
-    "css_rgba",
-    "figure_meta",
-    "caption_text",
-    "format_p",
     "median_text",
     "hazard_ratio_text",
     "km_figure_plotly",
     "km_figure_matplotlib",
     "risk_boxplot_plotly",
     "risk_boxplot_matplotlib",
-    "export_figure",
     "stratification_table",
 ]
-
-#: Okabe & Ito (2008) colour-blind-safe palette.
-OKABE_ITO: dict[str, str] = {
-    "black": "#000000",
-    "orange": "#E69F00",
-    "sky_blue": "#56B4E9",
-    "bluish_green": "#009E73",
-    "yellow": "#F0E442",
-    "blue": "#0072B2",
-    "vermillion": "#D55E00",
-    "reddish_purple": "#CC79A7",
-}
-
-_FONT = "Arial, Helvetica, DejaVu Sans, sans-serif"
-_SOFTWARE = f"DeReF Studio {__version__}"
-
-
-def group_colors(n: int) -> list[str]:
-    """``n`` Okabe–Ito colours ordered low -> high risk (blue ... vermillion)."""
-    o = OKABE_ITO
-    if n <= 2:
-        return [o["blue"], o["vermillion"]][:n]
-    if n == 3:
-        return [o["blue"], o["orange"], o["vermillion"]]
-    if n == 4:
-        return [o["blue"], o["bluish_green"], o["orange"], o["vermillion"]]
-    base = [
-        o["blue"],
-        o["sky_blue"],
-        o["bluish_green"],
-        o["orange"],
-        o["vermillion"],
-        o["reddish_purple"],
-        o["black"],
-    ]
-    return [base[i % len(base)] for i in range(n)]
-
-
-def css_rgba(hex_color: str, alpha: float) -> str:
-    """A ``#rrggbb`` colour with opacity ``alpha``, as a CSS ``rgba(r,g,b,a)`` string (plotly fills)."""
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"
 
 
 # --------------------------------------------------------------------------------------------
 # text
 # --------------------------------------------------------------------------------------------
-def figure_meta(
-    run: str | None = None,
-    cohort: str | None = None,
-    cutoff: str | None = None,
-    date: str | None = None,
-    **extra: Any,
-) -> dict[str, str]:
-    """Provenance of a figure: ``run``, ``cohort``, ``cutoff`` and ``date`` (today by default).
-
-    Extra keyword arguments are kept (as strings); None values are dropped.
-    """
-    meta = {"run": run, "cohort": cohort, "cutoff": cutoff, "date": date or _dt.date.today().isoformat()}
-    meta.update(extra)
-    return {k: str(v) for k, v in meta.items() if v is not None}
-
-
-def caption_text(meta: Mapping[str, Any] | None) -> str:
-    """The caption line printed on a figure, e.g. ``run: r1 | cohort: BLCA | ...``."""
-    if not meta:
-        return ""
-    return " | ".join(f"{k}: {v}" for k, v in meta.items() if k != "title" and v is not None)
-
-
-def format_p(p: float) -> str:
-    """A p-value for display: ``p = 0.032``, ``p = 4.1e-06``, ``p = n/a``."""
-    if p is None or not np.isfinite(p):
-        return "p = n/a"
-    if p < 1e-3:
-        return f"p = {p:.1e}"
-    return f"p = {p:.3f}"
-
-
 def _fmt_time(x: float | None) -> str:
     return "NR" if x is None else f"{x:.1f}"
 
@@ -191,8 +101,140 @@ def _tick_label(x: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Kaplan–Meier
+# Kaplan–Meier, plotly
 # --------------------------------------------------------------------------------------------
+def _ci_label(result: StratificationResult) -> str:
+    return f"{int(round(100 * (1 - result.alpha)))}% CI"
+
+
+def _plotly_group(
+    fig: go.Figure, g: GroupSummary, col: str, result: StratificationResult, show_ci, show_censors
+):
+    """One group's CI band (two invisible bounds, filled between), step curve and censor ticks."""
+    km = g.km
+    on_curves = {"row": 1, "col": 1}
+    if show_ci:
+        bound = {"mode": "lines", "legendgroup": g.name, "showlegend": False, "hoverinfo": "skip"}
+        line = {"width": 0, "shape": "hv", "color": col}
+        fig.add_trace(go.Scatter(x=km["time"], y=km["ci_upper"], line=line, **bound), **on_curves)
+        fig.add_trace(
+            go.Scatter(
+                x=km["time"],
+                y=km["ci_lower"],
+                line=line,
+                fill="tonexty",
+                fillcolor=css_rgba(col, 0.18),
+                name=f"{g.name} {_ci_label(result)}",
+                **bound,
+            ),
+            **on_curves,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=km["time"],
+            y=km["survival"],
+            mode="lines",
+            line={"shape": "hv", "color": col, "width": 2.2},
+            name=_legend_label(g, result.time_unit),
+            legendgroup=g.name,
+            customdata=np.stack([km["ci_lower"], km["ci_upper"]], axis=1),
+            hovertemplate=f"{g.name}<br>t=%{{x:.1f}}<br>S=%{{y:.3f}} (%{{customdata[0]:.3f}}–%{{customdata[1]:.3f}})<extra></extra>",
+        ),
+        **on_curves,
+    )
+    if show_censors and g.censor_times.size:
+        ct = np.unique(g.censor_times)
+        fig.add_trace(
+            go.Scatter(
+                x=ct,
+                y=g.survival_at(ct),
+                mode="markers",
+                legendgroup=g.name,
+                showlegend=False,
+                marker={
+                    "symbol": "cross-thin",
+                    "size": 9,
+                    "color": col,
+                    "line": {"width": 1.5, "color": col},
+                },
+                name=f"{g.name} censored",
+                hovertemplate=f"{g.name} censored at %{{x:.1f}}<extra></extra>",
+            ),
+            **on_curves,
+        )
+
+
+def _plotly_at_risk(fig: go.Figure, result: StratificationResult, colors: list[str]) -> None:
+    """Row 2: the number at risk of each group, as text at the x ticks."""
+    ticks = result.at_risk_times
+    wide = result.at_risk_wide()
+    for name, col in zip(result.group_names, colors):
+        fig.add_trace(
+            go.Scatter(
+                x=ticks,
+                y=[name] * len(ticks),
+                mode="text",
+                text=[str(int(v)) for v in wide.loc[name].to_numpy()],
+                textfont={"color": col, "size": 12, "family": FONT_FAMILY},
+                showlegend=False,
+                hoverinfo="skip",
+                name=f"{name} at risk",
+            ),
+            row=2,
+            col=1,
+        )
+
+
+def _plotly_axes(fig: go.Figure, result: StratificationResult) -> None:
+    ticks = result.at_risk_times
+    x0, x1 = _x_range(result)
+    tick_text = [_tick_label(t) for t in ticks]
+    fig.update_xaxes(range=[x0, x1], tickvals=ticks, ticktext=tick_text, showline=True, ticks="outside")
+    fig.update_xaxes(title_text=f"Time ({result.time_unit})", showticklabels=True, row=1, col=1)
+    fig.update_xaxes(showticklabels=False, showline=False, ticks="", row=2, col=1)
+    fig.update_yaxes(
+        title_text="Survival probability", range=[0, 1.04], row=1, col=1, showline=True, ticks="outside"
+    )
+    fig.update_yaxes(
+        categoryorder="array",
+        categoryarray=result.group_names[::-1],
+        showline=False,
+        ticks="",
+        row=2,
+        col=1,
+        tickfont={"size": 12},
+    )
+
+
+def _plotly_text(fig: go.Figure, result: StratificationResult, caption: str) -> None:
+    """The statistics box in the curves' corner and the provenance caption below."""
+    fig.add_annotation(
+        text=f"{_logrank_text(result)}<br>{hazard_ratio_text(result)}",
+        xref="x domain",
+        yref="y domain",
+        x=0.99,
+        y=0.99,
+        xanchor="right",
+        yanchor="top",
+        showarrow=False,
+        align="right",
+        font={"size": 12},
+        bgcolor="rgba(255,255,255,0.85)",
+    )
+    if caption:
+        fig.add_annotation(
+            text=caption,
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=-0.08,
+            xanchor="left",
+            yanchor="top",
+            showarrow=False,
+            font={"size": 10, "color": "#555555"},
+        )
+
+
 def km_figure_plotly(
     result: StratificationResult,
     *,
@@ -218,9 +260,7 @@ def km_figure_plotly(
         Row 1: KM step curves, CI bands, censor ``+`` ticks, statistics annotation.
         Row 2: number at risk per group at the x ticks.
     """
-    names = result.group_names
-    colors = group_colors(len(names))
-    ticks = result.at_risk_times
+    colors = group_colors(len(result.groups))
     fig = make_subplots(
         rows=2,
         cols=1,
@@ -232,137 +272,17 @@ def km_figure_plotly(
     # the at-risk table's title sits left, clear of the time axis title centred above it
     fig.for_each_annotation(lambda a: a.update(x=0, xanchor="left") if a.text == "Number at risk" else None)
     for g, col in zip(result.groups, colors):
-        km = g.km
-        if show_ci:
-            fig.add_trace(
-                go.Scatter(
-                    x=km["time"],
-                    y=km["ci_upper"],
-                    mode="lines",
-                    line={"width": 0, "shape": "hv", "color": col},
-                    legendgroup=g.name,
-                    showlegend=False,
-                    hoverinfo="skip",
-                ),
-                row=1,
-                col=1,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=km["time"],
-                    y=km["ci_lower"],
-                    mode="lines",
-                    line={"width": 0, "shape": "hv", "color": col},
-                    fill="tonexty",
-                    fillcolor=css_rgba(col, 0.18),
-                    legendgroup=g.name,
-                    showlegend=False,
-                    name=f"{g.name} {int(round(100 * (1 - result.alpha)))}% CI",
-                    hoverinfo="skip",
-                ),
-                row=1,
-                col=1,
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=km["time"],
-                y=km["survival"],
-                mode="lines",
-                line={"shape": "hv", "color": col, "width": 2.2},
-                name=_legend_label(g, result.time_unit),
-                legendgroup=g.name,
-                customdata=np.stack([km["ci_lower"], km["ci_upper"]], axis=1),
-                hovertemplate=f"{g.name}<br>t=%{{x:.1f}}<br>S=%{{y:.3f}} (%{{customdata[0]:.3f}}–%{{customdata[1]:.3f}})<extra></extra>",
-            ),
-            row=1,
-            col=1,
-        )
-        if show_censors and g.censor_times.size:
-            ct = np.unique(g.censor_times)
-            fig.add_trace(
-                go.Scatter(
-                    x=ct,
-                    y=g.survival_at(ct),
-                    mode="markers",
-                    legendgroup=g.name,
-                    showlegend=False,
-                    marker={
-                        "symbol": "cross-thin",
-                        "size": 9,
-                        "color": col,
-                        "line": {"width": 1.5, "color": col},
-                    },
-                    name=f"{g.name} censored",
-                    hovertemplate=f"{g.name} censored at %{{x:.1f}}<extra></extra>",
-                ),
-                row=1,
-                col=1,
-            )
-    wide = result.at_risk_wide()
-    for name, col in zip(names, colors):
-        fig.add_trace(
-            go.Scatter(
-                x=ticks,
-                y=[name] * len(ticks),
-                mode="text",
-                text=[str(int(v)) for v in wide.loc[name].to_numpy()],
-                textfont={"color": col, "size": 12, "family": _FONT},
-                showlegend=False,
-                hoverinfo="skip",
-                name=f"{name} at risk",
-            ),
-            row=2,
-            col=1,
-        )
-    x0, x1 = _x_range(result)
-    tick_text = [_tick_label(t) for t in ticks]
-    fig.update_xaxes(range=[x0, x1], tickvals=ticks, ticktext=tick_text, showline=True, ticks="outside")
-    fig.update_xaxes(title_text=f"Time ({result.time_unit})", showticklabels=True, row=1, col=1)
-    fig.update_xaxes(showticklabels=False, showline=False, ticks="", row=2, col=1)
-    fig.update_yaxes(
-        title_text="Survival probability", range=[0, 1.04], row=1, col=1, showline=True, ticks="outside"
-    )
-    fig.update_yaxes(
-        categoryorder="array",
-        categoryarray=names[::-1],
-        showline=False,
-        ticks="",
-        row=2,
-        col=1,
-        tickfont={"size": 12},
-    )
-    fig.add_annotation(
-        text=f"{_logrank_text(result)}<br>{hazard_ratio_text(result)}",
-        xref="x domain",
-        yref="y domain",
-        x=0.99,
-        y=0.99,
-        xanchor="right",
-        yanchor="top",
-        showarrow=False,
-        align="right",
-        font={"size": 12},
-        bgcolor="rgba(255,255,255,0.85)",
-    )
+        _plotly_group(fig, g, col, result, show_ci, show_censors)
+    _plotly_at_risk(fig, result, colors)
+    _plotly_axes(fig, result)
     caption = caption_text(meta)
-    if caption:
-        fig.add_annotation(
-            text=caption,
-            xref="paper",
-            yref="paper",
-            x=0,
-            y=-0.08,
-            xanchor="left",
-            yanchor="top",
-            showarrow=False,
-            font={"size": 10, "color": "#555555"},
-        )
+    _plotly_text(fig, result, caption)
     fig.update_layout(
         template="simple_white",
         paper_bgcolor="white",
         plot_bgcolor="white",
-        font={"family": _FONT, "size": 13, "color": "#222222"},
-        title={"text": title or f"Kaplan–Meier by risk group ({result.cutoff_rule})", "x": 0.01},
+        font={"family": FONT_FAMILY, "size": 13, "color": "#222222"},
+        title={"text": title or _default_title(result), "x": 0.01},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "x": 0, "font": {"size": 12}},
         margin={"l": 90, "r": 20, "t": 90, "b": 80 if caption else 50},
         height=620,
@@ -371,6 +291,84 @@ def km_figure_plotly(
         hovermode="closest",
     )
     return fig
+
+
+def _default_title(result: StratificationResult) -> str:
+    return f"Kaplan–Meier by risk group ({result.cutoff_rule})"
+
+
+# --------------------------------------------------------------------------------------------
+# Kaplan–Meier, matplotlib
+# --------------------------------------------------------------------------------------------
+def _mpl_curves(ax: Axes, result: StratificationResult, colors: list[str], show_ci, show_censors) -> list:
+    """Step curves, CI bands and ``+`` censor ticks; returns the curves (legend handles)."""
+    handles = []
+    for g, col in zip(result.groups, colors):
+        km = g.km
+        t = km["time"].to_numpy()
+        (line,) = ax.step(
+            t, km["survival"], where="post", color=col, lw=2, label=_legend_label(g, result.time_unit)
+        )
+        handles.append(line)
+        if show_ci:
+            ax.fill_between(t, km["ci_lower"], km["ci_upper"], step="post", color=col, alpha=0.18, lw=0)
+        if show_censors and g.censor_times.size:
+            ct = np.unique(g.censor_times)
+            ax.plot(ct, g.survival_at(ct), linestyle="none", marker="+", ms=8, mew=1.3, color=col)
+    ticks = result.at_risk_times
+    ax.set_xlim(*_x_range(result))
+    ax.set_ylim(0, 1.04)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([_tick_label(t) for t in ticks])
+    ax.set_xlabel(f"Time ({result.time_unit})", fontsize=12)
+    ax.set_ylabel("Survival probability", fontsize=12)
+    ax.tick_params(labelsize=11)
+    ax.spines[["top", "right"]].set_visible(False)
+    return handles
+
+
+def _mpl_header(head: Axes, result: StratificationResult, title: str, handles: list, height: float) -> None:
+    """Title, the two statistics lines and the legend, top to bottom (``height`` in inches)."""
+    head.axis("off")
+    head.text(0, 1, title, fontsize=13, ha="left", va="top", transform=head.transAxes)
+    head.text(
+        0,
+        1 - 0.34 / height,
+        f"{_logrank_text(result)}\n{hazard_ratio_text(result)}",
+        fontsize=9.5,
+        ha="left",
+        va="top",
+        transform=head.transAxes,
+    )
+    head.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(0, 1 - 0.8 / height),
+        fontsize=9.5,
+        frameon=False,
+        borderaxespad=0,
+        handlelength=1.8,
+        labelspacing=0.25,
+    )
+
+
+def _mpl_at_risk(ax_r: Axes, result: StratificationResult, colors: list[str]) -> None:
+    """The number at risk per group, aligned with the curves' x ticks, in the group's colour."""
+    names = result.group_names
+    wide = result.at_risk_wide()
+    for i, (name, col) in enumerate(zip(names, colors)):
+        for tick, v in zip(result.at_risk_times, wide.loc[name].to_numpy()):
+            ax_r.text(tick, i, str(int(v)), ha="center", va="center", fontsize=10, color=col)
+    ax_r.set_ylim(len(names) - 0.5, -0.5)
+    ax_r.set_yticks(range(len(names)))
+    ax_r.set_yticklabels(names, fontsize=10)
+    for lbl, col in zip(ax_r.get_yticklabels(), colors):
+        lbl.set_color(col)
+    ax_r.tick_params(axis="both", length=0, labelbottom=False)
+    ax_r.tick_params(axis="y", pad=10)
+    for side in ("top", "right", "bottom", "left"):
+        ax_r.spines[side].set_visible(False)
+    ax_r.set_title("Number at risk", fontsize=10.5, loc="left", pad=2)
 
 
 def km_figure_matplotlib(
@@ -394,15 +392,13 @@ def km_figure_matplotlib(
         median per group; KM curves with CI bands and ``+`` censor ticks; the number at risk
         aligned with the x ticks; a caption line with ``meta``.
     """
-    names = result.group_names
-    colors = group_colors(len(names))
-    ticks = result.at_risk_times
-    n = len(names)
+    colors = group_colors(len(result.groups))
+    n = len(result.groups)
     # heights in inches: header (title, 2 stats lines, legend), curves, room for the x label, at-risk rows
     heights = [0.95 + 0.2 * n, 3.9, 0.8, 0.3 + 0.24 * n]
     top_in, bottom_in = 0.15, 0.3
     fig_h = sum(heights) + top_in + bottom_in
-    fig = _mpl_figure(figsize=(width, fig_h), facecolor="white")
+    fig = mpl_figure(figsize=(width, fig_h), facecolor="white")
     gs = fig.add_gridspec(
         4,
         1,
@@ -416,73 +412,9 @@ def km_figure_matplotlib(
     head = fig.add_subplot(gs[0])
     ax = fig.add_subplot(gs[1])
     ax_r = fig.add_subplot(gs[3], sharex=ax)
-    handles = []
-    for g, col in zip(result.groups, colors):
-        km = g.km
-        t = km["time"].to_numpy()
-        (line,) = ax.step(
-            t, km["survival"], where="post", color=col, lw=2, label=_legend_label(g, result.time_unit)
-        )
-        handles.append(line)
-        if show_ci:
-            ax.fill_between(t, km["ci_lower"], km["ci_upper"], step="post", color=col, alpha=0.18, lw=0)
-        if show_censors and g.censor_times.size:
-            ct = np.unique(g.censor_times)
-            ax.plot(ct, g.survival_at(ct), linestyle="none", marker="+", ms=8, mew=1.3, color=col)
-    x0, x1 = _x_range(result)
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(0, 1.04)
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([_tick_label(t) for t in ticks])
-    ax.set_xlabel(f"Time ({result.time_unit})", fontsize=12)
-    ax.set_ylabel("Survival probability", fontsize=12)
-    ax.tick_params(labelsize=11)
-    ax.spines[["top", "right"]].set_visible(False)
-
-    head.axis("off")
-    head.text(
-        0,
-        1,
-        title or f"Kaplan–Meier by risk group ({result.cutoff_rule})",
-        fontsize=13,
-        ha="left",
-        va="top",
-        transform=head.transAxes,
-    )
-    head.text(
-        0,
-        1 - 0.34 / heights[0],
-        f"{_logrank_text(result)}\n{hazard_ratio_text(result)}",
-        fontsize=9.5,
-        ha="left",
-        va="top",
-        transform=head.transAxes,
-    )
-    head.legend(
-        handles=handles,
-        loc="upper left",
-        bbox_to_anchor=(0, 1 - 0.8 / heights[0]),
-        fontsize=9.5,
-        frameon=False,
-        borderaxespad=0,
-        handlelength=1.8,
-        labelspacing=0.25,
-    )
-
-    wide = result.at_risk_wide()
-    for i, (name, col) in enumerate(zip(names, colors)):
-        for tick, v in zip(ticks, wide.loc[name].to_numpy()):
-            ax_r.text(tick, i, str(int(v)), ha="center", va="center", fontsize=10, color=col)
-    ax_r.set_ylim(n - 0.5, -0.5)
-    ax_r.set_yticks(range(n))
-    ax_r.set_yticklabels(names, fontsize=10)
-    for lbl, col in zip(ax_r.get_yticklabels(), colors):
-        lbl.set_color(col)
-    ax_r.tick_params(axis="both", length=0, labelbottom=False)
-    ax_r.tick_params(axis="y", pad=10)
-    for side in ("top", "right", "bottom", "left"):
-        ax_r.spines[side].set_visible(False)
-    ax_r.set_title("Number at risk", fontsize=10.5, loc="left", pad=2)
+    handles = _mpl_curves(ax, result, colors, show_ci, show_censors)
+    _mpl_header(head, result, title or _default_title(result), handles, heights[0])
+    _mpl_at_risk(ax_r, result, colors)
     caption = caption_text(meta)
     if caption:
         fig.text(0.01, 0.005, caption, fontsize=7, color="#555555", ha="left", va="bottom")
@@ -510,6 +442,35 @@ def _ttest_text(result: StratificationResult) -> str:
     return f"Welch t-test {tt.group_b} vs {tt.group_a}: t = {tt.statistic:.2f}, {format_p(tt.p_value)}"
 
 
+def _box_annotations(result: StratificationResult, caption: str) -> list[dict[str, Any]]:
+    """The t-test line above the plot and the provenance caption below it."""
+    paper = {"xref": "paper", "yref": "paper", "showarrow": False}
+    out = [
+        {
+            "text": _ttest_text(result),
+            "x": 1,
+            "y": 1.02,
+            "xanchor": "right",
+            "yanchor": "bottom",
+            "font": {"size": 12},
+            **paper,
+        }
+    ]
+    if caption:
+        out.append(
+            {
+                "text": caption,
+                "x": 0,
+                "y": -0.14,
+                "xanchor": "left",
+                "yanchor": "top",
+                "font": {"size": 10, "color": "#555555"},
+                **paper,
+            }
+        )
+    return out
+
+
 def risk_boxplot_plotly(
     result: StratificationResult, *, title: str | None = None, meta: Mapping[str, Any] | None = None
 ) -> go.Figure:
@@ -531,36 +492,10 @@ def risk_boxplot_plotly(
             )
         )
     caption = caption_text(meta)
-    annotations = [
-        {
-            "text": _ttest_text(result),
-            "xref": "paper",
-            "yref": "paper",
-            "x": 1,
-            "y": 1.02,
-            "xanchor": "right",
-            "yanchor": "bottom",
-            "showarrow": False,
-            "font": {"size": 12},
-        },
-    ]
-    if caption:
-        annotations.append(
-            {
-                "text": caption,
-                "xref": "paper",
-                "yref": "paper",
-                "x": 0,
-                "y": -0.14,
-                "xanchor": "left",
-                "yanchor": "top",
-                "showarrow": False,
-                "font": {"size": 10, "color": "#555555"},
-            }
-        )
+    annotations = _box_annotations(result, caption)
     fig.update_layout(
         template="simple_white",
-        font={"family": _FONT, "size": 13},
+        font={"family": FONT_FAMILY, "size": 13},
         title={"text": title or "Risk groups", "x": 0.01},
         yaxis_title=ylabel,
         showlegend=False,
@@ -583,7 +518,7 @@ def risk_boxplot_matplotlib(
     """Static box plot (with jittered points) of the t-test's quantity per group."""
     ylabel, values = _box_values(result)
     colors = group_colors(len(values))
-    fig = _mpl_figure(figsize=figsize, facecolor="white")
+    fig = mpl_figure(figsize=figsize, facecolor="white")
     ax = fig.add_subplot(1, 1, 1)
     data = [v for v in values.values()]
     bp = ax.boxplot(data, patch_artist=True, widths=0.55, showfliers=False, medianprops={"color": "black"})
@@ -603,92 +538,6 @@ def risk_boxplot_matplotlib(
         fig.text(0.01, 0.005, caption, fontsize=6.5, color="#555555", ha="left", va="bottom")
     fig.subplots_adjust(left=0.15, right=0.97, top=0.88, bottom=0.16)
     return fig
-
-
-# --------------------------------------------------------------------------------------------
-# export
-# --------------------------------------------------------------------------------------------
-def _file_metadata(fmt: str, meta: Mapping[str, Any]) -> dict[str, Any]:
-    meta = {str(k): str(v) for k, v in meta.items() if v is not None}
-    title = meta.get("title") or ("DeReF Studio figure" + (f" ({meta['run']})" if "run" in meta else ""))
-    caption = caption_text(meta)
-    keywords = [f"{k}={v}" for k, v in meta.items() if k != "title"]
-    if fmt == "png":
-        out = {"Title": title, "Software": _SOFTWARE, "Description": caption}
-        for k, v in meta.items():
-            key = k.strip().replace(" ", "_")[:79] or "key"
-            out.setdefault(key[0].upper() + key[1:], v)
-        return out
-    if fmt == "svg":
-        out = {"Title": title, "Description": caption, "Keywords": keywords, "Creator": _SOFTWARE}
-        if "date" in meta:
-            out["Date"] = meta["date"]
-        return out
-    return {"Title": title, "Subject": caption, "Keywords": "; ".join(keywords), "Creator": _SOFTWARE}
-
-
-def export_figure(fig: Figure, fmt: str, meta: Mapping[str, Any] | None = None) -> bytes:
-    """Render a matplotlib figure to PNG (300 dpi), SVG or PDF bytes with provenance metadata.
-
-    Parameters
-    ----------
-    fig : matplotlib.figure.Figure
-        From a ``*_matplotlib`` builder.
-    fmt : {"png", "svg", "pdf"}
-    meta : mapping, optional
-        Provenance (:func:`figure_meta`): written to PNG text chunks, SVG ``<metadata>``
-        (Dublin Core title/description/keywords/date), or the PDF Info dictionary
-        (Title, Subject = caption, Keywords = ``key=value; ...``). The builders also print
-        it as a caption line on the figure.
-
-    Returns
-    -------
-    bytes
-
-    Raises
-    ------
-    TypeError
-        ``fig`` is not a matplotlib figure (plotly figures need a browser for static export;
-        build the matplotlib version instead).
-    ValueError
-        Unknown ``fmt``.
-    """
-    from matplotlib.figure import Figure
-
-    if not isinstance(fig, Figure):
-        raise TypeError(
-            f"export_figure needs a matplotlib Figure, got {type(fig).__name__}; "
-            "build it with km_figure_matplotlib / risk_boxplot_matplotlib"
-        )
-    fmt = fmt.lower().lstrip(".")
-    if fmt not in ("png", "svg", "pdf"):
-        raise ValueError(f"unsupported figure format {fmt!r}; use png, svg or pdf")
-    import matplotlib
-
-    buf = io.BytesIO()
-    rc = {
-        "svg.fonttype": "none",  # text stays text: editable in Inkscape/Illustrator
-        "svg.hashsalt": "deref",  # stable element ids: same figure, same bytes
-        "pdf.fonttype": 42,  # TrueType, as journals ask
-    }
-    # the PDF backend subsets fonts with fontTools, which logs every glyph at INFO
-    ft_logger = logging.getLogger("fontTools")
-    ft_level = ft_logger.level
-    ft_logger.setLevel(max(ft_level, logging.WARNING))
-    try:
-        with matplotlib.rc_context(rc):
-            fig.savefig(
-                buf,
-                format=fmt,
-                dpi=300 if fmt == "png" else 72,
-                metadata=_file_metadata(fmt, meta or {}),
-                facecolor="white",
-                bbox_inches="tight",
-                pad_inches=0.08,
-            )
-    finally:
-        ft_logger.setLevel(ft_level)
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
@@ -720,22 +569,8 @@ TABLE_COLUMNS = [
 ]
 
 
-def stratification_table(result: StratificationResult) -> pd.DataFrame:
-    """Every number behind a KM figure in one long table (for CSV export).
-
-    ``section`` says what a row is:
-
-    - ``km``: ``group, time, survival, ci_lower, ci_upper`` (every step of each curve);
-    - ``at_risk``: ``group, time, at_risk, censored, events`` at the figure's ticks;
-    - ``group``: ``group, n, events, median_survival, median_ci_lower, median_ci_upper``
-      (empty median = not reached, ``note`` says so);
-    - ``hazard_ratio`` / ``hr_trend``: ``group, reference, hr, hr_ci_lower, hr_ci_upper,
-      p_value`` (or a ``note`` why not estimable);
-    - ``logrank``: ``statistic, dof, p_value``; ``pairwise_logrank``: ``group, reference,
-      statistic, p_value, p_holm``; ``ttest``: ``group, reference, statistic, p_value``;
-    - ``cutoff``: ``group`` = fold, ``note`` = thresholds, rule and source.
-    """
-    rows: list[dict[str, Any]] = []
+def _curve_rows(result: StratificationResult) -> list[dict[str, Any]]:
+    rows = []
     for g in result.groups:
         for r in g.km.itertuples(index=False):
             rows.append(
@@ -759,50 +594,50 @@ def stratification_table(result: StratificationResult) -> pd.DataFrame:
                 "events": r.events,
             }
         )
-    for g in result.groups:
-        rows.append(
-            {
-                "section": "group",
-                "group": g.name,
-                "n": g.n,
-                "events": g.events,
-                "median_survival": g.median_survival,
-                "median_ci_lower": g.median_ci.lower,
-                "median_ci_upper": g.median_ci.upper,
-                "note": "median not reached" if g.median_survival is None else None,
-            }
-        )
+    return rows
+
+
+def _group_rows(result: StratificationResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "section": "group",
+            "group": g.name,
+            "n": g.n,
+            "events": g.events,
+            "median_survival": g.median_survival,
+            "median_ci_lower": g.median_ci.lower,
+            "median_ci_upper": g.median_ci.upper,
+            "note": "median not reached" if g.median_survival is None else None,
+        }
+        for g in result.groups
+    ]
+
+
+def _hazard_ratio_rows(result: StratificationResult) -> list[dict[str, Any]]:
     hr = result.hazard_ratio
-    if hr.estimable:
-        for h in hr.comparisons:
-            rows.append(
-                {
-                    "section": "hazard_ratio",
-                    "group": h.group,
-                    "reference": h.reference,
-                    "hr": h.hr,
-                    "hr_ci_lower": h.ci_lower,
-                    "hr_ci_upper": h.ci_upper,
-                    "p_value": h.p_value,
-                }
-            )
-        if hr.trend is not None:
-            t = hr.trend
-            rows.append(
-                {
-                    "section": "hr_trend",
-                    "group": t.group,
-                    "reference": t.reference,
-                    "hr": t.hr,
-                    "hr_ci_lower": t.ci_lower,
-                    "hr_ci_upper": t.ci_upper,
-                    "p_value": t.p_value,
-                }
-            )
-    else:
-        rows.append({"section": "hazard_ratio", "note": f"not estimable: {hr.reason}"})
+    if not hr.estimable:
+        return [{"section": "hazard_ratio", "note": f"not estimable: {hr.reason}"}]
+    labelled = [("hazard_ratio", h) for h in hr.comparisons]
+    if hr.trend is not None:
+        labelled.append(("hr_trend", hr.trend))
+    return [
+        {
+            "section": section,
+            "group": h.group,
+            "reference": h.reference,
+            "hr": h.hr,
+            "hr_ci_lower": h.ci_lower,
+            "hr_ci_upper": h.ci_upper,
+            "p_value": h.p_value,
+        }
+        for section, h in labelled
+    ]
+
+
+def _test_rows(result: StratificationResult) -> list[dict[str, Any]]:
+    """Log-rank (overall, then pairwise with Holm's p) and the t-test."""
     lr = result.logrank
-    rows.append(
+    rows = [
         {
             "section": "logrank",
             "statistic": lr.statistic,
@@ -810,7 +645,7 @@ def stratification_table(result: StratificationResult) -> pd.DataFrame:
             "p_value": lr.p_value,
             "note": None if lr.estimable else f"not estimable: {lr.reason}",
         }
-    )
+    ]
     if result.pairwise_logrank is not None:
         for r in result.pairwise_logrank.itertuples(index=False):
             rows.append(
@@ -834,13 +669,41 @@ def stratification_table(result: StratificationResult) -> pd.DataFrame:
             "note": tt.quantity if tt.estimable else f"not estimable: {tt.reason}",
         }
     )
-    for fold, thr in result.thresholds.items():
-        rows.append(
-            {
-                "section": "cutoff",
-                "group": str(fold),
-                "note": f"{result.cutoff_rule} ({result.cutoff_source}): "
-                + ", ".join(f"{v:.6g}" for v in np.atleast_1d(thr)),
-            }
-        )
+    return rows
+
+
+def _cutoff_rows(result: StratificationResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "section": "cutoff",
+            "group": str(fold),
+            "note": f"{result.cutoff_rule} ({result.cutoff_source}): "
+            + ", ".join(f"{v:.6g}" for v in np.atleast_1d(thr)),
+        }
+        for fold, thr in result.thresholds.items()
+    ]
+
+
+def stratification_table(result: StratificationResult) -> pd.DataFrame:
+    """Every number behind a KM figure in one long table (for CSV export).
+
+    ``section`` says what a row is:
+
+    - ``km``: ``group, time, survival, ci_lower, ci_upper`` (every step of each curve);
+    - ``at_risk``: ``group, time, at_risk, censored, events`` at the figure's ticks;
+    - ``group``: ``group, n, events, median_survival, median_ci_lower, median_ci_upper``
+      (empty median = not reached, ``note`` says so);
+    - ``hazard_ratio`` / ``hr_trend``: ``group, reference, hr, hr_ci_lower, hr_ci_upper,
+      p_value`` (or a ``note`` why not estimable);
+    - ``logrank``: ``statistic, dof, p_value``; ``pairwise_logrank``: ``group, reference,
+      statistic, p_value, p_holm``; ``ttest``: ``group, reference, statistic, p_value``;
+    - ``cutoff``: ``group`` = fold, ``note`` = thresholds, rule and source.
+    """
+    rows = [
+        *_curve_rows(result),
+        *_group_rows(result),
+        *_hazard_ratio_rows(result),
+        *_test_rows(result),
+        *_cutoff_rows(result),
+    ]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

@@ -90,6 +90,102 @@ def banded_depthwise_conv(v: Tensor, weight: Tensor, block: int = 32) -> Tensor:
     return out.reshape(b, h, nb * block, d)[:, :, :length]
 
 
+def _landmarks(q: Tensor, k: Tensor, padded: list[int], m: int, uniform: bool) -> tuple[Tensor, Tensor]:
+    """Landmarks ``(B, h, m, d)`` of ``q`` and ``k`` (B, h, L, d): means over groups of ``l_i``
+    consecutive tokens inside each patient's own (right-aligned) padded window."""
+    b, h, lmax, d = q.shape
+    if uniform:
+        grp = lmax // m
+        return q.reshape(b, h, m, grp, d).sum(dim=3) / grp, k.reshape(b, h, m, grp, d).sum(dim=3) / grp
+    q_parts, k_parts = [], []
+    for i, p in enumerate(padded):
+        grp = p // m
+        q_parts.append(q[i, :, lmax - p :].reshape(h, m, grp, d).sum(dim=2) / grp)
+        k_parts.append(k[i, :, lmax - p :].reshape(h, m, grp, d).sum(dim=2) / grp)
+    return torch.stack(q_parts), torch.stack(k_parts)
+
+
+def _left_align(
+    out: Tensor, cls_attn: Tensor | None, lengths: Tensor, t: int, lmax: int
+) -> tuple[Tensor, Tensor | None]:
+    """Right-aligned ``(B, lmax, dim)`` (and ``(B, h, lmax)``) back to left-aligned ``(B, T, ...)``;
+    rows past each length are zero."""
+    b, h = out.shape[0], None if cls_attn is None else cls_attn.shape[1]
+    device = out.device
+    dst = torch.arange(t, device=device).view(1, -1) + (lmax - lengths.view(b, 1))
+    keep = torch.arange(t, device=device).view(1, -1) < lengths.view(b, 1)
+    dst = dst.clamp(max=lmax - 1)
+    out = torch.gather(out, 1, dst.unsqueeze(-1).expand(b, t, out.shape[-1]))
+    out = out * keep.unsqueeze(-1).to(out.dtype)
+    if cls_attn is not None:
+        cls_attn = torch.gather(cls_attn, 2, dst.unsqueeze(1).expand(b, h, t)) * keep.unsqueeze(1)
+    return out, cls_attn
+
+
+def _block_mul(w: Tensor, c1: Tensor, g1: Tensor, c2: Tensor, g2: Tensor) -> tuple[Tensor, Tensor]:
+    """Product of two ``m x m`` matrices in the compressed form of :func:`_short_nystrom_attention`.
+
+    A matrix is ``(c, g)``: ``c`` (..., t + 1, t + 1), index 0 standing for the ``p`` identical
+    padding rows / columns (multiplicity ``w[0] = p``), plus ``g`` times the identity on the
+    padding block.
+    """
+    prod = c1 @ (w.view(-1, 1) * c2)
+    prod[..., :, 0] += g2 * c1[..., :, 0]
+    prod[..., 0, :] += g1 * c2[..., 0, :]
+    return prod, g1 * g2
+
+
+def _short_nystrom_attention(q: Tensor, k: Tensor, m: int, iters: int) -> Tensor:
+    """``A1 @ pinv(A2) @ A3`` over the real tokens, (B, h, t, t) float32, for ``t <= m``.
+
+    With ``t <= m`` tokens the package pads ``p = m - t`` zero tokens in front and every
+    token is its own landmark, so ``A1 = A2 = A3 = softmax(Q K^T)`` over an ``m x m``
+    matrix whose ``p`` padding rows are identical and whose ``p`` padding columns are
+    identical. Such matrices (plus a multiple of the identity on the padding block,
+    which the Newton-Schulz iteration introduces) form an algebra that a
+    ``(t + 1) x (t + 1)`` matrix and a scalar represent exactly (:func:`_block_mul`);
+    multiplying in that form gives the package's numbers at a fraction of the cost (7
+    genomic tokens: an 8 x 8 instead of a 128 x 128 pseudo-inverse per head).
+    """
+    b, h, t, _ = q.shape
+    p = m - t
+    dtype, device = torch.float32, q.device
+    sim = q.to(dtype) @ k.to(dtype).transpose(-1, -2)  # (B, h, t, t) real x real
+    mx = sim.amax(dim=-1, keepdim=True).clamp_min(0)  # padding logits are 0
+    e = torch.exp(sim - mx)
+    ez = torch.exp(-mx)
+    denom = p * ez + e.sum(dim=-1, keepdim=True)
+    a = q.new_zeros(b, h, t + 1, t + 1, dtype=dtype)  # index 0 stands for the padding block
+    a[..., 0, :] = 1.0 / m  # a padding row: all logits 0 -> uniform
+    a[..., 1:, 0:1] = ez / denom
+    a[..., 1:, 1:] = e / denom
+    w = torch.ones(t + 1, dtype=dtype, device=device)
+    w[0] = p  # multiplicity of the padding index
+
+    def mul(c1, g1, c2, g2):
+        return _block_mul(w, c1, g1, c2, g2)
+
+    # pinv initial scale: max row sum and max column sum over the full m x m matrix.
+    rows = (a * w).sum(dim=-1)  # (B, h, t+1)
+    cols = (w.view(-1, 1) * a).sum(dim=-2)
+    if p == 0:
+        rows, cols = rows[..., 1:], cols[..., 1:]
+    scale = rows.flatten(1).amax(dim=1) * cols.flatten(1).amax(dim=1)
+    z = a.transpose(-1, -2) / scale.view(-1, 1, 1, 1)
+    gz = torch.zeros((), dtype=dtype, device=device)
+    eye = torch.eye(t + 1, dtype=dtype, device=device)
+    eye[0, 0] = 0.0
+    zero = torch.zeros((), dtype=dtype, device=device)
+    for _ in range(iters):
+        az, gaz = mul(a, zero, z, gz)
+        inner, g_in = mul(az, gaz, 7 * eye - az, 7 - gaz)
+        inner, g_in = mul(az, gaz, 15 * eye - inner, 15 - g_in)
+        z, gz = mul(z, gz, 13 * eye - inner, 13 - g_in)
+        z, gz = 0.25 * z, 0.25 * gz
+    full, _ = mul(*mul(a, zero, z, gz), a, zero)  # A1 @ pinv(A2) @ A3, gamma = 0
+    return full[..., 1:, 1:]  # real rows over real columns (padding values are 0)
+
+
 class NystromAttention(nn.Module):
     """Multi-head Nystrom self-attention over ``(B, T, dim)`` with per-patient lengths.
 
@@ -132,56 +228,23 @@ class NystromAttention(nn.Module):
         """
         b, t, _ = x.shape
         h, m, d = self.heads, self.landmarks, self.dim_head
-        device = x.device
         if lengths is None:
-            lengths = torch.full((b,), t, dtype=torch.long, device=device)
+            lengths = torch.full((b,), t, dtype=torch.long, device=x.device)
         n = lengths.tolist()
         padded = [m * math.ceil(ni / m) for ni in n]  # each patient's own padded length
         lmax = max(padded)
-
         uniform = all(ni == t for ni in n)
         if uniform and t <= m:
             return self._short_forward(x, return_cls_attention)
         if uniform:
-            # Everyone has the same length: plain front padding, no batch padding. The
-            # projection is written straight into the zero-padded buffer (no extra copy).
-            if b == 1 and not torch.is_grad_enabled():
-                qkv = x.new_zeros(b, lmax, 3 * h * d, dtype=self._compute_dtype(x))
-                w = self.to_qkv.weight.t().to(qkv.dtype)
-                torch.matmul(x[0].to(qkv.dtype), w, out=qkv[0, lmax - t :])
-            else:
-                qkv = F.pad(self.to_qkv(x), (0, 0, lmax - t, 0))
-            key_mask = None
+            qkv, key_mask = self._uniform_qkv(x, lmax), None
         else:
-            qkv = self.to_qkv(x)  # (B, T, 3 * h * d)
-            # Right-align each patient: its tokens occupy [lmax - n_i, lmax).
-            pos = torch.arange(lmax, device=device)
-            len_t = lengths.view(b, 1)
-            src = pos.view(1, -1) - (lmax - len_t)  # (B, lmax) source index in x
-            valid_src = src >= 0
-            src = src.clamp(min=0, max=t - 1)
-            qkv = torch.gather(qkv, 1, src.unsqueeze(-1).expand(b, lmax, qkv.shape[-1]))
-            qkv = qkv * valid_src.unsqueeze(-1).to(qkv.dtype)
-            start = torch.tensor([lmax - p for p in padded], device=device).view(b, 1)
-            key_mask = pos.view(1, -1) >= start  # own window (real tokens + own front zeros)
+            qkv, key_mask = self._right_aligned_qkv(x, lengths, padded, lmax)
 
         q, k, v = qkv.view(b, lmax, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, h, L, d)
         q = q * self.scale
-
-        # Landmarks: means over groups of l_i tokens inside each patient's own window.
-        if uniform:
-            grp = lmax // m
-            q_l = q.reshape(b, h, m, grp, d).sum(dim=3) / grp
-            k_l = k.reshape(b, h, m, grp, d).sum(dim=3) / grp
-        else:
-            q_parts, k_parts = [], []
-            for i, p in enumerate(padded):
-                grp = p // m
-                q_parts.append(q[i, :, lmax - p :].reshape(h, m, grp, d).sum(dim=2) / grp)
-                k_parts.append(k[i, :, lmax - p :].reshape(h, m, grp, d).sum(dim=2) / grp)
-            q_l, k_l = torch.stack(q_parts), torch.stack(k_parts)
-
-        with torch.autocast(device_type=device.type, enabled=False):
+        q_l, k_l = _landmarks(q, k, padded, m, uniform)
+        with torch.autocast(device_type=x.device.type, enabled=False):
             a2 = torch.softmax(q_l.float() @ k_l.float().transpose(-1, -2), dim=-1)
             a2_inv = iterative_pinv(a2, self.pinv_iterations)  # (B, h, m, m) fp32
 
@@ -190,81 +253,53 @@ class NystromAttention(nn.Module):
         inner = (a2_inv @ a3v.float()).to(q.dtype)
         out = _attention(q, k_l, inner, None)  # (B, h, L, d)
         out = out + banded_depthwise_conv(v, self.res_conv.weight)
-        out = out.transpose(1, 2).reshape(b, lmax, h * d)
-        out = self.to_out(out)
+        out = self.to_out(out.transpose(1, 2).reshape(b, lmax, h * d))
 
         cls_attn = None
         if return_cls_attention:
             cls_attn = self._cls_attention(q, k, k_l, q_l, a2_inv, key_mask, n, lmax)
-
         if uniform:
             return out[:, lmax - t :], None if cls_attn is None else cls_attn[..., lmax - t :]
-        # Back to left-aligned (B, T, dim); rows past each length are zero.
-        dst = torch.arange(t, device=device).view(1, -1) + (lmax - lengths.view(b, 1))
-        keep = torch.arange(t, device=device).view(1, -1) < lengths.view(b, 1)
-        dst = dst.clamp(max=lmax - 1)
-        out = torch.gather(out, 1, dst.unsqueeze(-1).expand(b, t, out.shape[-1]))
-        out = out * keep.unsqueeze(-1).to(out.dtype)
-        if cls_attn is not None:
-            cls_attn = torch.gather(cls_attn, 2, dst.unsqueeze(1).expand(b, h, t)) * keep.unsqueeze(1)
-        return out, cls_attn
+        return _left_align(out, cls_attn, lengths, t, lmax)
+
+    def _uniform_qkv(self, x: Tensor, lmax: int) -> Tensor:
+        """``(B, lmax, 3 h d)`` projections of equal-length sequences, front zero padded."""
+        b, t, _ = x.shape
+        h, d = self.heads, self.dim_head
+        if b == 1 and not torch.is_grad_enabled():
+            # The projection is written straight into the zero-padded buffer (no extra copy).
+            qkv = x.new_zeros(b, lmax, 3 * h * d, dtype=self._compute_dtype(x))
+            w = self.to_qkv.weight.t().to(qkv.dtype)
+            torch.matmul(x[0].to(qkv.dtype), w, out=qkv[0, lmax - t :])
+            return qkv
+        return F.pad(self.to_qkv(x), (0, 0, lmax - t, 0))
+
+    def _right_aligned_qkv(
+        self, x: Tensor, lengths: Tensor, padded: list[int], lmax: int
+    ) -> tuple[Tensor, Tensor]:
+        """Projections ``(B, lmax, 3 h d)`` with each patient right-aligned (its tokens at
+        ``[lmax - n_i, lmax)``, zeros before), and the key mask ``(B, lmax)`` of its own window
+        (real tokens plus its own front padding)."""
+        b, t, _ = x.shape
+        qkv = self.to_qkv(x)  # (B, T, 3 * h * d)
+        pos = torch.arange(lmax, device=x.device)
+        src = pos.view(1, -1) - (lmax - lengths.view(b, 1))  # (B, lmax) source index in x
+        valid_src = src >= 0
+        src = src.clamp(min=0, max=t - 1)
+        qkv = torch.gather(qkv, 1, src.unsqueeze(-1).expand(b, lmax, qkv.shape[-1]))
+        qkv = qkv * valid_src.unsqueeze(-1).to(qkv.dtype)
+        start = torch.tensor([lmax - p for p in padded], device=x.device).view(b, 1)
+        return qkv, pos.view(1, -1) >= start
 
     def _short_forward(self, x: Tensor, return_cls_attention: bool) -> tuple[Tensor, Tensor | None]:
-        """Exact shortcut for sequences no longer than the number of landmarks.
-
-        With ``t <= m`` tokens the package pads ``p = m - t`` zero tokens in front and every
-        token is its own landmark, so ``A1 = A2 = A3 = softmax(Q K^T)`` over an ``m x m``
-        matrix whose ``p`` padding rows are identical and whose ``p`` padding columns are
-        identical. Such matrices (plus a multiple of the identity on the padding block,
-        which the Newton-Schulz iteration introduces) form an algebra that a
-        ``(t + 1) x (t + 1)`` matrix and a scalar represent exactly; multiplying in that
-        form gives the package's numbers at a fraction of the cost (7 genomic tokens: an
-        8 x 8 instead of a 128 x 128 pseudo-inverse per head).
-        """
+        """Exact shortcut for sequences no longer than the number of landmarks (see
+        :func:`_short_nystrom_attention`)."""
         b, t, _ = x.shape
-        h, m, d = self.heads, self.landmarks, self.dim_head
-        p = m - t
+        h, d = self.heads, self.dim_head
         q, k, v = self.to_qkv(x).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, h, t, d)
         q = q * self.scale
-        dtype = torch.float32
         with torch.autocast(device_type=x.device.type, enabled=False):
-            sim = q.to(dtype) @ k.to(dtype).transpose(-1, -2)  # (B, h, t, t) real x real
-            mx = sim.amax(dim=-1, keepdim=True).clamp_min(0)  # padding logits are 0
-            e = torch.exp(sim - mx)
-            ez = torch.exp(-mx)
-            denom = p * ez + e.sum(dim=-1, keepdim=True)
-            a = x.new_zeros(b, h, t + 1, t + 1, dtype=dtype)  # index 0 stands for the padding block
-            a[..., 0, :] = 1.0 / m  # a padding row: all logits 0 -> uniform
-            a[..., 1:, 0:1] = ez / denom
-            a[..., 1:, 1:] = e / denom
-            w = torch.ones(t + 1, dtype=dtype, device=x.device)
-            w[0] = p  # multiplicity of the padding index
-
-            def mul(c1, g1, c2, g2):
-                prod = c1 @ (w.view(-1, 1) * c2)
-                prod[..., :, 0] += g2 * c1[..., :, 0]
-                prod[..., 0, :] += g1 * c2[..., 0, :]
-                return prod, g1 * g2
-
-            # pinv initial scale: max row sum and max column sum over the full m x m matrix.
-            rows = (a * w).sum(dim=-1)  # (B, h, t+1)
-            cols = (w.view(-1, 1) * a).sum(dim=-2)
-            if p == 0:
-                rows, cols = rows[..., 1:], cols[..., 1:]
-            scale = rows.flatten(1).amax(dim=1) * cols.flatten(1).amax(dim=1)
-            z = a.transpose(-1, -2) / scale.view(-1, 1, 1, 1)
-            gz = torch.zeros((), dtype=dtype, device=x.device)
-            eye = torch.eye(t + 1, dtype=dtype, device=x.device)
-            eye[0, 0] = 0.0
-            zero = torch.zeros((), dtype=dtype, device=x.device)
-            for _ in range(self.pinv_iterations):
-                az, gaz = mul(a, zero, z, gz)
-                inner, g_in = mul(az, gaz, 7 * eye - az, 7 - gaz)
-                inner, g_in = mul(az, gaz, 15 * eye - inner, 15 - g_in)
-                z, gz = mul(z, gz, 13 * eye - inner, 13 - g_in)
-                z, gz = 0.25 * z, 0.25 * gz
-            full, _ = mul(*mul(a, zero, z, gz), a, zero)  # A1 @ pinv(A2) @ A3, gamma = 0
-            attn = full[..., 1:, 1:]  # real rows over real columns (padding values are 0)
+            attn = _short_nystrom_attention(q, k, self.landmarks, self.pinv_iterations)
             out = attn.to(v.dtype) @ v
         out = out + banded_depthwise_conv(v, self.res_conv.weight)
         out = self.to_out(out.transpose(1, 2).reshape(b, t, h * d))

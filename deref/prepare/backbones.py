@@ -18,7 +18,6 @@ where ``build()`` returns a module whose ``state_dict`` keys match the weights f
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from deref.errors import DataError
+from deref.fileio import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +155,6 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         raise DataError(f"unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}") from None
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a weights file (``.safetensors``, or a torch file loaded with
     ``weights_only=True`` so no code is unpickled); unwraps ``{"state_dict": ...}`` /
@@ -284,7 +276,7 @@ def build_backbone(
         raise DataError("pass either --weights or --random-weights, not both")
     if weights is not None:
         net = load_strict(spec.build(), read_state_dict(weights), str(weights))
-        digest = sha256_file(weights)
+        digest = file_sha256(weights)
         source = str(Path(weights).resolve())
     else:
         with torch.random.fork_rng(devices=[]):

@@ -13,7 +13,7 @@ backbone's provenance (name, weights file and SHA-256, ``unusable_for_science``)
 - **Resumable and crash-safe.** Bags are written under a temporary name and renamed when
   complete (:func:`deref.data.bags.write_bag_h5`); a slide whose bag exists and is complete
   is skipped, so rerunning a killed command finishes the job and yields the same files.
-- **Sharding.** :func:`deref.prepare.slides.shard` deals the sorted slide list round-robin,
+- **Sharding.** :func:`deref.prepare.discover.shard` deals the sorted slide list round-robin,
   so ``--shard K/N`` on N machines covers every slide exactly once.
 """
 
@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deref.errors import DataError
+from deref.errors import DataError, one_line
 from deref.prepare import ManifestRow
 from deref.prepare.backbones import FeatureExtractor
-from deref.prepare.slides import SLIDE_SUFFIXES, one_line, read_rgb
+from deref.prepare.discover import SLIDE_SUFFIXES
+from deref.slides import open_slide, read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def _handle(self):
         if self._slide is None or self._pid != os.getpid():
-            import openslide
-
-            self._slide = openslide.OpenSlide(self.slide_path)
+            # check_source already decoded pixels of this slide in the parent process
+            self._slide = open_slide(self.slide_path, check_pixels=False)
             self._pid = os.getpid()
         return self._slide
 
@@ -312,8 +312,6 @@ def extract_features(
 def check_source(source: PatchSource) -> None:
     """Open the slide (decoding a few pixels) and check the patch geometry against it, so a
     wrong level or coordinates outside the slide fail with a reason instead of blank patches."""
-    from deref.prepare.slides import open_slide
-
     slide = open_slide(source.slide_path)
     try:
         if not 0 <= source.level < slide.level_count:

@@ -40,9 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deref.errors import DataError
+from deref.errors import DataError, one_line
 from deref.prepare import ManifestRow
-from deref.prepare.slides import one_line
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +171,21 @@ class MriVolume:
     notes: dict = field(default_factory=dict)
 
 
+def _load_checked(case: MriCase, config: MriConfig) -> tuple[list, object | None]:
+    """The sequences' images and the mask's (or None), after checking they share one grid."""
+    names = list(case.sequences)
+    imgs = [_load(Path(p), f"patient {case.patient} sequence {n!r}") for n, p in case.sequences.items()]
+    ref, ref_path = imgs[0], Path(case.sequences[names[0]])
+    for img, n in zip(imgs[1:], names[1:]):
+        what = f"patient {case.patient} sequence {n!r}"
+        _same_grid(ref, ref_path, img, Path(case.sequences[n]), what, config.affine_atol)
+    if case.mask is None:
+        return imgs, None
+    mask_img = _load(Path(case.mask), f"patient {case.patient} mask")
+    _same_grid(ref, ref_path, mask_img, Path(case.mask), f"patient {case.patient} mask", config.affine_atol)
+    return imgs, mask_img
+
+
 def preprocess_case(case: MriCase, config: MriConfig | None = None) -> MriVolume:
     """Check, reorient, crop, resample and normalize the sequences of ``case``."""
     import nibabel as nib
@@ -179,57 +193,35 @@ def preprocess_case(case: MriCase, config: MriConfig | None = None) -> MriVolume
     config = config or MriConfig()
     if not case.sequences:
         raise DataError(f"patient {case.patient}: no MRI sequence given")
-    names = list(case.sequences)
-    imgs = [_load(Path(p), f"patient {case.patient} sequence {n!r}") for n, p in case.sequences.items()]
-    ref, ref_path = imgs[0], Path(case.sequences[names[0]])
-    for img, n in zip(imgs[1:], names[1:]):
-        _same_grid(
-            ref,
-            ref_path,
-            img,
-            Path(case.sequences[n]),
-            f"patient {case.patient} sequence {n!r}",
-            config.affine_atol,
-        )
-    mask_img = None
-    if case.mask is not None:
-        mask_img = _load(Path(case.mask), f"patient {case.patient} mask")
-        _same_grid(
-            ref, ref_path, mask_img, Path(case.mask), f"patient {case.patient} mask", config.affine_atol
-        )
+    imgs, mask_img = _load_checked(case, config)
     canon = [nib.as_closest_canonical(img) for img in imgs]
     zooms = np.asarray(canon[0].header.get_zooms()[:3], np.float64)
     shape = np.asarray(canon[0].shape[:3])
+    mask = None
+    lo, hi = np.zeros(3, int), shape - 1
     if mask_img is not None:
         mask = np.asarray(nib.as_closest_canonical(mask_img).dataobj) > 0
         if not mask.any():
             raise DataError(f"patient {case.patient} mask {case.mask}: empty (no voxel > 0)")
         idx = np.argwhere(mask)
         lo, hi = idx.min(axis=0), idx.max(axis=0)
-    else:
-        mask = None
-        lo, hi = np.zeros(3, int), shape - 1
     center = (lo + hi) / 2.0
-    extent_mm = (hi - lo + 1) * zooms
-    side = float(extent_mm.max() + 2 * config.margin_mm)
+    side = float(((hi - lo + 1) * zooms).max() + 2 * config.margin_mm)
     if mask is not None:
         inside = _sample_cube(mask.astype(np.float32), center, side, zooms, config.grid, order=1) > 0.5
     else:
-        inside = np.isfinite(
-            _sample_cube(np.ones(tuple(shape), np.float32), center, side, zooms, config.grid, order=0)
-        )
+        ones = np.ones(tuple(shape), np.float32)
+        inside = np.isfinite(_sample_cube(ones, center, side, zooms, config.grid, order=0))
     channels = []
     for img in canon:
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-        cube = _sample_cube(data, center, side, zooms, config.grid)
+        cube = _sample_cube(np.asarray(img.get_fdata(dtype=np.float32)), center, side, zooms, config.grid)
         channels.append(_normalize(cube, inside, config))
-    center_ras = nib.affines.apply_affine(canon[0].affine, center)
     return MriVolume(
         data=np.stack(channels),
         inside=inside,
-        sequences=names,
+        sequences=list(case.sequences),
         spacing_mm=side / config.grid,
-        center_ras_mm=np.asarray(center_ras, np.float64),
+        center_ras_mm=np.asarray(nib.affines.apply_affine(canon[0].affine, center), np.float64),
         mask_voxels=int(mask.sum()) if mask is not None else 0,
         notes={"side_mm": side, "source_spacing_mm": zooms.tolist()},
     )
@@ -249,12 +241,12 @@ def build_mri_backbone(
     """
     import torch
 
+    from deref.fileio import file_sha256
     from deref.prepare.backbones import (
         RANDOM_WEIGHTS_SEED,
         ResNetTrunk,
         load_strict,
         read_state_dict,
-        sha256_file,
         torchvision_resnet,
     )
 
@@ -275,7 +267,7 @@ def build_mri_backbone(
         load_strict(net, sd, str(weights))
         prov = {
             "weights_file": str(Path(weights).resolve()),
-            "weights_sha256": sha256_file(weights),
+            "weights_sha256": file_sha256(weights),
             "unusable_for_science": False,
         }
     else:

@@ -36,19 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from deref.errors import DataError
+from deref.errors import DataError, one_line
 from deref.prepare import ManifestRow
-from deref.prepare.slides import (
-    MPP_AT_1X,
-    SlideInfo,
-    one_line,
-    open_slide,
-    read_rgb,
-    resolve_mpp,
-    slide_info,
-    slide_stem,
-)
+from deref.prepare.discover import MPP_AT_1X, resolve_mpp, slide_stem
 from deref.prepare.tissue import TissueMask, TissueParams, overlay, tissue_mask
+from deref.slides import SlideInfo, open_slide, read_rgb, slide_info
 
 log = logging.getLogger(__name__)
 
@@ -269,52 +261,46 @@ def _draw_patches(img: np.ndarray, coords: np.ndarray, step: int, scale: float) 
     return np.asarray(pil)
 
 
-def tile_slide(
-    slide_path: str | os.PathLike, out_dir: str | os.PathLike, config: TileConfig | None = None
-) -> TileResult:
-    """Tile one slide into ``out_dir`` (see the module docstring for what is written).
+def _mask_scales(info: SlideInfo, plan: PatchPlan, config: TileConfig) -> tuple[float, float]:
+    """Level-0 pixels per pixel of the tissue mask and of the QC thumbnail.
 
-    Raises :class:`DataError` (one line, naming the file) when the slide cannot be opened or
-    read or has no usable resolution.
+    The mask is at about ``tissue.mask_mpp``, with at least 4 mask pixels across a patch and at
+    most 8192 pixels on the long side.
     """
-    from deref.data.bags import write_bag_h5
+    w0, h0 = info.dimensions
+    d_mask = config.tissue.mask_mpp / plan.slide_mpp
+    d_mask = min(d_mask, plan.level0_size / 4.0)
+    d_mask = max(1.0, d_mask, max(w0, h0) / 8192.0)
+    return d_mask, max(1.0, max(w0, h0) / config.thumbnail_size)
 
-    config = config or TileConfig()
-    t0 = time.perf_counter()
-    path = Path(slide_path)
-    h5_path, thumb_path, mask_path = output_paths(path, out_dir)
-    slide = open_slide(path)
+
+def _mask_and_thumbnail(
+    slide, info: SlideInfo, plan: PatchPlan, config: TileConfig
+) -> tuple[TissueMask, np.ndarray, float]:
+    """``(tissue mask, QC thumbnail (h, w, 3) uint8, thumbnail downsample)`` from one
+    downsampled read of the slide."""
+    from PIL import Image
+
+    w0, h0 = info.dimensions
+    d_mask, d_thumb = _mask_scales(info, plan, config)
     try:
-        info = slide_info(slide, path)
-        plan = plan_patches(info, config)
-        w0, h0 = info.dimensions
-        # Mask resolution: about tissue.mask_mpp, at least 4 mask pixels across a patch, and
-        # at most 8192 pixels on the long side.
-        d_mask = config.tissue.mask_mpp / plan.slide_mpp
-        d_mask = min(d_mask, plan.level0_size / 4.0)
-        d_mask = max(1.0, d_mask, max(w0, h0) / 8192.0)
-        d_thumb = max(1.0, max(w0, h0) / config.thumbnail_size)
-        try:
-            base = read_downsampled(slide, min(d_mask, d_thumb))
-        except Exception as exc:  # noqa: BLE001 - any decoder failure
-            raise DataError(f"{path}: cannot read pixels for the tissue mask: {one_line(exc)}") from exc
-        from PIL import Image
+        base = read_downsampled(slide, min(d_mask, d_thumb))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure
+        raise DataError(f"{info.path}: cannot read pixels for the tissue mask: {one_line(exc)}") from exc
 
-        def resized(d: float) -> np.ndarray:
-            size = (max(1, int(math.ceil(w0 / d))), max(1, int(math.ceil(h0 / d))))
-            if size == (base.shape[1], base.shape[0]):
-                return base
-            return np.asarray(Image.fromarray(base).resize(size, Image.Resampling.BOX))
+    def resized(d: float) -> np.ndarray:
+        size = (max(1, int(math.ceil(w0 / d))), max(1, int(math.ceil(h0 / d))))
+        if size == (base.shape[1], base.shape[0]):
+            return base
+        return np.asarray(Image.fromarray(base).resize(size, Image.Resampling.BOX))
 
-        mask_img = resized(d_mask)
-        thumb = resized(d_thumb)
-        tm = tissue_mask(mask_img, plan.slide_mpp * d_mask, config.tissue)
-        scale = (w0 / tm.mask.shape[1], h0 / tm.mask.shape[0])
-        coords, _ = grid_coords(tm.mask, scale, plan.level0_size, slide_bounds(slide), config.min_tissue)
-    finally:
-        slide.close()
+    tm = tissue_mask(resized(d_mask), plan.slide_mpp * d_mask, config.tissue)
+    return tm, resized(d_thumb), d_thumb
 
-    attrs = {
+
+def _patch_attrs(path: Path, info: SlideInfo, plan: PatchPlan, config: TileConfig, tm: TissueMask) -> dict:
+    """The attributes of a patch file (see the module docstring)."""
+    return {
         "patch_size": plan.patch_size,
         "patch_level": plan.level,
         "downsample": plan.downsample,
@@ -334,22 +320,37 @@ def tile_slide(
         "tissue_fraction": tm.fraction,
         "tissue_params": json.dumps(config.tissue.to_dict()),
     }
-    write_bag_h5(h5_path, None, coords, attrs)
+
+
+def tile_slide(
+    slide_path: str | os.PathLike, out_dir: str | os.PathLike, config: TileConfig | None = None
+) -> TileResult:
+    """Tile one slide into ``out_dir`` (see the module docstring for what is written).
+
+    Raises :class:`DataError` (one line, naming the file) when the slide cannot be opened or
+    read or has no usable resolution.
+    """
+    from deref.data.bags import write_bag_h5
+
+    config = config or TileConfig()
+    t0 = time.perf_counter()
+    path = Path(slide_path)
+    h5_path, thumb_path, mask_path = output_paths(path, out_dir)
+    slide = open_slide(path)
+    try:
+        info = slide_info(slide, path)
+        plan = plan_patches(info, config)
+        tm, thumb, d_thumb = _mask_and_thumbnail(slide, info, plan, config)
+        scale = (info.dimensions[0] / tm.mask.shape[1], info.dimensions[1] / tm.mask.shape[0])
+        coords, _ = grid_coords(tm.mask, scale, plan.level0_size, slide_bounds(slide), config.min_tissue)
+    finally:
+        slide.close()
+    write_bag_h5(h5_path, None, coords, _patch_attrs(path, info, plan, config, tm))
     _save_png(thumb, thumb_path)
-    qc = overlay(thumb, tm.mask)
-    _save_png(_draw_patches(qc, coords, plan.level0_size, d_thumb), mask_path)
+    _save_png(_draw_patches(overlay(thumb, tm.mask), coords, plan.level0_size, d_thumb), mask_path)
     seconds = time.perf_counter() - t0
     log.info("%s: %d patches (%.1f%% tissue) in %.2f s", path.name, len(coords), 100 * tm.fraction, seconds)
-    return TileResult(
-        slide=path,
-        h5=h5_path,
-        coords=coords,
-        plan=plan,
-        tissue=tm,
-        thumbnail=thumb_path,
-        mask_png=mask_path,
-        seconds=seconds,
-    )
+    return TileResult(path, h5_path, coords, plan, tm, thumb_path, mask_path, seconds)
 
 
 def count_patches(h5_path: str | os.PathLike) -> int | None:

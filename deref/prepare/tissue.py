@@ -101,12 +101,6 @@ def hue(rgb: np.ndarray) -> np.ndarray:
     return h
 
 
-def hsv_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue (degrees 0-360), saturation (0-255) and value (0-1) of an (H, W, 3) uint8 image."""
-    sat, val = saturation_value(rgb)
-    return hue(rgb), sat, val
-
-
 def otsu_threshold(values: np.ndarray, bins: int = 256, value_range: tuple[float, float] = (0, 256)) -> float:
     """Otsu's threshold of ``values`` from a histogram (maximizes between-class variance)."""
     hist, edges = np.histogram(values, bins=bins, range=value_range)

@@ -13,6 +13,7 @@ from deref.runs.directory import (
     read_json,
     save_checkpoint,
     write_json,
+    write_run_info,
 )
 from deref.runs.info import (
     GENOMIC_ONLY_MODELS,
@@ -43,4 +44,5 @@ __all__ = [
     "save_checkpoint",
     "time_unit_of",
     "write_json",
+    "write_run_info",
 ]

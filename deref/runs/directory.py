@@ -128,6 +128,16 @@ def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     return model
 
 
+RUN_INFO_FILE = "run.json"
+
+
+def write_run_info(run_dir: str | os.PathLike, info: RunInfo) -> Path:
+    """Write a run's ``run.json`` (atomically) from its typed :class:`RunInfo`."""
+    path = Path(run_dir) / RUN_INFO_FILE
+    write_json(path, info.to_dict())
+    return path
+
+
 @dataclass
 class FoldCheckpoint:
     """One fold's model and preprocessing, loaded."""
@@ -145,7 +155,9 @@ class RunDir:
         self.path = Path(path)
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: run directory not found")
-        self.info: RunInfo = RunInfo.from_dict(read_json(self.path / "run.json"), str(self.path / "run.json"))
+        self.info: RunInfo = RunInfo.from_dict(
+            read_json(self.path / RUN_INFO_FILE), str(self.path / RUN_INFO_FILE)
+        )
         if not self.info.name:
             self.info = dataclasses.replace(self.info, name=self.path.name)
 

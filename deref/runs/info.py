@@ -126,6 +126,24 @@ class FoldInfo:
     def n_bins(self) -> int:
         return len(self.bin_edges) - 1
 
+    @property
+    def cindex_last_epoch(self) -> float | None:
+        """The validation C-index of the fixed (last) epoch, None when not recorded."""
+        c = self.metrics.get("cindex_last_epoch")
+        return None if c is None else float(c)
+
+    @property
+    def optimistic_best_epoch(self) -> int | None:
+        """The epoch (1-based) with the best validation C-index; None when not tracked."""
+        best = self.metrics.get("optimistic_best_epoch")
+        return None if best is None else int(best)
+
+    @property
+    def optimistic_best_epoch_cindex(self) -> float | None:
+        """That epoch's validation C-index (optimistic: chosen on the validation fold)."""
+        best = self.metrics.get("optimistic_best_epoch_cindex")
+        return None if best is None else float(best)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FoldInfo:
         return cls(
@@ -222,6 +240,12 @@ class DataInfo:
     def n_m1_columns(self) -> int:
         return sum(len(g) for g in self.m1_columns)
 
+    def provenance(self) -> dict[str, Any]:
+        """:meth:`to_dict` for display: the genomic columns summarized as their count."""
+        out = self.to_dict()
+        out["m1_columns"] = f"{self.n_m1_columns} columns in {len(self.m1_columns)} groups"
+        return out
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -282,22 +306,35 @@ class RunInfo:
     def training_ids(self, k: int) -> tuple[str, ...]:
         return self.fold(k).train_ids
 
+    def history_frame(self):
+        """The training curves: one row per (fold, epoch) with ``fold`` and every quantity the
+        trainer recorded (``epoch``, ``train_loss``, ``val_cindex``...); empty when none was."""
+        import pandas as pd
+
+        return pd.DataFrame([{"fold": f.index, **h} for f in self.folds for h in f.history])
+
     # ---------------------------------------------------------------- (de)serialization
     @classmethod
     def from_dict(cls, d: Any, where: str = "run.json") -> RunInfo:
         """Parse ``run.json``; a malformed file raises :class:`CheckpointError` naming the key."""
         if not isinstance(d, Mapping):
-            raise CheckpointError(f"{where}: not a JSON object")
+            raise CheckpointError(
+                f"{where}: not a JSON object; expected a run.json as `deref train` writes it"
+            )
         fmt = d.get("format")
         if fmt != RUN_FORMAT:
             raise CheckpointError(f"{where}: format {fmt!r}; expected {RUN_FORMAT!r}")
         try:
             model = ModelConfig.from_dict(d["model"])
         except (KeyError, TypeError, ConfigError) as exc:
-            raise CheckpointError(f"{where}: bad model config ({exc})") from exc
+            raise CheckpointError(
+                f"{where}: bad model config ({exc}); expected a 'model' section as `deref train` writes it"
+            ) from exc
         folds_raw = d.get("folds")
         if not isinstance(folds_raw, list) or not folds_raw:
-            raise CheckpointError(f"{where}: no 'folds' list")
+            raise CheckpointError(
+                f"{where}: no 'folds' list; expected a run.json as `deref train` writes it (one entry per fold)"
+            )
         folds = []
         for i, f in enumerate(folds_raw):
             if not isinstance(f, Mapping) or "index" not in f or "bin_edges" not in f:

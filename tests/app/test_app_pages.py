@@ -224,7 +224,9 @@ def test_load_section_reports_a_cohort_that_does_not_fit(make_app, small_demo, t
     at.button(key="load_submit").click().run()
     assert not at.exception
     errors = " ".join(str(e.value) for e in at.sidebar.error)
-    assert "gene" in errors and "missing" in errors
+    # the shared fit check (deref.runs.fit) names the gene family and the dropped columns
+    assert "gene family" in errors and "are not genomic columns of the table" in errors
+    assert any(c in errors for c in drop), errors
     assert metric(at, "Patients")  # the previous run and cohort are still shown
 
 
@@ -262,7 +264,8 @@ def test_exports_are_real_files_with_provenance(app_env, small_demo):
         assert {"km", "at_risk", "group", "logrank"} <= set(table["section"])
         sizes[rule] = (len(png), len(svg), len(pdf))
     assert all(a != b for a, b in zip(sizes["median"], sizes["quartiles"]))  # the file follows the figure
-    assert backend.export_file_name(src, "quartiles", "pdf").endswith("_km_quartiles.pdf")
+    stem = backend.report(*src.key, "quartiles", "training").file_stem("km")
+    assert stem == f"{backend.run_name(src.run_dir)}_km_quartiles"
 
 
 def test_load_check_names_a_feature_dimension_mismatch(app_env, small_demo, tmp_path):
@@ -303,32 +306,67 @@ def test_another_cohort_table_is_predicted_by_the_run(make_app, small_demo, tmp_
     np.testing.assert_allclose(shown.to_numpy(float), ref.to_numpy(float), atol=1e-4)
 
 
-def test_first_start_builds_the_demo_with_visible_progress(
-    make_app, app_env, small_demo, tmp_path, monkeypatch
-):
-    """No demo yet: the app builds it (here a stand-in for deref.demo.build_demo that reports
-    progress and writes the small demo's run), shows the progress, then opens it."""
+def test_first_start_builds_the_demo_with_visible_progress(make_app, app_env, tmp_path, monkeypatch):
+    """No demo yet: the app builds it through the real ``deref.demo.build_demo`` (a 16-patient,
+    one-epoch recipe with small slides, so the test stays quick), shows its progress, then opens
+    what the build wrote."""
+    import functools
+
     import deref.demo
 
-    calls = []
+    stages: list[tuple[str, int, int]] = []
+    real_build = deref.demo.build_demo
 
-    def fake_build(out_dir, progress=None, **kwargs):
-        for i in range(3):
-            progress("fold 0 epoch 1/2", i + 1, 3)
-            calls.append(i)
-        out = Path(out_dir)
-        shutil.copytree(
-            small_demo / "run", out / "run", ignore=shutil.ignore_patterns("fold_*", "explanations")
-        )
-        (out / "cohort").mkdir()
-        shutil.copy(small_demo / "cohort" / "demo.json", out / "cohort" / "demo.json")
-        shutil.copy(small_demo / "demo_summary.json", out / "demo_summary.json")
+    def small_build(out_dir, progress=None, **kwargs):
+        def spy(stage: str, done: int, total: int) -> None:
+            stages.append((stage, done, total))
+            progress(stage, done, total)
 
-    monkeypatch.setattr(deref.demo, "build_demo", fake_build)
-    app_env(DEREF_DEMO_DIR=tmp_path / "demo")
-    at = make_app()
-    assert calls == [0, 1, 2]
+        return real_build(out_dir, progress=spy, n_patients=16, epochs=1, slide_size=(1024, 1024), **kwargs)
+
+    monkeypatch.setattr(deref.demo, "build_demo", functools.wraps(real_build)(small_build))
+    demo = tmp_path / "demo"
+    app_env(DEREF_DEMO_DIR=demo)
+    at = make_app(timeout=300)
     assert [(s.label, s.state) for s in at.status] == [("Demo built", "complete")]
     assert len(at.get("progress")) == 1
     assert not problems(at)
-    assert metric(at, "Patients") == str(len(predictions(small_demo)))
+    # the progress bar was fed by the real build: the cohort's slides, then every fold's epoch
+    names = [s for s, _, _ in stages]
+    assert names[0].startswith("demo cohort") and stages[-1][1] == stages[-1][2]
+    assert {f"fold {k} epoch 1/1" for k in range(5)} <= {n.split(":")[0] for n in names}
+    # the app opened what the build wrote: its 16 patients with their out-of-fold risks
+    assert deref.demo.demo_is_built(demo)
+    built = predictions(demo).set_index("case_id")
+    assert len(built) == 16 and metric(at, "Patients") == "16"
+    shown = at.dataframe(key="cohort_table").value.set_index("case_id")["risk"]
+    np.testing.assert_allclose(shown.to_numpy(float), built["risk"].reindex(shown.index), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ errors
+def test_guard_shows_one_line_and_logs_an_unexpected_error(caplog):
+    """A library error is shown as it is, not logged; anything else is shown on one line and
+    logged on the server with its traceback."""
+    import logging
+
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        from app import components
+        from deref.errors import DataError
+
+        with components.guard("Library"):
+            raise DataError("table.csv:3: time\n-1; expected >= 0")
+        with components.guard("Bug", warn=True):
+            raise RuntimeError("first line\nsecond line")
+
+    with caplog.at_level(logging.INFO, logger="app.components"):
+        at = AppTest.from_function(page).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["**Library:** table.csv:3: time -1; expected >= 0"]
+    assert [w.value for w in at.warning] == [
+        "**Bug:** unexpected RuntimeError: first line second line (details in the server log)"
+    ]
+    logged = [r for r in caplog.records if r.name == "app.components"]
+    assert [r.getMessage() for r in logged] == ["Bug failed"]
+    assert logged[0].exc_info is not None and logged[0].exc_info[0] is RuntimeError

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.overlay import apply_click, clicked_patch, overlay_figure, patch_at_rank, rank_of
+from app.overlay import apply_click, patch_at_rank, rank_of
 from deref.errors import InputError
 from deref.explain.heatmap import pixel_to_patch, render_heatmap
 from deref.explain.patches import PatchView, patches_at, top_k_patches
+from deref.figures import clicked_patch, slide_overlay_figure
 
 
 def _event(*points: dict) -> dict:
@@ -90,7 +91,7 @@ def test_figure_markers_and_outline_sit_on_the_heatmap_boxes():
     scores = np.linspace(0, 1, len(coords))
     res = render_heatmap(scores, coords, 256, (1337, 901), None, thumbnail_size=400)
     img = res.rgba[..., :3]
-    fig = overlay_figure(img, res.boxes, scores, selected=5)
+    fig = slide_overlay_figure(img, res.boxes, scores, selected=5)
     marks = next(t for t in fig.data if t.type == "scattergl")
     assert len(marks.x) == len(marks.y) == len(coords)  # marker k is patch k (point_index)
     assert np.allclose(marks.customdata, scores, atol=1e-6)  # the score shown on hover

@@ -153,3 +153,11 @@ def test_make_folds_errors():
         make_folds(patients(3), k=5)
     with pytest.raises(DataError, match="expected 'time'"):
         make_folds(patients(10).drop(columns=["time"]))
+    clash = patients(10)
+    clash.loc["P003", "censorship"] = clash.loc["P003", "event"]  # event = 1 - censorship broken
+    with pytest.raises(DataError, match=r"'event' and 'censorship' disagree for case\(s\) \['P003'\]"):
+        make_folds(clash)
+    unknown = patients(10).drop(columns=["event"]).astype({"censorship": float})
+    unknown.loc["P004", "censorship"] = 0.5
+    with pytest.raises(DataError, match=r"event/censorship must be 0 or 1; case\(s\) \['P004'\]"):
+        make_folds(unknown)

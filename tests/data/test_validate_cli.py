@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from deref.data.bags import write_bag_h5
 from deref.data.cohort import load_cohort
 from deref.errors import DeRefError
 from deref.model.config import tiny_config
+from deref.runs import DataInfo, FoldInfo, RunInfo
 
 LINE = re.compile(r"^[^:]+(:\d+)?: .+")
 
@@ -67,15 +70,28 @@ def tiny_cohort(tmp_path: Path) -> dict[str, Path]:
         write_bag_h5(bags / f"{slide}.h5", rng.normal(size=(n, 8)), np.zeros((n, 2)))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    config = tiny_config(m1_sizes=(2, 4), m1_names=("Suppressors", "Oncogenes"), wsi_dim=8)
-    run = {
-        "model": config.to_dict(),
-        "data": {
-            "m1_columns": [["TP53_cnv", "TP53_rnaseq"], ["KRAS_cnv", "MYC_cnv", "KRAS_rnaseq", "MYC_rnaseq"]]
-        },
-    }
-    (run_dir / "run.json").write_text(json.dumps(run))
+    write_run_json(run_dir, tiny_run_info())
     return {"table": table, "sig": sig, "bags": bags, "run": run_dir}
+
+
+def tiny_run_info() -> RunInfo:
+    """A one-fold run trained on :func:`tiny_cohort`'s families and 8-d bags."""
+    config = tiny_config(m1_sizes=(2, 4), m1_names=("Suppressors", "Oncogenes"), wsi_dim=8)
+    edges = (0.0, *np.linspace(12.0, 28.0, config.n_bins - 1), math.inf)
+    return RunInfo(
+        name="tiny",
+        model=config,
+        folds=(FoldInfo(index=0, bin_edges=edges, train_ids=("P0", "P1"), val_ids=("P2",)),),
+        data=DataInfo(
+            m1_names=config.m1_names,
+            m1_columns=(("TP53_cnv", "TP53_rnaseq"), ("KRAS_cnv", "MYC_cnv", "KRAS_rnaseq", "MYC_rnaseq")),
+            wsi_dim=8,
+        ),
+    )
+
+
+def write_run_json(run_dir: Path, info: RunInfo) -> None:
+    (run_dir / "run.json").write_text(json.dumps(info.to_dict(), default=str))
 
 
 # --------------------------------------------------------------------------- validate
@@ -162,10 +178,11 @@ def test_validate_dims_compared_across_bags_without_expected(tmp_path, capsys):
 
 def test_validate_run_mismatch(tmp_path, capsys):
     p = tiny_cohort(tmp_path)
-    run = json.loads((p["run"] / "run.json").read_text())
-    run["model"]["wsi_dim"] = 1024
-    run["data"]["m1_columns"][1].append("GONE_rnaseq")
-    (p["run"] / "run.json").write_text(json.dumps(run))
+    info = tiny_run_info()
+    oncogenes = (*info.data.m1_columns[1], "GONE_rnaseq")
+    data = dataclasses.replace(info.data, m1_columns=(info.data.m1_columns[0], oncogenes), wsi_dim=1024)
+    info = dataclasses.replace(info, model=dataclasses.replace(info.model, wsi_dim=1024), data=data)
+    write_run_json(p["run"], info)
     rc = cli(
         [
             "validate",
@@ -182,8 +199,8 @@ def test_validate_run_mismatch(tmp_path, capsys):
     assert rc == 1
     assert "model.m1_sizes: [2, 4] but data.m1_columns has [2, 5] columns" in out
     assert (
-        "1 column(s) of the run's family 'Oncogenes' are not genomic columns of the table: ['GONE_rnaseq']"
-        in out
+        f"{p['table']}:1: GONE_rnaseq: 1 column(s) of the run's gene family 'Oncogenes' are not genomic "
+        "columns of the table: GONE_rnaseq" in out
     )
     assert "data.m1_columns (Oncogenes): family columns from the data differ from the run's" in out
     assert "features are 8-dimensional; expected 1024" in out
@@ -197,6 +214,23 @@ def test_validate_unreadable_table_and_missing_run(tmp_path, capsys):
     assert lines[0].startswith(f"{bad}: corrupt zip")
     assert f"{tmp_path / 'norun' / 'run.json'}: run file not found" in lines[1]
     assert lines[-1] == "2 problems"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"model": {}, "data": {}}', "format None; expected 'deref-run/1'"),
+        ('["a list"]', "not a JSON object; expected a run.json as `deref train` writes it"),
+    ],
+)
+def test_validate_malformed_run_json_is_a_problem_naming_the_file(tmp_path, capsys, content, message):
+    p = tiny_cohort(tmp_path)
+    (p["run"] / "run.json").write_text(content)
+    assert cli(["validate", str(p["table"]), "--signatures", str(p["sig"]), "--run", str(p["run"])]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"{p['run'] / 'run.json'}: ") and message in lines[0]
+    assert lines[-1] == "1 problem"
 
 
 # --------------------------------------------------------------------------- genomics

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -23,13 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from deref.errors import ConfigError, DataError, InputError
 from deref.explain import attribution as attr_mod
-from deref.explain.attribution import (
-    attribute_inputs,
-    explain_patient,
-    family_tokens,
-)
+from deref.explain.attribution import attribute_inputs, explain_patient
 from deref.explain.cache import ExplanationCache
-from deref.inference import Predictor, m1_matrix
+from deref.inference import Predictor, family_tokens, m1_matrix
 from deref.model import build_model
 from deref.model.config import tiny_config
 from deref.model.deref import survival_from_logits
@@ -189,6 +186,8 @@ def test_patch_scores_are_aligned_with_the_bag_of_every_slide(predictor, cohort)
     np.testing.assert_array_equal(a.slide_index, bag.slide_index)
     assert all(Path(p).is_file() and Path(p).name == s for p, s in zip(a.slide_paths, a.slide_ids))
     assert (a.patch_size, a.patch_level, a.downsample) == (256, 0, 1.0)
+    geometry = a.geometry()
+    assert (geometry.extent0, geometry.read_size, geometry.assumed) == (256.0, 256, ())
     frame = a.patch_frame()
     assert list(frame.columns) == [
         "patch",
@@ -380,7 +379,13 @@ def test_cli_writes_tables_arrays_and_a_heatmap_per_slide(run_copy, tmp_path, ca
     out = tmp_path / "out"
     rc = main(["explain", str(run_copy), "DEMO-0020", "--heatmap-target", "specific_wsi", "--out", str(out)])
     assert rc == 0
-    assert "DEMO-0020" in capsys.readouterr().out
+    # the headline line, against the run's own predictions and the bag (independent reads)
+    pred = Predictor.from_run(run_copy, device="cpu")
+    n = pred.load_cohort().patient_bag("DEMO-0020").n
+    risk = pred.run.predictions().set_index("case_id").loc["DEMO-0020", "risk"]
+    fold = pred.validation_folds()["DEMO-0020"]
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"DEMO-0020: fold {fold}, grad, {n} patches on 2 slide(s), risk {risk:.4f}")
     patches = pd.read_csv(out / "DEMO-0020__grad__patches.csv")
     assert {"risk", *FEATURES, "attention_layer2", "x", "y", "slide_id"} <= set(patches.columns)
     families = pd.read_csv(out / "DEMO-0020__grad__families.csv")
@@ -393,6 +398,71 @@ def test_cli_writes_tables_arrays_and_a_heatmap_per_slide(run_copy, tmp_path, ca
     assert len(pngs) == 2  # the patient has two slides
     assert Image.open(pngs[0]).mode == "RGBA"
     assert main(["explain", str(run_copy), "DEMO-0020", "--heatmap-target", "nope", "--out", str(out)]) == 1
+
+
+@pytest.fixture(scope="module")
+def bags_without_slides(small_demo, tmp_path_factory) -> Path:
+    """The small demo's bags in a folder with no slides beside it."""
+    dst = tmp_path_factory.mktemp("bags-only") / "bags"
+    shutil.copytree(small_demo / "cohort" / "bags", dst)
+    return dst
+
+
+def test_a_cached_entry_looks_for_the_slide_files_again(predictor, bags_without_slides, small_demo):
+    """The cache key does not cover where the slides are: a later call with ``slide_dir`` finds
+    them although the entry was written when they were not found."""
+    coh = predictor.load_cohort(None, str(bags_without_slides))
+    first = explain_patient(predictor, coh, "DEMO-0020", targets=["risk"])
+    assert not first.from_cache and first.slide_paths == [None, None]
+    slides = small_demo / "cohort" / "slides"
+    again = explain_patient(predictor, coh, "DEMO-0020", targets=["risk"], slide_dir=slides)
+    assert again.from_cache
+    assert again.slide_paths == [str((slides / s).resolve()) for s in first.slide_ids]
+
+
+def test_cli_names_the_slide_files_it_looked_for(run_copy, bags_without_slides, tmp_path, caplog):
+    from deref.cli.main import main
+
+    out, nowhere = tmp_path / "out", tmp_path / "nowhere"
+    argv = [
+        "explain",
+        str(run_copy),
+        "DEMO-0020",
+        "--bags",
+        str(bags_without_slides),
+        "--slides",
+        str(nowhere),
+    ]
+    with caplog.at_level(logging.WARNING, logger="deref.cli.explain"):
+        assert main([*argv, "--targets", "risk", "--out", str(out)]) == 0
+    bag = Predictor.from_run(run_copy, device="cpu").load_cohort().patient_bag("DEMO-0020")
+    for sid in bag.slide_ids:
+        for looked in (nowhere / sid, bags_without_slides.parent / "slides" / sid, bags_without_slides / sid):
+            assert f"{looked}" in caplog.text
+    assert len(sorted(out.glob("DEMO-0020__grad__risk__*.png"))) == 2  # blank-canvas maps
+
+
+def test_cli_draws_a_bad_slide_on_a_blank_canvas_but_lets_a_bug_through(
+    run_copy, tmp_path, monkeypatch, caplog
+):
+    import deref.slides as slides
+    from deref.cli.main import main
+
+    def unreadable(path, *args, **kwargs):
+        raise DataError(f"cannot open slide {path} with OpenSlide: truncated file")
+
+    argv = ["explain", str(run_copy), "DEMO-0020", "--targets", "risk", "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(slides, "read_thumbnail", unreadable)
+    with caplog.at_level(logging.WARNING, logger="deref.cli.explain"):
+        assert main(argv) == 0
+    assert caplog.text.count("truncated file; drawing on a blank canvas") == 2
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug in the slide reader")
+
+    monkeypatch.setattr(slides, "read_thumbnail", bug)
+    with pytest.raises(RuntimeError, match="a bug in the slide reader"):
+        main(argv)
 
 
 # ----------------------------------------------------------------------------- planted signal (slow)

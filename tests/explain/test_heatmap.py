@@ -14,9 +14,9 @@ from deref.explain.heatmap import (
     canvas_size,
     normalize_scores,
     pixel_to_patch,
-    read_thumbnail,
     render_heatmap,
 )
+from deref.slides import read_thumbnail
 
 
 @pytest.fixture
@@ -389,10 +389,10 @@ def test_read_thumbnail_of_a_real_slide_and_draw_on_it(slides_dir):
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("no-such-slide.svs", "slide file not found"),
-        ("broken.svs", "cannot open slide .*Unsupported or missing image file"),
-        ("unopenable.tiff", "cannot open slide .*Unsupported TIFF compression"),
-        ("unreadable.svs", "cannot read the pixels of slide"),
+        ("no-such-slide.svs", "no-such-slide.svs: slide file not found"),
+        ("broken.svs", "broken.svs: not a slide format OpenSlide recognizes"),
+        ("unopenable.tiff", "unopenable.tiff: OpenSlide cannot open this .*Unsupported TIFF compression"),
+        ("unreadable.svs", "unreadable.svs: aperio file opens but its pixels cannot be decoded"),
     ],
 )
 def test_read_thumbnail_errors_are_one_line_and_specific(slides_dir, name, message):

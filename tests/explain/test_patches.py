@@ -10,7 +10,15 @@ import pytest
 from PIL import Image
 
 from deref.errors import DataError, InputError
-from deref.explain.patches import PatchView, patch_gallery_image, top_k_indices, top_k_patches
+from deref.explain.patches import (
+    PatchGeometry,
+    PatchView,
+    patch_gallery_image,
+    patch_geometry,
+    patches_at,
+    top_k_indices,
+    top_k_patches,
+)
 
 
 @pytest.fixture
@@ -103,9 +111,9 @@ def test_a_patch_off_the_slide_edge_is_white_there(pyramid_tiff):
 
 
 def test_slide_errors_are_specific(slides_dir, pyramid_tiff):
-    with pytest.raises(DataError, match="slide file not found"):
+    with pytest.raises(DataError, match="missing.svs: slide file not found"):
         top_k_patches([1.0], [[0, 0]], 1, 8, 0, slides_dir / "missing.svs")
-    with pytest.raises(DataError, match="cannot open slide"):
+    with pytest.raises(DataError, match="broken.svs: not a slide format OpenSlide recognizes"):
         top_k_patches([1.0], [[0, 0]], 1, 8, 0, slides_dir / "broken.svs")
     with pytest.raises(DataError, match=r"cannot read patch 0 at level-0 \(0, 0\)"):
         top_k_patches([1.0], [[0, 0]], 1, 8, 0, slides_dir / "unreadable.svs")
@@ -125,3 +133,53 @@ def test_gallery_grid_has_one_labelled_cell_per_patch(pyramid_tiff):
     np.testing.assert_array_equal(np.asarray(grid)[4 : 4 + 64, 4 : 4 + 64], np.asarray(views[0].image))
     no_images = patch_gallery_image(top_k_patches(np.arange(5.0), coords, 5, 64), ncols=5, tile_size=32)
     assert no_images.width == 4 + 5 * (32 + 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patch geometry from a bag's attributes
+
+
+def test_patch_geometry_rules_by_hand():
+    # deref tile at 20x on a 40x scan read from level 0: 256 px patches cover 512 level-0 px
+    ours = patch_geometry(
+        {"patch_size": 256, "patch_level": 0, "downsample": 2.0, "read_size": 512, "level0_size": 512}
+    )
+    assert ours == PatchGeometry(size=256, level=0, downsample=2.0, read_size=512, extent0=512.0)
+    # CLAM at level 1 of an Aperio pyramid (downsample 4, stored per axis)
+    clam = patch_geometry({"patch_size": 256, "patch_level": 1, "downsample": np.array([4.0, 4.0])})
+    assert (clam.read_size, clam.level, clam.extent0) == (256, 1, 1024.0)
+    # level > 0 without a downsample: the slide's level_downsamples, never a guess such as 2**level
+    assert patch_geometry({"patch_size": 64, "patch_level": 2}, [1.0, 4.0, 16.0]).extent0 == 1024.0
+    with pytest.raises(DataError, match="patch_level 2 but no downsample"):
+        patch_geometry({"patch_size": 64, "patch_level": 2})
+    bare = patch_geometry({})
+    assert (bare.size, bare.level, bare.extent0, bare.assumed) == (
+        256,
+        0,
+        256.0,
+        ("patch_size", "patch_level"),
+    )
+    with pytest.raises(DataError, match="patch_size='x'"):
+        patch_geometry({"patch_size": "x"})
+
+
+def test_a_level_one_bag_reads_and_draws_its_own_patches(pyramid_tiff, tmp_path):
+    from deref.data.bags import read_bag, write_bag_h5
+    from deref.explain.heatmap import render_heatmap
+
+    path, _, level1 = pyramid_tiff  # 1024 x 768, level 1 = downsample 2
+    coords = np.array([[0, 0], [128, 0], [512, 256]])
+    bag = write_bag_h5(
+        tmp_path / "b.h5",
+        np.zeros((3, 4), np.float32),
+        coords,
+        {"patch_size": 64, "patch_level": 1, "downsample": 2.0},
+    )
+    geom = patch_geometry(read_bag(bag).attrs)
+    assert (geom.read_size, geom.level, geom.extent0) == (64, 1, 128.0)
+    views = patches_at([0.0, 1.0, 2.0], coords, [2], geom.read_size, geom.level, path)
+    np.testing.assert_array_equal(np.asarray(views[0].image), level1[128:192, 256:320])
+    # a 1024-px canvas is level 0 at scale 1: patch 2 covers exactly level-0 x 512..639, y 256..383
+    res = render_heatmap([0.0, 1.0, 2.0], coords, geom.extent0, (1024, 768), thumbnail_size=1024)
+    assert res.boxes[2].tolist() == [512, 256, 640, 384]
+    assert (res.patch_index[256:384, 512:640] == 2).all() and res.coverage.sum() == 3 * 128 * 128

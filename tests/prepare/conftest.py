@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prepare_helpers import synthetic_slide
 
-from deref.prepare.slides import write_pyramidal_tiff
+from deref.slides import pyramid_levels, write_pyramidal_tiff
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -29,7 +29,7 @@ def synthetic(tmp_path_factory) -> dict:
     """A 3-level pyramidal Aperio-like TIFF (mpp 0.5, 20x) of :func:`synthetic_slide`."""
     img, truth = synthetic_slide()
     path = write_pyramidal_tiff(
-        tmp_path_factory.mktemp("slides") / "synthetic.svs", img, mpp=0.5, magnification=20
+        tmp_path_factory.mktemp("slides") / "synthetic.svs", pyramid_levels(img), mpp=0.5, magnification=20
     )
     return {"path": path, "image": img, "truth": truth}
 

@@ -12,9 +12,9 @@ import pytest
 
 from deref.cli.main import main
 from deref.errors import DataError
-from deref.prepare.slides import SlideInfo
 from deref.prepare.tile import TileConfig, grid_coords, plan_patches, tile_slide
-from deref.prepare.tissue import hsv_planes
+from deref.prepare.tissue import saturation_value
+from deref.slides import SlideInfo
 
 
 def _naive_grid(mask, scale, step, bounds, min_tissue):
@@ -137,14 +137,14 @@ def test_tile_real_slide_patches_lie_on_tissue(slides_dir, tmp_path):
     on_tissue = []
     for x, y in small.coords[::3]:
         rgb = np.asarray(slide.read_region((int(x), int(y)), 0, (64, 64)).convert("RGB"))
-        _, sat, val = hsv_planes(rgb)
+        sat, val = saturation_value(rgb)
         on_tissue.append(np.mean(~((val > 0.85) & (sat < 25))))  # not glass
     assert np.mean(np.array(on_tissue) > 0.5) > 0.9
     # Coverage: clearly stained pixels fall inside the 64-px patches.
     from deref.prepare.tile import read_downsampled
 
     rgb = read_downsampled(slide, 4.0)
-    _, sat, _ = hsv_planes(rgb)
+    sat, _ = saturation_value(rgb)
     covered = np.zeros(sat.shape, bool)
     for x, y in small.coords // 4:
         covered[y : y + 16, x : x + 16] = True

@@ -11,9 +11,10 @@ from skimage.filters import threshold_otsu
 from deref.prepare.tissue import (
     TissueParams,
     fill_small_holes,
-    hsv_planes,
+    hue,
     otsu_threshold,
     remove_small_components,
+    saturation_value,
     tissue_mask,
 )
 
@@ -25,11 +26,11 @@ def small_synthetic():
 
 def test_hsv_matches_scikit_image():
     rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    hue, sat, val = hsv_planes(rgb)
+    h, (sat, val) = hue(rgb), saturation_value(rgb)
     ref = rgb2hsv(rgb)
     assert np.allclose(sat / 255.0, ref[..., 1], atol=1e-5)
     assert np.allclose(val, ref[..., 2], atol=1e-6)
-    d = np.abs(hue / 360.0 - ref[..., 0])
+    d = np.abs(h / 360.0 - ref[..., 0])
     assert np.all(np.minimum(d, 1 - d)[ref[..., 1] > 0] < 1e-4)
 
 
@@ -76,7 +77,7 @@ def test_real_slide_mask_covers_tissue_not_background(slides_dir):
     slide = openslide.OpenSlide(str(slides_dir / "cmu-1-small-region.svs"))
     rgb = read_downsampled(slide, 16.0)  # ~8 um/px
     tm = tissue_mask(rgb, mpp=0.499 * 16)
-    _, sat, val = hsv_planes(rgb)
+    sat, val = saturation_value(rgb)
     clear_tissue = sat > 80
     clear_glass = (sat < 8) & (val > 0.9)
     assert 0.2 < tm.fraction < 0.5
