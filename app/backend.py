@@ -430,6 +430,39 @@ def metrics_report(run_dir: str, table: str | None, bag_dir: str | None):
     return evaluate_run_predictions(pred, tr, run_info(run_dir).bin_edges())
 
 
+@dataclass(frozen=True)
+class CurvesVsNull:
+    """The run's survival curves against the Kaplan–Meier null (the training folds' KM curve for
+    every patient), pooled over the out-of-fold predictions: integrated Brier scores, their
+    difference with its 95% paired-bootstrap CI, and D-calibration's p-value."""
+
+    ibs: float
+    ibs_null: float
+    difference: float
+    lower: float
+    upper: float
+    d_calibration_p: float
+
+    @property
+    def worse_than_null(self) -> bool:
+        return bool(np.isfinite(self.difference) and self.difference > 0)
+
+
+def curves_vs_null(run_dir: str, table: str | None, bag_dir: str | None) -> CurvesVsNull | None:
+    """From :func:`metrics_report`'s pooled row; None when the IBS is not estimable here."""
+    pooled = metrics_report(run_dir, table, bag_dir)[0].pooled
+    if not (np.isfinite(pooled.ibs) and np.isfinite(pooled.ibs_null)):
+        return None
+    return CurvesVsNull(
+        pooled.ibs,
+        pooled.ibs_null,
+        pooled.ibs_minus_null,
+        pooled.ibs_minus_null_lower,
+        pooled.ibs_minus_null_upper,
+        pooled.d_calibration_p,
+    )
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def calibration(
     run_dir: str, table: str | None, bag_dir: str | None, t: float, n_groups: int = 4

@@ -1,10 +1,13 @@
 """Survival and decoupling losses, vectorized over a batch.
 
 ``nll_survival_loss`` is the discrete-time negative log-likelihood of MCAT / CMTA / DeReF;
-``decoupling_loss`` is DeReF's ``L_dis`` with every distance of the paper.
+``decoupling_loss`` is DeReF's ``L_dis`` with every distance of the paper; ``l1_penalty`` is
+MCAT's ``lambda_reg`` term (the sum of absolute values of a module's parameters).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -101,3 +104,13 @@ def decoupling_loss(
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+def l1_penalty(parameters: Iterable[Tensor]) -> Tensor:
+    """``sum |w|`` over every element of ``parameters`` (weights and biases, as MCAT's
+    ``l1_reg_modules``); a zero scalar when there is none."""
+    total: Tensor | None = None
+    for p in parameters:
+        s = p.abs().sum()
+        total = s if total is None else total + s
+    return torch.zeros(()) if total is None else total

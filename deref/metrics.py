@@ -1,4 +1,5 @@
-"""Survival metrics of out-of-fold predictions: Harrell's and Uno's C, time-dependent AUC, IBS.
+"""Survival metrics of out-of-fold predictions: Harrell's and Uno's C, time-dependent AUC, IBS
+beside the Kaplan–Meier null IBS, D-calibration.
 
 Every number comes from scikit-survival (``sksurv.metrics``); each public function validates
 its inputs once, at its entry, through :mod:`deref.survival` (``survival_arrays`` /
@@ -18,7 +19,14 @@ Conventions
   time ``t < horizon`` this changes nothing (such a patient is event-free at ``t`` either way)
   and it keeps scikit-survival from raising on a test patient who outlived every training
   patient, which happens by chance in about one fold in five.
-- Discrete-time survival curves: see :func:`survival_at_times`.
+- Discrete-time survival curves: :func:`survival_at_times` (steps at the bin ends, today's
+  default for the IBS) or, with ``interpolate=True``, :func:`deref.calibration.interpolate_survival`
+  (a constant hazard inside each bin; its last bin, open-ended in a run, ends at the IPCW
+  sample's largest follow-up time). D-calibration always uses the interpolated curve: on
+  steps every ``S_i(t_i)`` is one of ``K + 1`` values and the histogram cannot be uniform.
+- The null curve: every test patient gets the Kaplan–Meier curve of the fold's IPCW sample
+  (its training patients when known), scored at the same times as the model
+  (:func:`null_ibs`, :func:`ibs_versus_null`).
 
 Nothing here turns an error into a number: an undefined metric raises
 :class:`~deref.errors.DataError`; :func:`evaluate_predictions` records it as NaN together with
@@ -28,13 +36,21 @@ the reason, and re-raises with ``strict=True``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
+from deref.calibration import (
+    bootstrap_mean_ci,
+    brier_contributions,
+    d_calibration,
+    interpolate_survival,
+    kaplan_meier_curve,
+    survival_at_own_time,
+)
 from deref.errors import DataError
 from deref.survival import SurvivalFrame, survival_arrays, survival_frame
 
@@ -50,6 +66,9 @@ __all__ = [
     "uno_c",
     "time_dependent_auc",
     "integrated_brier",
+    "NullComparison",
+    "null_ibs",
+    "ibs_versus_null",
     "survival_at_times",
     "default_eval_times",
     "evaluate_predictions",
@@ -112,6 +131,41 @@ class TimeDependentAUC:
 
 
 @dataclass(frozen=True)
+class NullComparison:
+    """The model's IBS beside the Kaplan–Meier null IBS on the same patients and times.
+
+    Attributes
+    ----------
+    ibs, ibs_null : float
+        IBS of the model's curves and of the null curve (the IPCW sample's KM for everyone).
+    difference : float
+        ``ibs - ibs_null``; negative when the model's curves beat the null.
+    ci_lower, ci_upper : float
+        Percentile CI of ``difference`` from a paired bootstrap over test patients (each
+        patient's model and null Brier terms resampled together; censoring weights fixed).
+    level : float
+        Confidence level of the CI.
+    n_boot, seed : int
+        Bootstrap replicates and seed (the same input gives the same CI).
+    times : np.ndarray
+        Evaluation times, shape ``(T,)``.
+    curve : str
+        ``"step"`` or ``"interpolated"``: which model curves were scored.
+    """
+
+    ibs: float
+    ibs_null: float
+    difference: float
+    ci_lower: float
+    ci_upper: float
+    level: float
+    n_boot: int
+    seed: int
+    times: np.ndarray
+    curve: str
+
+
+@dataclass(frozen=True)
 class BrierResult:
     """Integrated Brier score of discrete-time survival predictions.
 
@@ -144,6 +198,16 @@ class FoldMetrics:
         Patients and observed events.
     harrell, uno, td_auc, ibs : float
         Harrell's C, Uno's C, mean time-dependent AUC, integrated Brier score.
+    ibs_null : float
+        IBS of the null curve (the IPCW sample's Kaplan–Meier curve for every patient) on the
+        same patients and times as ``ibs``.
+    ibs_minus_null, ibs_minus_null_lower, ibs_minus_null_upper : float
+        ``ibs - ibs_null`` (negative: the model's curves beat the null) and its 95% paired
+        bootstrap CI over patients (seeded).
+    d_calibration_p : float
+        D-calibration p-value (Haider et al., 2020) of the interpolated curves, 10 bins.
+    curve : str
+        Which curves ``ibs`` scored: ``"step"`` or ``"interpolated"``.
     tau : float or None
         Truncation time used for Uno's C.
     ipcw_source : str
@@ -159,6 +223,12 @@ class FoldMetrics:
     uno: float = float("nan")
     td_auc: float = float("nan")
     ibs: float = float("nan")
+    ibs_null: float = float("nan")
+    ibs_minus_null: float = float("nan")
+    ibs_minus_null_lower: float = float("nan")
+    ibs_minus_null_upper: float = float("nan")
+    d_calibration_p: float = float("nan")
+    curve: str = "step"
     tau: float | None = None
     ipcw_source: str = ""
     errors: dict[str, str] = field(default_factory=dict)
@@ -176,8 +246,9 @@ class MetricsReport:
         Metrics of all out-of-fold predictions pooled (risks of different fold models
         compared with each other: a looser figure than the per-fold mean).
     mean, std : dict[str, float]
-        Mean and sample standard deviation (``ddof=1``) over folds of ``harrell``, ``uno``,
-        ``td_auc``, ``ibs``, ignoring NaN folds (``n_folds`` says how many counted).
+        Mean and sample standard deviation (``ddof=1``) over folds of each of ``METRICS``
+        (``harrell``, ``uno``, ``td_auc``, ``ibs``, ``ibs_null``, ``ibs_minus_null``,
+        ``d_calibration_p``), ignoring NaN folds (``n_folds`` says how many counted).
     n_folds : dict[str, int]
         Number of folds with a finite value, per metric.
     """
@@ -188,7 +259,15 @@ class MetricsReport:
     std: dict[str, float]
     n_folds: dict[str, int]
 
-    METRICS: ClassVar[tuple[str, ...]] = ("harrell", "uno", "td_auc", "ibs")
+    METRICS: ClassVar[tuple[str, ...]] = (
+        "harrell",
+        "uno",
+        "td_auc",
+        "ibs",
+        "ibs_null",
+        "ibs_minus_null",
+        "d_calibration_p",
+    )
 
     def to_frame(self) -> pd.DataFrame:
         """One row per fold, then ``pooled``, ``mean`` and ``std`` rows."""
@@ -455,7 +534,7 @@ def _td_auc(tt_, te_, t, e, r, times) -> TimeDependentAUC:
 
 
 def integrated_brier(
-    train_time, train_event, time, event, surv_at_bins, bin_edges, times=None
+    train_time, train_event, time, event, surv_at_bins, bin_edges, times=None, *, interpolate: bool = False
 ) -> BrierResult:
     """Integrated Brier score of discrete-time survival predictions.
 
@@ -468,9 +547,13 @@ def integrated_brier(
     surv_at_bins : array-like, shape (n, K)
         Predicted survival at the end of each bin (``surv_k``).
     bin_edges : array-like, shape (K + 1,) or (n, K + 1)
-        Bin edges; converted to a step curve as in :func:`survival_at_times`.
+        Bin edges; converted to a step curve as in :func:`survival_at_times`, or with
+        ``interpolate=True`` to :func:`deref.calibration.interpolate_survival`'s curve (an
+        ``inf`` last edge then ends at the training sample's largest time).
     times : array-like, optional
         At least two evaluation times; default :func:`default_eval_times`.
+    interpolate : bool, default False
+        Score the constant-hazard curves instead of the steps.
 
     Returns
     -------
@@ -483,10 +566,10 @@ def integrated_brier(
     """
     tt_, te_, _ = survival_arrays(train_time, train_event, what="train")
     t, e, _ = survival_arrays(time, event)
-    return _ibs(tt_, te_, t, e, surv_at_bins, bin_edges, times)
+    return _ibs(tt_, te_, t, e, surv_at_bins, bin_edges, times, interpolate=interpolate)
 
 
-def _ibs(tt_, te_, t, e, surv_at_bins, bin_edges, times) -> BrierResult:
+def _brier_times(tt_, t, e, times) -> np.ndarray:
     horizon = float(tt_.max())
     if times is None:
         times = _eval_times(t, e, horizon)
@@ -495,10 +578,13 @@ def _ibs(tt_, te_, t, e, surv_at_bins, bin_edges, times) -> BrierResult:
         raise DataError(f"integrated Brier score needs at least two evaluation times, got {times.tolist()}")
     if times.max() >= horizon:
         raise DataError(f"integrated Brier score: times must be below the training follow-up {horizon:.4g}")
-    surv = survival_at_times(surv_at_bins, bin_edges, times)
+    return times
+
+
+def _sksurv_ibs(tt_, te_, t, e, surv: np.ndarray, times: np.ndarray) -> float:
     if surv.shape[0] != t.size:
         raise DataError(f"surv_at_bins has {surv.shape[0]} rows for {t.size} patients")
-    t2, e2 = _administrative_censor(t, e, horizon)
+    t2, e2 = _administrative_censor(t, e, float(tt_.max()))
     ibs = _sksurv_call(
         "integrated Brier score",
         _sksurv("integrated_brier_score"),
@@ -507,7 +593,84 @@ def _ibs(tt_, te_, t, e, surv_at_bins, bin_edges, times) -> BrierResult:
         surv,
         times,
     )
-    return BrierResult(float(ibs), times, surv)
+    return float(ibs)
+
+
+def _ibs(
+    tt_, te_, t, e, surv_at_bins, bin_edges, times, *, interpolate: bool = False, horizon=None
+) -> BrierResult:
+    times = _brier_times(tt_, t, e, times)
+    if interpolate:
+        h = float(tt_.max()) if horizon is None else horizon
+        surv = interpolate_survival(surv_at_bins, bin_edges, times, horizon=h)
+    else:
+        surv = survival_at_times(surv_at_bins, bin_edges, times)
+    return BrierResult(_sksurv_ibs(tt_, te_, t, e, surv, times), times, surv)
+
+
+def null_ibs(train_time, train_event, time, event, times=None) -> BrierResult:
+    """IBS of the null curve: the training sample's Kaplan–Meier curve given to every test patient.
+
+    Same censoring weights and default times as :func:`integrated_brier` on the same
+    arguments, so the two are comparable. A model whose IBS is not below this one predicts
+    survival curves no better than "everyone gets the cohort's curve".
+
+    Returns
+    -------
+    BrierResult
+        ``survival`` holds the KM curve, one identical row per test patient.
+    """
+    tt_, te_, _ = survival_arrays(train_time, train_event, what="train")
+    t, e, _ = survival_arrays(time, event)
+    times = _brier_times(tt_, t, e, times)
+    surv = np.tile(kaplan_meier_curve(tt_, te_, times), (t.size, 1))
+    return BrierResult(_sksurv_ibs(tt_, te_, t, e, surv, times), times, surv)
+
+
+def _versus_null(
+    tt_, te_, t, e, model: BrierResult, null_surv: np.ndarray, *, curve: str, n_boot: int, seed: int
+) -> NullComparison:
+    """The model's IBS against a null curve on the same patients and times, with a paired
+    bootstrap CI of the difference (per-patient Brier terms, censoring weights fixed)."""
+    times = model.times
+    ibs_null = _sksurv_ibs(tt_, te_, t, e, null_surv, times)
+    t2, e2 = _administrative_censor(t, e, float(tt_.max()))
+    diff = brier_contributions(tt_, te_, t2, e2, model.survival, times) - brier_contributions(
+        tt_, te_, t2, e2, null_surv, times
+    )
+    lo, hi = bootstrap_mean_ci(diff, n_boot=n_boot, seed=seed, level=0.95)
+    return NullComparison(model.ibs, ibs_null, model.ibs - ibs_null, lo, hi, 0.95, n_boot, seed, times, curve)
+
+
+def ibs_versus_null(
+    train_time,
+    train_event,
+    time,
+    event,
+    surv_at_bins,
+    bin_edges,
+    times=None,
+    *,
+    interpolate: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> NullComparison:
+    """:func:`integrated_brier` beside :func:`null_ibs` on the same patients and times, and
+    their difference ``model - null`` with a 95% paired bootstrap CI (seeded, deterministic).
+
+    Parameters are those of :func:`integrated_brier`; ``n_boot`` bootstrap replicates of the
+    test patients, drawn with ``numpy.random.default_rng(seed)``.
+
+    Returns
+    -------
+    NullComparison
+    """
+    tt_, te_, _ = survival_arrays(train_time, train_event, what="train")
+    t, e, _ = survival_arrays(time, event)
+    model = _ibs(tt_, te_, t, e, surv_at_bins, bin_edges, times, interpolate=interpolate)
+    null = np.tile(kaplan_meier_curve(tt_, te_, model.times), (t.size, 1))
+    curve = "interpolated" if interpolate else "step"
+    return _versus_null(tt_, te_, t, e, model, null, curve=curve, n_boot=n_boot, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,8 +684,55 @@ def _edges_for(bin_edges, fold) -> np.ndarray:
     return np.asarray(bin_edges, dtype=float)
 
 
+@dataclass(frozen=True)
+class _Calib:
+    """How a fold's curves are scored against the null: the null curve of each test row (its
+    IPCW sample's Kaplan–Meier, a function of the times), each row's horizon (where an open
+    last bin ends), whether the IBS scores interpolated curves, and the bootstrap."""
+
+    null: Callable[[np.ndarray], np.ndarray]
+    horizon: float | np.ndarray
+    interpolate: bool = False
+    n_boot: int = 2000
+    seed: int = 0
+
+
+def _curve_metrics(
+    fm: FoldMetrics, attempt, test: SurvivalFrame, train_t, train_e, edges, cal: _Calib
+) -> None:
+    """IBS, null IBS, their difference with its CI, and D-calibration p into ``fm``."""
+    t, e = test.time, test.event
+    kind = "interpolated" if cal.interpolate else "step"
+    fm.curve = kind
+    dcal = attempt(
+        "d_calibration",
+        lambda: d_calibration(survival_at_own_time(test.surv, edges, t, horizon=cal.horizon), e),
+    )
+    if dcal is not None:
+        fm.d_calibration_p = dcal.p_value
+    res = attempt(
+        "ibs",
+        lambda: _ibs(
+            train_t, train_e, t, e, test.surv, edges, None, interpolate=cal.interpolate, horizon=cal.horizon
+        ),
+    )
+    if res is None:
+        return
+    fm.ibs = res.ibs
+    model = res
+    vs = attempt(
+        "ibs_null",
+        lambda: _versus_null(
+            train_t, train_e, t, e, model, cal.null(model.times), curve=kind, n_boot=cal.n_boot, seed=cal.seed
+        ),
+    )
+    if vs is not None:
+        fm.ibs_null, fm.ibs_minus_null = vs.ibs_null, vs.difference
+        fm.ibs_minus_null_lower, fm.ibs_minus_null_upper = vs.ci_lower, vs.ci_upper
+
+
 def _fold_metrics(
-    label, test: SurvivalFrame, train_t, train_e, edges, ipcw_source: str, strict: bool
+    label, test: SurvivalFrame, train_t, train_e, edges, ipcw_source: str, strict: bool, cal: _Calib
 ) -> FoldMetrics:
     t, e, r = test.time, test.event, test.risk
     fm = FoldMetrics(fold=label, n=int(t.size), events=int(np.sum(e)), ipcw_source=ipcw_source)
@@ -547,9 +757,7 @@ def _fold_metrics(
     if res is not None:
         fm.td_auc = res.mean_auc
     if test.surv_columns:
-        res = attempt("ibs", lambda: _ibs(train_t, train_e, t, e, test.surv, edges, None))
-        if res is not None:
-            fm.ibs = res.ibs
+        _curve_metrics(fm, attempt, test, train_t, train_e, edges, cal)
     else:
         fm.errors["ibs"] = "no surv_* columns in the predictions"
     return fm
@@ -603,12 +811,35 @@ def _over_folds(fold_results: list[FoldMetrics]) -> tuple[dict, dict, dict]:
     return mean, std, count
 
 
+def _tiled_null(tt_: np.ndarray, te_: np.ndarray, n: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda times: np.tile(kaplan_meier_curve(tt_, te_, times), (n, 1))
+
+
+def _pooled_calib(train: pd.DataFrame | None, sf: SurvivalFrame, **opts) -> _Calib:
+    """The pooled entry's null curves and horizons: each patient's from its own fold's IPCW
+    sample (so the pooled null is the same null curve each fold was compared with)."""
+    folds = sf.df["fold"].to_numpy()
+    samples = {f: _ipcw_sample(train, sf, f)[:2] for f in np.unique(folds).tolist()}
+    horizon = np.array([samples[f][0].max() for f in folds.tolist()], dtype=float)
+
+    def null(times: np.ndarray) -> np.ndarray:
+        out = np.empty((folds.size, np.size(times)))
+        for f, (tt_, te_) in samples.items():
+            out[folds == f] = kaplan_meier_curve(tt_, te_, times)
+        return out
+
+    return _Calib(null, horizon, **opts)
+
+
 def evaluate_predictions(
     pred_df: pd.DataFrame | SurvivalFrame,
     train_df: pd.DataFrame | None,
     bin_edges: Sequence[float] | np.ndarray | Mapping[int, Sequence[float]],
     *,
     strict: bool = False,
+    interpolate: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
 ) -> MetricsReport:
     """Metrics of a run's out-of-fold predictions, per fold and overall.
 
@@ -620,19 +851,27 @@ def evaluate_predictions(
         :func:`deref.survival.survival_frame`.
     train_df : pandas.DataFrame or None
         Training patients of each fold (``train_risks.csv``: ``fold, case_id`` [, ``risk``]),
-        used as the IPCW sample of that fold. Their ``time``/``censorship`` are taken from
-        ``train_df`` when present, otherwise looked up by ``case_id`` in ``pred_df`` (in
-        cross-validation every training patient is some other fold's test patient). When
-        None, every fold's censoring distribution is estimated on the pooled cohort.
+        used as the IPCW sample of that fold and as the sample of its Kaplan–Meier null curve.
+        Their ``time``/``censorship`` are taken from ``train_df`` when present, otherwise looked
+        up by ``case_id`` in ``pred_df`` (in cross-validation every training patient is some
+        other fold's test patient). When None, every fold's censoring distribution and null
+        curve are estimated on the pooled cohort.
     bin_edges : array-like (K + 1,) or mapping fold -> array-like
-        Time-bin edges (``RunInfo.bin_edges()``), for the IBS.
+        Time-bin edges (``RunInfo.bin_edges()``), for the IBS and D-calibration.
     strict : bool, default False
         Re-raise the first metric that cannot be estimated instead of recording NaN + reason.
+    interpolate : bool, default False
+        Score the IBS on the constant-hazard curves (:func:`deref.calibration.interpolate_survival`,
+        the last bin ending at the fold's largest training time) instead of today's steps.
+        D-calibration always uses the interpolated curves.
+    n_boot, seed : int
+        Paired bootstrap of ``ibs - ibs_null`` (seeded: the same input gives the same CI).
 
     Returns
     -------
     MetricsReport
-        The pooled entry uses the pooled cohort as its own IPCW sample.
+        The pooled entry uses the pooled cohort as its own IPCW sample; its null curve is each
+        patient's own fold's.
 
     Raises
     ------
@@ -644,19 +883,22 @@ def evaluate_predictions(
         raise DataError(f"predictions: no 'fold' column; has {list(sf.df.columns)}")
     train = None if train_df is None else _training_outcomes(train_df, sf)
     with_surv = bool(sf.surv_columns)
+    opts = {"interpolate": interpolate, "n_boot": n_boot, "seed": seed}
     fold_results = []
     for f in sorted(sf.df["fold"].unique().tolist()):
         train_t, train_e, source = _ipcw_sample(train, sf, f)
         edges = _edges_for(bin_edges, f) if with_surv else None
         test = sf.subset(sf.df["fold"] == f)
-        fold_results.append(_fold_metrics(f, test, train_t, train_e, edges, source, strict))
+        cal = _Calib(_tiled_null(train_t, train_e, len(test)), float(train_t.max()), **opts)
+        fold_results.append(_fold_metrics(f, test, train_t, train_e, edges, source, strict, cal))
     pooled_edges = _row_edges(sf, bin_edges) if with_surv else None
-    pooled = _fold_metrics("pooled", sf, sf.time, sf.event, pooled_edges, "pooled cohort", strict)
+    cal = _pooled_calib(train, sf, **opts)
+    pooled = _fold_metrics("pooled", sf, sf.time, sf.event, pooled_edges, "pooled cohort", strict, cal)
     return MetricsReport(fold_results, pooled, *_over_folds(fold_results))
 
 
 def evaluate_run_predictions(
-    pred_df: pd.DataFrame, train_df: pd.DataFrame | None, bin_edges
+    pred_df: pd.DataFrame, train_df: pd.DataFrame | None, bin_edges, *, interpolate: bool = False
 ) -> tuple[MetricsReport, str]:
     """:func:`evaluate_predictions` with each fold's training patients as the IPCW sample when
     ``train_df`` is given and their outcomes are known (a run's own out-of-fold table: every
@@ -665,13 +907,15 @@ def evaluate_run_predictions(
     if train_df is not None:
         try:
             return evaluate_predictions(
-                pred_df, train_df, bin_edges
+                pred_df, train_df, bin_edges, interpolate=interpolate
             ), "censoring weights from each fold's training patients"
         except DataError as exc:  # e.g. a run of some folds only: training outcomes not all known
             return evaluate_predictions(
-                pred_df, None, bin_edges
+                pred_df, None, bin_edges, interpolate=interpolate
             ), f"censoring weights from the pooled cohort ({exc})"
-    return evaluate_predictions(pred_df, None, bin_edges), "censoring weights from the pooled cohort"
+    return evaluate_predictions(
+        pred_df, None, bin_edges, interpolate=interpolate
+    ), "censoring weights from the pooled cohort"
 
 
 # --------------------------------------------------------------------------------------------
@@ -713,6 +957,24 @@ def _row_edges(sf: SurvivalFrame, bin_edges) -> np.ndarray:
     return np.asarray(bin_edges, dtype=float)
 
 
+def _calibration_groups(frame: SurvivalFrame, n_groups: int) -> tuple[pd.Series, int]:
+    """Quantile groups of ``-S(t)`` (``frame.risk``): ``n_groups`` when the predictions allow,
+    else the largest smaller number whose quantile thresholds are distinct and whose groups
+    are all non-empty (tied predictions), down to one group of everyone."""
+    from deref.stratify import assign_groups, cohort_cutoffs
+
+    for g in range(int(n_groups), 1, -1):
+        probs = ",".join(f"{q:.6g}" for q in np.arange(1, g) / g)
+        try:
+            groups = assign_groups(frame, cohort_cutoffs(frame, f"quantiles:{probs}"))
+        except DataError:  # thresholds not distinct, or too few patients for g groups
+            continue
+        if groups.value_counts().min() > 0:
+            return groups, g
+    cat = pd.Categorical(["all"] * len(frame), categories=["all"], ordered=True)
+    return pd.Series(cat, name="risk_group"), 1
+
+
 def calibration(pred, bin_edges, t: float, n_groups: int = 4) -> pd.DataFrame:
     """Predicted vs observed (Kaplan–Meier) survival at time ``t`` in quantile groups of S(t).
 
@@ -721,6 +983,10 @@ def calibration(pred, bin_edges, t: float, n_groups: int = 4) -> pd.DataFrame:
     ``G1``: the highest predicted survival, as a risk ``-S(t)`` cut by
     :func:`deref.stratify.cohort_cutoffs`), and each group's observed survival at ``t`` is its
     Kaplan–Meier estimate with the pointwise 95% CI.
+
+    Tied predictions (a saturated model gives many patients the same ``S(t)``) may not make
+    ``n_groups`` distinct, non-empty quantile groups: then the largest number of groups that
+    works is used (down to one group, ``"all"``), and the frame says so in its ``attrs``.
 
     Parameters
     ----------
@@ -732,32 +998,30 @@ def calibration(pred, bin_edges, t: float, n_groups: int = 4) -> pd.DataFrame:
     t : float
         The time to compare at.
     n_groups : int, default 4
-        Number of quantile groups.
+        Number of quantile groups asked for.
 
     Returns
     -------
     pandas.DataFrame
         One row per group, low -> high risk: ``group, n, events, predicted`` (mean predicted
         S(t)), ``observed, observed_lower, observed_upper`` (KM at ``t`` and its CI).
+        ``attrs``: ``n_groups_requested``, ``n_groups`` (used) and ``note`` (``""`` when
+        ``n_groups`` groups were made, else why fewer).
 
     Raises
     ------
     DataError
-        Malformed predictions, no survival columns, bin edges missing for a fold, or tied
-        predictions that cannot make ``n_groups`` distinct groups.
+        Malformed predictions, no survival columns, or bin edges missing for a fold.
     """
-    from deref.stratify import assign_groups, cohort_cutoffs, kaplan_meier
+    from deref.stratify import kaplan_meier
 
     sf = survival_frame(pred, require_surv=True)
     s_t = survival_at_times(sf.surv, _row_edges(sf, bin_edges), [t]).reshape(-1)
-    probs = ",".join(f"{q:.6g}" for q in np.arange(1, n_groups) / n_groups)
     frame = survival_frame(sf.df[["case_id", "time", "event"]].assign(risk=-s_t))
-    groups = assign_groups(frame, cohort_cutoffs(frame, f"quantiles:{probs}"))
+    groups, used = _calibration_groups(frame, n_groups)
     rows = []
     for name in groups.cat.categories:
         sel = (groups == name).to_numpy()
-        if not sel.any():
-            raise DataError(f"calibration at t={t:g}: group {name} has no patients (tied predictions)")
         g = kaplan_meier(sf.time[sel], sf.event[sel], name=str(name))
         band = g.km[g.km["time"] <= t].iloc[-1]
         rows.append(
@@ -771,4 +1035,13 @@ def calibration(pred, bin_edges, t: float, n_groups: int = 4) -> pd.DataFrame:
                 "observed_upper": float(band["ci_upper"]),
             }
         )
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["n_groups_requested"] = int(n_groups)
+    out.attrs["n_groups"] = int(used)
+    out.attrs["note"] = (
+        ""
+        if used == n_groups
+        else f"{used} group{'s' if used > 1 else ''} instead of {n_groups}: the predicted S({t:g}) has "
+        f"{np.unique(s_t).size} distinct value(s) among {s_t.size} patients (tied predictions)"
+    )
+    return out

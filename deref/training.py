@@ -6,6 +6,19 @@ patients only, and stored with the fold's checkpoint. The headline metric is the
 the fixed, last epoch; the best-epoch figure is recorded, labelled as optimistic (it picks
 the epoch on the validation fold).
 
+Honest model selection (``TrainConfig.selection = "inner"``): an inner validation split (or
+inner k-fold) is carved from each outer training fold, stratified by event and time bin
+(:func:`deref.data.splits.inner_splits`); the outer validation fold is never seen. On it the
+epoch count — and, with ``grid``, a few regularization settings — are chosen: every
+candidate is trained on the inner-training part (its bins and standardizer fitted there, so
+the inner split is a true hold-out, as the outer one is) and scored on the inner validation
+part after every epoch; the best mean score over inner folds wins (ties: the first
+candidate, the earliest epoch). The fold's model is then retrained on the whole outer
+training fold (preprocessing fitted on it, as with ``"last"``) with the chosen settings and
+the same learning-rate schedule, and its weights at the chosen epoch are kept; the retrain
+goes on to the last epoch only to record the fixed-last-epoch C-index beside it, for
+comparison. ``"last"`` (the default) is the paper's protocol.
+
 Optimization follows the paper: Adam (lr 5e-4, weight decay 1e-5), ``(1 - epoch /
 epochs) ** 0.9`` learning-rate decay per epoch, a sampler weighted by bin x censorship
 class, one patient per step by default; gradient accumulation and batched training
@@ -15,12 +28,13 @@ class, one patient per step by default; gradient accumulation and batched traini
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,10 +46,10 @@ import torch
 from deref import __version__
 from deref.data.cohort import Cohort
 from deref.data.preprocess import Preprocessing, fit_preprocessing
-from deref.data.splits import Fold, check_folds, write_mcat_splits
+from deref.data.splits import Fold, check_folds, inner_splits, write_mcat_splits
 from deref.errors import ConfigError, DataError
 from deref.inference import BagStore, assemble, m1_matrix, resolve_device
-from deref.losses import decoupling_loss, nll_survival_loss
+from deref.losses import decoupling_loss, l1_penalty, nll_survival_loss
 from deref.metrics import harrell_c
 from deref.model import ModelConfig, build_model
 from deref.runs import (
@@ -53,14 +67,32 @@ from deref.survival import surv_column_names
 log = logging.getLogger(__name__)
 
 HEADLINE_PROTOCOL = "fixed last epoch ({epochs})"
+SELECTED_PROTOCOL = "epoch count chosen on an inner split of each training fold (of {epochs})"
 OPTIMISTIC_PROTOCOL = (
     "best epoch chosen on the validation fold (optimistic; for comparison with the paper only)"
 )
 
 
+SELECTIONS = ("last", "inner")
+SELECTION_METRICS = ("cindex", "nll")
+#: TrainConfig fields a selection grid may vary (ModelConfig's float fields, e.g. the
+#: dropouts, may be varied too).
+GRID_TRAIN_FIELDS = ("lr", "weight_decay", "l1", "alpha_surv")
+
+
 @dataclass
 class TrainConfig:
-    """Optimization and protocol settings, serialized into ``run.json``."""
+    """Optimization and protocol settings, serialized into ``run.json``.
+
+    ``l1`` is MCAT's ``lambda_reg``: ``l1 * sum |w|`` over the genomic encoder's parameters
+    (the SNN of ``snn``, the per-family SNNs otherwise) is added to every batch's loss.
+    ``selection``: ``"last"`` keeps the last epoch (the paper's protocol); ``"inner"``
+    chooses the epoch count (and a ``grid`` point, e.g. ``{"weight_decay": [1e-5, 1e-3]}``)
+    on an inner split of each training fold, scored by ``selection_metric`` (the inner
+    validation C-index or NLL): ``inner_folds = 1`` holds out ``inner_fraction`` of the
+    training fold, ``inner_folds >= 2`` is an inner k-fold; ``patience`` stops an inner run
+    after that many epochs without improvement.
+    """
 
     epochs: int = 30
     lr: float = 5e-4
@@ -77,13 +109,43 @@ class TrainConfig:
     alpha_surv: float = 0.0
     track_validation: bool = True
     bag_cache_mb: int = 2048
+    l1: float = 0.0
+    selection: str = "last"
+    selection_metric: str = "cindex"
+    inner_fraction: float = 0.2
+    inner_folds: int = 1
+    patience: int | None = None
+    grid: dict[str, list[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "n_bins", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "grad_accum", "n_bins", "eval_batch_size", "inner_folds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"training config {name!r} = {getattr(self, name)}; expected >= 1")
         if self.lr <= 0:
             raise ConfigError(f"training config 'lr' = {self.lr}; expected > 0")
+        if self.l1 < 0 or self.weight_decay < 0:
+            raise ConfigError("training config 'l1' and 'weight_decay' must be >= 0")
+        for name, options in (("selection", SELECTIONS), ("selection_metric", SELECTION_METRICS)):
+            if getattr(self, name) not in options:
+                raise ConfigError(
+                    f"training config {name!r} = {getattr(self, name)!r}; expected one of {options}"
+                )
+        if not 0.0 < self.inner_fraction < 1.0:
+            raise ConfigError(f"training config 'inner_fraction' = {self.inner_fraction}; expected in (0, 1)")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"training config 'patience' = {self.patience}; expected >= 1 or None")
+        self.grid = {str(k): list(v) for k, v in (self.grid or {}).items()}
+        model_fields = {f.name for f in dataclasses.fields(ModelConfig) if f.type in ("float", float)}
+        for key, values in self.grid.items():
+            if key not in GRID_TRAIN_FIELDS and key not in model_fields:
+                raise ConfigError(
+                    f"selection grid key {key!r}; expected one of {GRID_TRAIN_FIELDS} or a float "
+                    f"model config field ({sorted(model_fields)})"
+                )
+            if not values:
+                raise ConfigError(f"selection grid {key!r} has no value")
+        if self.grid and self.selection != "inner":
+            raise ConfigError("a selection grid needs selection = 'inner' (it is chosen on inner data)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,6 +157,11 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training config field(s) {unknown}")
         return cls(**data)
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """The grid's points (every combination, in the grid's order); ``[{}]`` without one."""
+        keys = list(self.grid)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.grid[k] for k in keys))]
 
 
 @dataclass
@@ -186,18 +253,79 @@ def epoch_batches(
     return batches
 
 
-def _fold_metrics(history: Sequence[dict[str, float]], n_train: int, n_val: int, tracked: bool) -> dict:
-    """A fold's ``metrics`` record: the last epoch's C-index and, when every epoch was
-    validated, the best epoch (optimistic: it is chosen on the validation fold)."""
+def _fold_metrics(
+    history: Sequence[dict[str, float]],
+    n_train: int,
+    n_val: int,
+    tracked: bool,
+    selection: dict[str, Any] | None = None,
+) -> dict:
+    """A fold's ``metrics`` record: the C-index of the fold's kept model (the last epoch, or
+    the epoch chosen on inner data: ``selection["epoch"]``), the fixed last epoch's beside
+    it, and, when every epoch was validated, the best epoch (optimistic: it is chosen on the
+    validation fold)."""
+    selection = selection or {"rule": "last", "epoch": len(history)}
+    keep = int(selection["epoch"])
     cidx = [h["val_cindex"] for h in history if "val_cindex" in h]
     best = tracked and bool(cidx)
     return {
-        "cindex_last_epoch": history[-1]["val_cindex"],
+        "cindex_last_epoch": history[keep - 1]["val_cindex"],
+        "cindex_fixed_last_epoch": history[-1]["val_cindex"],
+        "selected_epoch": keep,
+        "selection": selection,
         "optimistic_best_epoch": int(np.argmax(cidx)) + 1 if best else None,
         "optimistic_best_epoch_cindex": float(np.max(cidx)) if best else None,
         "n_train": n_train,
         "n_val": n_val,
     }
+
+
+def mean_curve(curves: Sequence[Sequence[float]], epochs: int) -> np.ndarray:
+    """The per-epoch mean of inner folds' score curves; an epoch missing from one of them
+    (that inner run stopped early) or NaN in one of them is NaN."""
+    out = np.full((len(curves), epochs), np.nan)
+    for i, c in enumerate(curves):
+        out[i, : len(c)] = np.asarray(c, dtype=float)[:epochs]
+    return out.mean(axis=0)
+
+
+def select_epoch(curves: Sequence[Sequence[float]]) -> tuple[int, int] | None:
+    """``(candidate, epoch)`` (epoch 1-based) with the highest score over candidates' curves,
+    NaN ignored; ties go to the first candidate, then the earliest epoch. None when every
+    score is NaN."""
+    best: tuple[float, int, int] | None = None
+    for i, curve in enumerate(curves):
+        for e, v in enumerate(curve):
+            if np.isfinite(v) and (best is None or v > best[0]):
+                best = (float(v), i, e + 1)
+    return None if best is None else (best[1], best[2])
+
+
+def survival_nll(surv: np.ndarray, bins: np.ndarray, censorship: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean discrete-time NLL of survival curves ``(n, K)`` (the loss the model trains on):
+    an event in bin y costs ``-log(S_{y-1} - S_y)``, a censoring ``-log S_y`` (``S_{-1} = 1``)."""
+    padded = np.hstack([np.ones((len(surv), 1)), np.asarray(surv, dtype=float)])
+    r = np.arange(len(surv))
+    before, through = padded[r, bins], padded[r, bins + 1]
+    cost = np.where(
+        censorship == 1, -np.log(np.clip(through, eps, None)), -np.log(np.clip(before - through, eps, None))
+    )
+    return float(cost.mean())
+
+
+def l1_target(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters MCAT's ``lambda_reg`` penalizes: the genomic SNN encoder (``snn`` of
+    the SNN baseline, the per-family SNNs of the others); none for a slide-only model."""
+    if hasattr(model, "snn"):
+        return list(model.snn.parameters())
+    enc = getattr(model, "m1_encoder", None)
+    return list(enc.token_nets.parameters()) if enc is not None else []
+
+
+def _split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A grid point split into TrainConfig and ModelConfig changes."""
+    train = {k: v for k, v in params.items() if k in GRID_TRAIN_FIELDS}
+    return train, {k: v for k, v in params.items() if k not in GRID_TRAIN_FIELDS}
 
 
 class CohortTrainer:
@@ -229,16 +357,26 @@ class CohortTrainer:
         check_folds(folds, self.cohort.case_ids, events=self.cohort.patients["event"])
 
     def train_fold(self, fold: Fold, fold_dir: Path | None = None) -> FoldResult:
-        """Fit the fold's preprocessing and model on its training patients, predict its
-        validation patients, and (with ``fold_dir``) write its checkpoint."""
+        """Fit the fold's preprocessing and model on its training patients (choosing the epoch
+        count on an inner split with ``selection = "inner"``), predict its validation patients,
+        and (with ``fold_dir``) write its checkpoint."""
         t0 = time.perf_counter()
         seed = self.cfg.seed + fold.index
+        selection = self.select(fold, seed) if self.cfg.selection == "inner" else None
+        cfg, model_changes = self.cfg, {}
+        if selection is not None:
+            train_changes, model_changes = _split_params(selection["params"])
+            cfg = dataclasses.replace(self.cfg, **train_changes)
         seed_everything(seed)
         data = self._fit_fold_data(fold)
+        data.config = data.config.replace(**model_changes)
         model = build_model(data.config).to(self.device)
         train_ids = list(fold.train)
         wsi_mean = self._mean_patch(train_ids) if self.needs_wsi else None
-        history = self._fit(model, data, fold, seed)
+        keep = cfg.epochs if selection is None else int(selection["epoch"])
+        history, kept = self._fit_outer(model, data, fold, seed, cfg, keep)
+        if kept is not None:
+            model.load_state_dict(kept)
         val_pred = self._predict(model, fold.val, data)
         train_pred = self._predict(model, train_ids, data)
         val_pred.insert(1, "fold", fold.index)
@@ -252,17 +390,119 @@ class CohortTrainer:
         train_risks = pd.DataFrame(
             {"fold": fold.index, "case_id": train_ids, "risk": train_pred["risk"].to_numpy()}
         )
+        metrics = _fold_metrics(history, len(train_ids), len(fold.val), cfg.track_validation, selection)
         info = FoldInfo(
             index=fold.index,
             bin_edges=tuple(float(e) for e in data.pre.bin_edges),
             train_ids=tuple(train_ids),
             val_ids=tuple(fold.val),
             seed=seed,
-            metrics=_fold_metrics(history, len(train_ids), len(fold.val), self.cfg.track_validation),
+            metrics=metrics,
             history=tuple(history),
             seconds=time.perf_counter() - t0,
         )
         return FoldResult(info, data.config, val_pred, train_risks)
+
+    def _fit_outer(
+        self, model: torch.nn.Module, data: _FoldData, fold: Fold, seed: int, cfg: TrainConfig, keep: int
+    ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor] | None]:
+        """Train on the outer training fold for ``cfg.epochs``; the validation C-index is
+        recorded (never used for any choice), and the weights at epoch ``keep`` are returned
+        when it is not the last."""
+        kept: dict[str, torch.Tensor] | None = None
+
+        def on_epoch(epoch: int, record: dict[str, float]) -> bool:
+            nonlocal kept
+            if cfg.track_validation or epoch in (cfg.epochs, keep):
+                record["val_cindex"] = self._cindex(model, fold.val, data)
+            if epoch == keep and keep != cfg.epochs:
+                kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+
+        history = self._fit(model, data, list(fold.train), seed, cfg, f"fold {fold.index}", on_epoch)
+        return history, kept
+
+    def select(self, fold: Fold, seed: int) -> dict[str, Any]:
+        """Choose the epoch count (and a grid point) on inner splits of ``fold``'s training
+        patients only; the outer validation patients are dropped before the split."""
+        cfg = self.cfg
+        inner = inner_splits(
+            fold,
+            self.cohort.patients,
+            fraction=cfg.inner_fraction,
+            k=cfg.inner_folds,
+            seed=seed,
+            n_bins=cfg.n_bins,
+        )
+        candidates = cfg.candidates()
+        table = []
+        for params in candidates:
+            runs = [self._inner_run(fold, split, seed, params) for split in inner]
+            means = {m: mean_curve([r[m] for r in runs], cfg.epochs) for m in SELECTION_METRICS}
+            curve = means[cfg.selection_metric]
+            row: dict[str, Any] = {"params": params}
+            for m, values in (("curve", curve), *((f"inner_{m}", v) for m, v in means.items())):
+                row[m] = [None if np.isnan(v) else float(v) for v in values]
+            row["_score"] = curve if cfg.selection_metric == "cindex" else -curve
+            table.append(row)
+        chosen = select_epoch([row.pop("_score") for row in table])
+        # nothing scorable (e.g. no event in any inner validation part): the paper's last epoch
+        which, epoch = chosen if chosen is not None else (0, cfg.epochs)
+        return {
+            "rule": "inner",
+            "metric": cfg.selection_metric,
+            "inner_folds": cfg.inner_folds,
+            "inner_fraction": cfg.inner_fraction if cfg.inner_folds == 1 else None,
+            "n_inner_val": [len(split.val) for split in inner],
+            "patience": cfg.patience,
+            "epoch": int(epoch),
+            "params": dict(candidates[which]),
+            "score": table[which]["curve"][epoch - 1],
+            "fallback": chosen is None,
+            "candidates": table,
+        }
+
+    def _inner_run(
+        self, fold: Fold, split: Fold, seed: int, params: dict[str, Any]
+    ) -> dict[str, list[float]]:
+        """Train one candidate on an inner-training part (preprocessing fitted there) and score
+        it on the inner validation part after every epoch: ``{"cindex": [...], "nll": [...]}``."""
+        train_changes, model_changes = _split_params(params)
+        cfg = dataclasses.replace(self.cfg, **train_changes)
+        seed_everything(seed)
+        data = self._fit_fold_data(split)
+        data.config = data.config.replace(**model_changes)
+        model = build_model(data.config).to(self.device)
+        scores: dict[str, list[float]] = {"cindex": [], "nll": []}
+        best = (-math.inf, 0)
+
+        def on_epoch(epoch: int, record: dict[str, float]) -> bool:
+            nonlocal best
+            pred = self._predict(model, split.val, data)
+            pts = self.cohort.patients.loc[split.val]
+            time_, event = pts["time"].to_numpy(), pts["event"].to_numpy()
+            risk = pred["risk"].to_numpy()
+            c = harrell_c(time_, event, risk).cindex if event.any() else float("nan")
+            surv = pred[[k for k in pred.columns if k.startswith("surv_")]].to_numpy()
+            nll = survival_nll(surv, data.bins[split.val].to_numpy(), data.cens[split.val].to_numpy())
+            scores["cindex"].append(c)
+            scores["nll"].append(nll)
+            record.update(inner_cindex=c, inner_nll=nll)
+            score = c if cfg.selection_metric == "cindex" else -nll
+            if np.isfinite(score) and score > best[0]:
+                best = (score, epoch)
+            return cfg.patience is not None and epoch - best[1] >= cfg.patience
+
+        label = f"fold {fold.index} inner {split.index}"
+        self._fit(model, data, list(split.train), seed, cfg, label, on_epoch)
+        return scores
+
+    def _cindex(self, model: torch.nn.Module, ids: Sequence[str], data: _FoldData) -> float:
+        """Harrell's C of ``ids`` (NaN without an event: undefined)."""
+        risk = self._predict(model, ids, data)["risk"].to_numpy()
+        pts = self.cohort.patients.loc[list(ids)]
+        time_, event = pts["time"].to_numpy(), pts["event"].to_numpy()
+        return harrell_c(time_, event, risk).cindex if event.any() else float("nan")
 
     def _fit_fold_data(self, fold: Fold) -> _FoldData:
         cohort, mcfg = self.cohort, self.model_config
@@ -290,10 +530,19 @@ class CohortTrainer:
             cens=pts["censorship"].astype(int),
         )
 
-    def _fit(self, model: torch.nn.Module, data: _FoldData, fold: Fold, seed: int) -> list[dict[str, float]]:
-        """The paper's optimization of one fold; returns the per-epoch history."""
-        cfg = self.cfg
-        train_ids = list(fold.train)
+    def _fit(
+        self,
+        model: torch.nn.Module,
+        data: _FoldData,
+        train_ids: list[str],
+        seed: int,
+        cfg: TrainConfig,
+        label: str,
+        on_epoch: Callable[[int, dict[str, float]], bool],
+    ) -> list[dict[str, float]]:
+        """The paper's optimization on ``train_ids``; returns the per-epoch history.
+        ``on_epoch(epoch, record)`` adds scores to the epoch's record and returns True to stop
+        (the learning-rate schedule stays the one of ``cfg.epochs``)."""
         weights = None
         if cfg.weighted_sampler:
             weights = class_weights(data.bins[train_ids].to_numpy(), data.cens[train_ids].to_numpy())
@@ -301,12 +550,13 @@ class CohortTrainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (1 - e / cfg.epochs) ** cfg.lr_power)
         rng = np.random.default_rng(seed)
         size_of = self.bags.size if (self.bags is not None and cfg.batch_size > 1) else None
+        l1_params = l1_target(model) if cfg.l1 else []
         history: list[dict[str, float]] = []
         for epoch in range(cfg.epochs):
             te = time.perf_counter()
             batches = epoch_batches(train_ids, weights, cfg.batch_size, size_of, rng)
-            label = f"fold {fold.index} epoch {epoch + 1}/{cfg.epochs}"
-            totals = self._train_epoch(model, opt, data, batches, epoch == 0, label)
+            step_label = f"{label} epoch {epoch + 1}/{cfg.epochs}"
+            totals = self._train_epoch(model, opt, data, batches, epoch == 0, step_label, cfg, l1_params)
             sched.step()
             n = len(train_ids)
             record = {
@@ -317,16 +567,11 @@ class CohortTrainer:
                 "train_dis": totals["dis"] / n,
                 "seconds": time.perf_counter() - te,
             }
-            if cfg.track_validation or epoch + 1 == cfg.epochs:
-                risk = self._predict(model, fold.val, data)["risk"].to_numpy()
-                pts = self.cohort.patients.loc[fold.val]
-                time_, event = pts["time"].to_numpy(), pts["event"].to_numpy()
-                # no event in the fold: the C-index is undefined, recorded as NaN
-                record["val_cindex"] = harrell_c(time_, event, risk).cindex if event.any() else float("nan")
+            stop = on_epoch(epoch + 1, record)
             history.append(record)
-            log.info(
-                "fold %d epoch %d: %s", fold.index, epoch + 1, {k: round(v, 4) for k, v in record.items()}
-            )
+            log.info("%s epoch %d: %s", label, epoch + 1, {k: round(v, 4) for k, v in record.items()})
+            if stop:
+                break
         return history
 
     def _train_epoch(
@@ -337,16 +582,19 @@ class CohortTrainer:
         batches: list[list[str]],
         validate: bool,
         label: str,
+        cfg: TrainConfig,
+        l1_params: Sequence[torch.nn.Parameter] = (),
     ) -> dict[str, float]:
-        """One pass over ``batches`` (with gradient accumulation); loss sums over patients."""
-        cfg = self.cfg
+        """One pass over ``batches`` (with gradient accumulation); loss sums over patients.
+        With ``cfg.l1``, ``l1 * sum |w|`` of ``l1_params`` is added to each batch's loss."""
         model.train()
         totals = {"loss": 0.0, "nll": 0.0, "dis": 0.0}
         steps = math.ceil(sum(len(b) for b in batches) / cfg.batch_size)
         opt.zero_grad(set_to_none=True)
         for step, batch in enumerate(batches):
-            loss, nll, dis = self._losses(model, data, batch, validate)
-            (loss / cfg.grad_accum).backward()
+            loss, nll, dis = self._losses(model, data, batch, validate, cfg.alpha_surv)
+            total = loss + cfg.l1 * l1_penalty(l1_params) if l1_params else loss
+            (total / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -358,7 +606,7 @@ class CohortTrainer:
         return totals
 
     def _losses(
-        self, model: torch.nn.Module, data: _FoldData, batch: list[str], validate: bool
+        self, model: torch.nn.Module, data: _FoldData, batch: list[str], validate: bool, alpha_surv: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loss, nll, decoupling)`` of one batch; ``loss = nll + alpha_dis * decoupling``."""
         mcfg = data.config
@@ -367,7 +615,7 @@ class CohortTrainer:
         c = torch.as_tensor(data.cens[batch].to_numpy(), device=self.device, dtype=torch.float32)
         with self._autocast():
             out = model(x.m1, x.wsi, x.mask, validate=validate)
-        nll = nll_survival_loss(out.hazards.float(), y, c, alpha=self.cfg.alpha_surv)
+        nll = nll_survival_loss(out.hazards.float(), y, c, alpha=alpha_surv)
         if mcfg.model_type == "deref" and mcfg.decouple and mcfg.alpha_dis:
             dis = decoupling_loss(out.features.float(), mcfg.distance, mcfg.hinge_margin)
             return nll + mcfg.alpha_dis * dis, nll, dis
@@ -422,12 +670,16 @@ def _summary(protocol: str, values: Sequence[float], nan_aware: bool) -> CIndexS
     )
 
 
-def run_metrics(folds: Sequence[FoldInfo], oof: pd.DataFrame, epochs: int) -> RunMetrics:
-    """The run's metrics: the fixed last epoch's C-index over folds (the headline; folds
+def run_metrics(
+    folds: Sequence[FoldInfo], oof: pd.DataFrame, epochs: int, selection: str = "last"
+) -> RunMetrics:
+    """The run's metrics: the C-index over folds of the folds' kept models (the headline: the
+    fixed last epoch, or with ``selection = "inner"`` the epoch chosen on inner data; folds
     without an event are left out of mean and std), the pooled out-of-fold C-index of
     ``oof`` (``time, event, risk``), and the best-epoch figure when every fold tracked it."""
+    protocol = SELECTED_PROTOCOL if selection == "inner" else HEADLINE_PROTOCOL
     headline = _summary(
-        HEADLINE_PROTOCOL.format(epochs=epochs),
+        protocol.format(epochs=epochs),
         [np.nan if f.cindex_last_epoch is None else f.cindex_last_epoch for f in folds],
         nan_aware=True,
     )
@@ -511,7 +763,7 @@ def train_cross_validation(
         folds=tuple(f.info for f in results),
         data=_data_info(cohort, model.wsi_dim if trainer.needs_wsi else None, data_info),
         train=train_config.to_dict(),
-        metrics=run_metrics([f.info for f in results], preds, train_config.epochs),
+        metrics=run_metrics([f.info for f in results], preds, train_config.epochs, train_config.selection),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         package_version=__version__,
         torch_version=torch.__version__,

@@ -21,6 +21,7 @@ RANK = {
     "deref.model": 1,
     "deref.slides": 1,
     "deref.metrics": 1,
+    "deref.calibration": 1,
     "deref.stratify": 1,
     "deref.data": 2,
     "deref.figures": 2,
@@ -131,7 +132,10 @@ def test_only_deref_runs_reads_run_json():
 @pytest.mark.parametrize(
     ("modules", "forbidden"),
     [
-        ("deref.survival deref.metrics deref.stratify deref.report deref.figures", ("torch", "deref.runs")),
+        (
+            "deref.survival deref.calibration deref.metrics deref.stratify deref.report deref.figures",
+            ("torch", "deref.runs"),
+        ),
         ("deref.runs deref.model deref.data.cohort", ("torch",)),
     ],
 )

@@ -359,3 +359,36 @@ def test_calibration_against_lifelines_kaplan_meier_per_group():
         calibration(df.drop(columns=["surv_0", "surv_1", "surv_2"]), edges, 15.0)
     with pytest.raises(DataError, match="no bin edges for fold -1"):
         calibration(df, {0: edges[0], 1: edges[1]}, 15.0)
+
+
+def test_calibration_with_tied_predictions_makes_fewer_groups_and_says_so():
+    # a saturated model: 30 of 40 patients predicted S(15) = 1 exactly, 10 spread below it
+    rng = np.random.default_rng(12)
+    n = 40
+    s15 = np.concatenate([np.ones(30), np.linspace(0.2, 0.8, 10)])
+    df = pd.DataFrame(
+        {
+            "case_id": [f"T{i}" for i in range(n)],
+            "fold": 0,
+            "time": rng.uniform(1, 40, n).round(1),
+            "censorship": (rng.random(n) < 0.4).astype(int),
+            "surv_0": s15,
+            "surv_1": s15 * 0.5,
+        }
+    )
+    edges = {0: [0.0, 10.0, np.inf]}  # S(15) = surv_0
+    cal = calibration(df, edges, 15.0, n_groups=4)  # quartiles (and tertiles) of S(15) tie at 1
+    assert cal.attrs["n_groups_requested"] == 4 and cal.attrs["n_groups"] == 2
+    assert "2 groups instead of 4" in cal.attrs["note"] and "11 distinct" in cal.attrs["note"]
+    assert list(cal.group) == ["low", "high"] and list(cal.n) == [30, 10]
+    np.testing.assert_allclose(cal.predicted, [1.0, s15[30:].mean()])
+    e = 1 - df.censorship.to_numpy()
+    kmf = KaplanMeierFitter().fit(df.time[30:], e[30:])
+    assert cal.observed.iloc[1] == pytest.approx(float(kmf.predict(15.0)))
+    assert calibration(df, edges, 15.0, n_groups=2).attrs["note"] == ""
+    # every prediction tied: one group of everyone
+    flat = df.assign(surv_0=0.7, surv_1=0.3)
+    one = calibration(flat, edges, 15.0, n_groups=3)
+    assert list(one.group) == ["all"] and one.n.iloc[0] == n and one.attrs["n_groups"] == 1
+    assert "1 group instead of 3" in one.attrs["note"]
+    assert one.observed.iloc[0] == pytest.approx(float(KaplanMeierFitter().fit(df.time, e).predict(15.0)))

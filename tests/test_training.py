@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -22,7 +23,17 @@ from deref.inference import Predictor
 from deref.metrics import harrell_c
 from deref.model import ModelConfig
 from deref.runs import RunDir
-from deref.training import TrainConfig, class_weights, epoch_batches, train_cross_validation
+from deref.training import (
+    CohortTrainer,
+    TrainConfig,
+    class_weights,
+    epoch_batches,
+    l1_target,
+    mean_curve,
+    select_epoch,
+    survival_nll,
+    train_cross_validation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +327,147 @@ def test_a_run_reloads_its_cohort_with_its_own_survival_columns(small_demo, tmp_
     preds = Predictor(RunDir(tmp_path / "run")).predict(cohort, fold="oof").set_index("case_id")
     written = RunDir(tmp_path / "run").predictions().set_index("case_id")
     np.testing.assert_allclose(preds.loc[written.index, "risk"], written["risk"], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------- honest model selection
+def test_selected_epoch_is_the_inner_argmax_of_a_recorded_history():
+    # two inner folds of one candidate: the mean curve, an epoch one inner run never reached is missing
+    assert mean_curve([[0.5, 0.7, 0.6], [0.7, 0.5]], 3) == pytest.approx([0.6, 0.6, np.nan], nan_ok=True)
+    # candidates x epochs: the highest mean inner score, NaN ignored
+    curves = [[0.55, 0.61, np.nan], [0.58, 0.60, 0.62], [0.62, 0.5, 0.4]]
+    assert select_epoch(curves) == (1, 3)
+    assert select_epoch([[0.6, 0.6, 0.59], [0.6, 0.6, 0.6]]) == (
+        0,
+        1,
+    )  # ties: first candidate, earliest epoch
+    assert select_epoch([[np.nan, np.nan]]) is None
+
+
+def test_survival_nll_and_l1_by_hand():
+    surv = np.array([[0.8, 0.4], [0.8, 0.4], [0.5, 0.5]])
+    # event in bin 1: -log(0.8 - 0.4); censored in bin 0: -log 0.8; event in bin 0: -log(1 - 0.5)
+    got = survival_nll(surv, np.array([1, 0, 0]), np.array([0, 1, 0]))
+    assert got == pytest.approx(-(np.log(0.4) + np.log(0.8) + np.log(0.5)) / 3)
+    from deref.losses import l1_penalty
+
+    assert float(l1_penalty([torch.tensor([1.0, -2.0]), torch.tensor([[0.5], [-0.25]])])) == 3.75
+    assert float(l1_penalty([])) == 0.0
+
+
+def test_train_config_selection_settings_are_checked():
+    assert TrainConfig().selection == "last"  # the paper's protocol stays the default
+    with pytest.raises(ConfigError, match="selection"):
+        TrainConfig(selection="best")
+    with pytest.raises(ConfigError, match="needs selection = 'inner'"):
+        TrainConfig(grid={"weight_decay": [1e-5, 1e-3]})
+    with pytest.raises(ConfigError, match="grid key 'epochs'"):
+        TrainConfig(selection="inner", grid={"epochs": [3]})
+    cfg = TrainConfig(selection="inner", grid={"weight_decay": [0.0, 1e-3], "snn_dropout": [0.1]})
+    assert cfg.candidates() == [
+        {"weight_decay": 0.0, "snn_dropout": 0.1},
+        {"weight_decay": 1e-3, "snn_dropout": 0.1},
+    ]
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _snn(cohort):
+    return ModelConfig(model_type="snn", m1_sizes=tuple(f.size for f in cohort.families))
+
+
+def test_inner_selection_records_the_rule_and_keeps_the_chosen_epoch(demo_cohort, tmp_path):
+    folds = make_folds(demo_cohort.patients, k=5, seed=0)
+    cfg = TrainConfig(epochs=4, batch_size=8, selection="inner", grid={"weight_decay": [1e-5, 1e-2]})
+    res = train_cross_validation(
+        demo_cohort, folds, _snn(demo_cohort), cfg, tmp_path / "inner", only_folds=[0, 1]
+    )
+    last = train_cross_validation(
+        demo_cohort,
+        folds,
+        _snn(demo_cohort),
+        TrainConfig(epochs=4, batch_size=8),
+        tmp_path / "last",
+        only_folds=[0, 1],
+    )
+    assert res.info.metrics.headline.protocol.startswith("epoch count chosen on an inner split")
+    for f, g in zip(res.info.folds, last.info.folds):
+        sel = f.selection
+        assert sel["rule"] == "inner" and sel["metric"] == "cindex" and len(sel["candidates"]) == 2
+        curves = [[np.nan if v is None else v for v in c["curve"]] for c in sel["candidates"]]
+        which, epoch = select_epoch(curves)
+        assert (f.selected_epoch, sel["epoch"]) == (epoch, epoch)
+        assert sel["params"] == sel["candidates"][which]["params"]
+        # the headline is the kept (chosen-epoch) model's C-index on the outer fold ...
+        p = res.predictions[res.predictions["fold"] == f.index]
+        assert f.cindex_last_epoch == pytest.approx(harrell_c(p["time"], p["event"], p["risk"]).cindex)
+        assert f.cindex_last_epoch == f.history[epoch - 1]["val_cindex"]
+        # ... and the fixed last epoch is recorded beside it
+        assert f.cindex_fixed_last_epoch == f.history[-1]["val_cindex"]
+        if sel["params"] == {"weight_decay": 1e-5}:  # the default: the retrain is the "last" run
+            assert f.cindex_fixed_last_epoch == g.cindex_last_epoch
+        assert g.selection == {"rule": "last", "epoch": 4} and g.selected_epoch == 4
+    # the kept weights are the ones written: the Predictor reproduces the predictions
+    again = Predictor.from_run(tmp_path / "inner", device="cpu").predict(demo_cohort, fold="oof")
+    again = again[again["case_id"].isin(res.predictions["case_id"])]
+    assert len(again) == len(res.predictions)
+    saved = res.predictions.set_index("case_id").loc[again["case_id"]]
+    np.testing.assert_allclose(again["risk"].to_numpy(), saved["risk"].to_numpy(), atol=1e-6)
+
+
+def test_selection_never_reads_outer_validation_labels(demo_cohort, tmp_path):
+    fold = make_folds(demo_cohort.patients, k=5, seed=0)[2]
+    rng = np.random.default_rng(7)
+    poisoned = demo_cohort.patients.copy()
+    poisoned.loc[fold.val, "time"] = rng.uniform(0.1, 500, len(fold.val))
+    poisoned.loc[fold.val, "censorship"] = 1 - poisoned.loc[fold.val, "censorship"]
+    poisoned["event"] = 1 - poisoned["censorship"]
+    bad = dataclasses.replace(demo_cohort, patients=poisoned)
+    cfg = TrainConfig(epochs=3, selection="inner", selection_metric="nll", l1=1e-4)
+    out = {}
+    for name, cohort in (("clean", demo_cohort), ("poisoned", bad)):
+        trainer = CohortTrainer(cohort, _snn(cohort), cfg)
+        r = trainer.train_fold(fold, tmp_path / name)
+        out[name] = (r.info.metrics["selection"], load_file(str(tmp_path / name / "model.safetensors")))
+    assert out["clean"][0] == out["poisoned"][0]  # same inner curves, same chosen epoch
+    for k, v in out["clean"][1].items():
+        assert torch.equal(v, out["poisoned"][1][k]), k
+
+
+def test_l1_on_the_genomic_encoder_changes_training(demo_cohort):
+    fold = make_folds(demo_cohort.patients, k=5, seed=0)[0]
+    weights = {}
+    for l1 in (0.0, 1e-3):
+        r = CohortTrainer(demo_cohort, _snn(demo_cohort), TrainConfig(epochs=2, l1=l1)).train_fold(fold)
+        weights[l1] = r.train_risks["risk"].to_numpy()
+    assert not np.allclose(weights[0.0], weights[1e-3])
+    from deref.model import build_model
+
+    model = build_model(_snn(demo_cohort))
+    assert {id(p) for p in l1_target(model)} == {id(p) for p in model.snn.parameters()}
+
+
+def test_cli_train_inner_selection_prints_and_records_the_rule(small_demo, tmp_path, capsys):
+    c = small_demo / "cohort"
+    args = ["train", str(c / "cohort.csv"), "--signatures", str(c / "signatures.csv"), "--model", "snn"]
+    args += [
+        "--folds",
+        "5",
+        "--epochs",
+        "2",
+        "--only-folds",
+        "1",
+        "--selection",
+        "inner",
+        "--inner-folds",
+        "2",
+    ]
+    args += ["--grid", "weight_decay=1e-5,1e-3", "--l1", "1e-5", "--set", "snn_dropout=0.1"]
+    assert cli(args + ["--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "selection inner (2-fold, by cindex, grid {'weight_decay': [1e-05, 0.001]})" in out
+    assert "at inner-selected epoch" in out and "C-index, fixed last epoch (for comparison)" in out
+    info = RunDir(tmp_path / "r").info
+    assert info.train["selection"] == "inner" and info.train["l1"] == 1e-5
+    assert info.model.snn_dropout == 0.1
+    (f,) = info.folds
+    assert f.selection["inner_folds"] == 2 and len(f.selection["n_inner_val"]) == 2
+    assert f.selected_epoch in (1, 2)

@@ -19,10 +19,60 @@ from deref.figures import (
 from deref.runs import RunInfo
 
 
+def _null_section(src: backend.Source) -> None:
+    """The survival curves against the Kaplan–Meier null, first: the curves clinicians read."""
+    vs = backend.curves_vs_null(*src.key)
+    if vs is None:
+        st.info("The integrated Brier score is not estimable for these predictions (no survival columns).")
+        return
+    m = st.columns(4)
+    m[0].metric(
+        "IBS of the curves",
+        f"{vs.ibs:.3f}",
+        help="integrated Brier score, pooled out-of-fold; lower is better",
+    )
+    m[1].metric(
+        "IBS of the KM null",
+        f"{vs.ibs_null:.3f}",
+        help="every patient given the training folds' Kaplan–Meier curve",
+    )
+    m[2].metric(
+        "Curves − null",
+        f"{vs.difference:+.3f}",
+        help=f"95% paired bootstrap CI {vs.lower:+.3f} to {vs.upper:+.3f}; negative = better than the null",
+        delta="worse than the null" if vs.worse_than_null else "better than the null",
+        delta_color="inverse" if vs.worse_than_null else "normal",
+    )
+    p = vs.d_calibration_p
+    m[3].metric(
+        "D-calibration p",
+        "n/a" if not np.isfinite(p) else f"{p:.3f}",
+        help="Haider et al. (2020): p < 0.05 says the predicted survival probabilities are not uniform "
+        "at the observed times, i.e. the curves are miscalibrated",
+    )
+    if vs.worse_than_null:
+        st.warning(
+            "This run's survival curves score worse than the population's Kaplan–Meier curve: its risk ranking "
+            "may still be useful (C-index below), its curves are not."
+        )
+
+
 def _metrics_section(src: backend.Source, info: RunInfo) -> None:
     report, ipcw_note = backend.metrics_report(*src.key)
     show = report.to_frame()[
-        ["fold", "n", "events", "harrell", "uno", "td_auc", "ibs", "tau", "errors"]
+        [
+            "fold",
+            "n",
+            "events",
+            "harrell",
+            "uno",
+            "td_auc",
+            "ibs",
+            "ibs_null",
+            "d_calibration_p",
+            "tau",
+            "errors",
+        ]
     ].copy()
     show["fold"] = show["fold"].astype(str)
     st.dataframe(
@@ -34,6 +84,8 @@ def _metrics_section(src: backend.Source, info: RunInfo) -> None:
             "uno": st.column_config.NumberColumn("Uno C (IPCW)", format="%.3f"),
             "td_auc": st.column_config.NumberColumn("mean td-AUC", format="%.3f"),
             "ibs": st.column_config.NumberColumn("IBS (lower = better)", format="%.3f"),
+            "ibs_null": st.column_config.NumberColumn("IBS of the KM null", format="%.3f"),
+            "d_calibration_p": st.column_config.NumberColumn("D-calibration p", format="%.3f"),
             "tau": st.column_config.NumberColumn("τ (Uno)", format="%.1f"),
             "errors": st.column_config.TextColumn("not estimable because"),
         },
@@ -79,6 +131,8 @@ def _calibration_section(src: backend.Source) -> None:
         "Groups (quantiles of the predicted S(t))", [2, 3, 4, 5], value=4, key="calib_groups"
     )
     cal = backend.calibration(*src.key, float(t), int(ng))
+    if cal.attrs.get("note"):
+        st.info(cal.attrs["note"])  # tied predictions: fewer groups than asked, said so
     c1, c2 = st.columns([1, 1])
     c1.plotly_chart(calibration_figure(cal, float(t)), key="calibration")
     c2.dataframe(cal, hide_index=True, key="calibration_table")
@@ -124,7 +178,9 @@ def _provenance(src: backend.Source, info: RunInfo) -> None:
                     "fold": f.index,
                     "train": f.n_train,
                     "validation": f.n_val,
-                    "C-index (last epoch)": f.cindex_last_epoch,
+                    # the kept model's: the fixed last epoch, or the epoch chosen on inner data
+                    "C-index (kept model)": f.cindex_last_epoch,
+                    "kept epoch": f.selected_epoch,
                     "bin edges": ", ".join(f"{e:.1f}" for e in f.bin_edges),
                 }
                 for f in info.folds
@@ -133,10 +189,36 @@ def _provenance(src: backend.Source, info: RunInfo) -> None:
         st.dataframe(folds, hide_index=True, key="folds_table")
 
 
+def _decoupled_sections(src: backend.Source, info) -> None:
+    names = backend.feature_names(src.run_dir)
+    with components.guard("Gate weights"):
+        rule = st.session_state.get(components.K_RULE, "median")
+        order = [str(c) for c in backend.risk_groups(*src.key, rule).cat.categories]  # low -> high risk
+        st.plotly_chart(
+            gate_by_group_figure(backend.gate_summary(*src.key, rule), order, rule), key="mean_gates"
+        )
+    c2, c3 = st.columns(2)
+    with c2, components.guard("t-SNE"):
+        tfold = st.selectbox(
+            "t-SNE of the patients held out by fold model",
+            info.fold_indices,
+            key="tsne_fold",
+            help="each fold model has its own feature space: one model's held-out patients keep the points comparable",
+        )
+        st.plotly_chart(tsne_figure(backend.tsne(*src.key, int(tfold)), names), key="tsne")
+    with c3, components.guard("CKA"):
+        st.plotly_chart(cka_heatmap(backend.cka(*src.key), names), key="cka")
+        st.caption("Low CKA between the specific and shared features is what decoupling aims for.")
+
+
 src = st.session_state.get(components.K_SOURCE)
 components.page_header("Model", src)
 src = components.require_source()
 info = backend.run_info(src.run_dir)
+
+st.subheader("Survival curves against the Kaplan–Meier null")
+with components.guard("Curves against the null"):
+    _null_section(src)
 
 st.subheader("Discrimination and calibration per fold")
 with components.guard("Metrics"):
@@ -149,23 +231,14 @@ with components.guard("Training curves"):
     _training_curves(info)
 
 st.subheader("Decoupled features: gates, t-SNE, CKA")
-names = backend.feature_names(src.run_dir)
-with components.guard("Gate weights"):
-    rule = st.session_state.get(components.K_RULE, "median")
-    order = [str(c) for c in backend.risk_groups(*src.key, rule).cat.categories]  # low -> high risk
-    st.plotly_chart(gate_by_group_figure(backend.gate_summary(*src.key, rule), order, rule), key="mean_gates")
-c2, c3 = st.columns(2)
-with c2, components.guard("t-SNE"):
-    tfold = st.selectbox(
-        "t-SNE of the patients held out by fold model",
-        info.fold_indices,
-        key="tsne_fold",
-        help="each fold model has its own feature space: one model's held-out patients keep the points comparable",
+if not info.has_decoupled_features:
+    # information, not an error: a baseline simply has none of DeReF's decoupled features
+    st.info(
+        f"This run's model ({info.model.model_type}) has no decoupled features or mixture-of-experts gate: "
+        "they are DeReF's. Train a DeReF run (`deref train --model deref`) to see them here."
     )
-    st.plotly_chart(tsne_figure(backend.tsne(*src.key, int(tfold)), names), key="tsne")
-with c3, components.guard("CKA"):
-    st.plotly_chart(cka_heatmap(backend.cka(*src.key), names), key="cka")
-    st.caption("Low CKA between the specific and shared features is what decoupling aims for.")
+else:
+    _decoupled_sections(src, info)
 
 st.subheader("Configuration and provenance")
 _provenance(src, info)

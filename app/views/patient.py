@@ -43,6 +43,26 @@ def _survival_at(v: backend.PatientView, t: float) -> float:
     return float(survival_at_times(np.atleast_2d(v.survival), v.bin_edges, [t])[0, 0])
 
 
+def _null_warning(src: backend.Source) -> None:
+    """A visible warning when the run's curves score worse than the population's Kaplan–Meier
+    curve (the curve is still drawn: the risk ranking may be sound while the curves are not)."""
+    vs = backend.curves_vs_null(*src.key)
+    if vs is not None and vs.worse_than_null:
+        st.warning(
+            f"**These survival curves are worse than no model at all:** this run's integrated Brier score is "
+            f"{vs.ibs:.3f} against {vs.ibs_null:.3f} for giving every patient the training folds' "
+            f"Kaplan–Meier curve (difference {vs.difference:+.3f}, 95% CI {vs.lower:+.3f} to {vs.upper:+.3f}). "
+            "Read the curve below as the model's, not as a calibrated prognosis; the Model page has the details.",
+            icon=":material/warning:",
+        )
+
+
+def _drops(src: backend.Source) -> list[str | None]:
+    """The "what if" inputs this run has: a model that reads no slide offers no "without the slide"."""
+    needs_wsi = backend.run_info(src.run_dir).needs_wsi
+    return [d for d in DROP_LABELS if d != "wsi" or needs_wsi]
+
+
 def _what_if_rows(
     src: backend.Source, case: str, v: backend.PatientView, row: pd.Series, table: pd.DataFrame, what
 ) -> tuple[list[dict], PatientCurve | None]:
@@ -51,7 +71,7 @@ def _what_if_rows(
     rows, chosen = [], None
     cohort_risks = table["risk"].to_numpy(float)
     t_median = float(np.median(table["time"]))
-    for drop in DROP_LABELS:
+    for drop in _drops(src):
         try:
             dv = v if drop is None else backend.patient_view(*src.key, case, drop)
         except DeRefError as exc:
@@ -162,7 +182,7 @@ with components.guard("Patient"):
     )
     what = st.radio(
         "Show the survival curve",
-        list(DROP_LABELS),
+        _drops(src),
         format_func=lambda d: DROP_LABELS[d],
         horizontal=True,
         key="whatif",
@@ -183,6 +203,7 @@ with components.guard("Patient"):
     )
 
     t_max = float(np.nanmax(table["time"])) if len(table) else 60.0
+    _null_warning(src)
     band = st.toggle("Uncertainty band over the reorganization segment counts", value=True, key="band")
     drawn = curves[:1] + ([what_curve] if what_curve is not None else []) + curves[1:]
     left, right = st.columns([3, 2])

@@ -24,14 +24,24 @@ examples:
   deref train tcga_blca_all_clean.csv.zip --signatures signatures.csv \\
       --splits splits/5foldcv/tcga_blca --model snn --epochs 20 --out runs/blca-snn
 
+  # honest model selection: the epoch count (and weight decay / L1) chosen on an inner
+  # split of each training fold; dropout as a model setting
+  deref train tcga_blca_all_clean.csv.zip --signatures signatures.csv \\
+      --splits splits/5foldcv/tcga_blca --model snn --epochs 20 --selection inner \\
+      --grid weight_decay=1e-5,1e-3 --l1 1e-5 --set snn_dropout=0.25 --out runs/blca-snn-inner
+
   # generated folds (stratified on event x time bin), batched training, an ablation
   deref train cohort.csv --signatures sig.csv --bags bags/ --folds 5 --batch-size 8 \\
       --set rca_mode=blocks --set n_experts=8 --out runs/blocks-8experts
 
 The run directory holds per-fold weights (safetensors) and preprocessing, run.json
 (configs, data fingerprints, per-epoch history, metrics), predictions.csv (out-of-fold)
-and train_risks.csv. The headline C-index is the fixed last epoch's; the best-epoch
-figure is printed only labelled as optimistic.
+and train_risks.csv. The headline C-index is the fixed last epoch's (--selection last, the
+paper's protocol) or that of the epoch count chosen on an inner split of each training
+fold (--selection inner: the outer validation fold is never used for the choice; the model
+is retrained on the whole training fold and kept at the chosen epoch, the fixed last
+epoch's C-index printed beside it). The best-epoch figure is printed only labelled as
+optimistic.
 """
 
 MODELS = ("deref", "snn", "snn_transformer", "abmil", "transmil", "concat_mlp")
@@ -68,7 +78,46 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--no-track-validation", action="store_true", help="skip the per-epoch validation C-index")
     p.add_argument("--only-folds", help="comma-separated fold indices to train (a quick look)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model config override (repeatable)")
+    p.add_argument(
+        "--l1",
+        type=float,
+        default=0.0,
+        help="L1 weight on the genomic encoder (MCAT's lambda_reg; default 0)",
+    )
+    p.add_argument(
+        "--selection",
+        choices=("last", "inner"),
+        default="last",
+        help="keep the last epoch (the paper's protocol, default) or choose the epoch count on an inner split",
+    )
+    p.add_argument(
+        "--selection-metric",
+        choices=("cindex", "nll"),
+        default="cindex",
+        help="inner score (default: %(default)s)",
+    )
+    p.add_argument(
+        "--inner-fraction", type=float, default=0.2, help="inner validation share (default: %(default)s)"
+    )
+    p.add_argument(
+        "--inner-folds", type=int, default=1, help="K >= 2: inner K-fold instead of one split (small cohorts)"
+    )
+    p.add_argument(
+        "--patience", type=int, help="stop an inner run after this many epochs without improvement"
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="values the inner selection chooses among (weight_decay, l1, lr, alpha_surv or a float model "
+        "setting such as snn_dropout; repeatable)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model config override, e.g. snn_dropout=0.4 (repeatable)",
+    )
     p.add_argument("--name", help="run name (default: the folder name)")
     p.set_defaults(func=run)
     return p
@@ -108,6 +157,15 @@ def _train_config(args: argparse.Namespace):
         device=args.device,
         bf16=args.bf16,
         track_validation=not args.no_track_validation,
+        l1=args.l1,
+        selection=args.selection,
+        selection_metric=args.selection_metric,
+        inner_fraction=args.inner_fraction,
+        inner_folds=args.inner_folds,
+        patience=args.patience,
+        grid={
+            k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in parse_overrides(args.grid).items()
+        },
     )
 
 
@@ -128,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     only = [int(x) for x in args.only_folds.split(",")] if args.only_folds else None
     print(
         f"cohort {cohort.source}: {len(cohort.case_ids)} patients, {cohort.n_events} events; "
-        f"model {mcfg.model_type}; {len(folds)} folds; {tcfg.epochs} epochs"
+        f"model {mcfg.model_type}; {len(folds)} folds; {tcfg.epochs} epochs; selection {_rule(tcfg)}"
     )
     bar = BarProgress()
     try:
@@ -157,16 +215,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rule(tcfg) -> str:
+    if tcfg.selection == "last":
+        return "last epoch (the paper's protocol)"
+    split = f"{tcfg.inner_folds}-fold" if tcfg.inner_folds > 1 else f"{tcfg.inner_fraction:g} held out"
+    grid = f", grid {tcfg.grid}" if tcfg.grid else ""
+    return f"inner ({split}, by {tcfg.selection_metric}{grid})"
+
+
+def _selected(f) -> str:
+    sel = f.selection
+    if not sel or sel.get("rule") != "inner":
+        return ""
+    params = f", {sel['params']}" if sel.get("params") else ""
+    fixed = f"; fixed last epoch {_c(f.cindex_fixed_last_epoch)}"
+    return f" at inner-selected epoch {sel['epoch']}{params}{fixed}"
+
+
 def print_run_summary(info: RunInfo) -> None:
-    """Per-fold and cohort-level C-index of a trained run (the best epoch labelled optimistic)."""
+    """Per-fold and cohort-level C-index of a trained run (the selected epoch and grid point
+    when chosen on inner data; the best epoch labelled optimistic)."""
     for f in info.folds:
         best = f.optimistic_best_epoch_cindex
         extra = (
             f"  (best epoch {f.optimistic_best_epoch}: {best:.3f}, optimistic)" if best is not None else ""
         )
-        print(f"fold {f.index}: C-index {_c(f.cindex_last_epoch)}{extra}")
+        print(f"fold {f.index}: C-index {_c(f.cindex_last_epoch)}{_selected(f)}{extra}")
     head, best = info.metrics.headline, info.metrics.optimistic_best_epoch
     print(f"C-index, {head.protocol}: {head.mean:.3f} ± {head.std:.3f}")
+    fixed = [f.cindex_fixed_last_epoch for f in info.folds]
+    if any((f.selection or {}).get("rule") == "inner" for f in info.folds) and None not in fixed:
+        import numpy as np
+
+        v = np.asarray(fixed, dtype=float)
+        sd = float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0
+        print(f"C-index, fixed last epoch (for comparison): {float(np.nanmean(v)):.3f} ± {sd:.3f}")
     if best is not None:
         print(f"C-index, best epoch per fold (optimistic): {best.mean:.3f} ± {best.std:.3f}")
     print(f"pooled out-of-fold C-index: {info.metrics.pooled_oof_cindex:.3f}")

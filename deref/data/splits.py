@@ -253,6 +253,30 @@ def _time_bins(time: np.ndarray, event: np.ndarray, n_bins: int) -> np.ndarray:
     return assign_bins(time, edges)
 
 
+def _strata(patients_df: pd.DataFrame, n_bins: int) -> tuple[list[str], np.ndarray]:
+    """Case ids (sorted) and their stratum ``event x time bin`` (``n_bins`` quantile bins of
+    the uncensored times of ``patients_df``)."""
+    if "time" not in patients_df.columns or not (
+        "event" in patients_df.columns or "censorship" in patients_df.columns
+    ):
+        raise DataError(
+            f"patients table has columns {list(patients_df.columns)[:8]}; expected 'time' and 'event' "
+            "(or 'censorship')"
+        )
+    ids = [str(c) for c in patients_df.index]
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    ids = [ids[i] for i in order]
+    time = patients_df["time"].to_numpy(dtype=float)[order]
+    event_raw = event_of(patients_df.assign(case_id=patients_df.index.astype(str)), what="patients table")
+    bad = ~np.isin(event_raw, (0.0, 1.0))
+    if bad.any():
+        cases = [str(c) for c in patients_df.index[bad][:5]]
+        raise DataError(f"patients table: event/censorship must be 0 or 1; case(s) {cases} are not")
+    event = event_raw.astype(np.int64)[order]
+    bins = _time_bins(time, event, n_bins)
+    return ids, event * max(n_bins, 1) + bins
+
+
 def make_folds(patients_df: pd.DataFrame, k: int = 5, seed: int = 0, n_bins: int = 4) -> list[Fold]:
     """Stratified ``k``-fold split of patients on (event, time bin).
 
@@ -277,27 +301,9 @@ def make_folds(patients_df: pd.DataFrame, k: int = 5, seed: int = 0, n_bins: int
     """
     if k < 2:
         raise ConfigError(f"k = {k}; expected at least 2 folds")
-    if "time" not in patients_df.columns or not (
-        "event" in patients_df.columns or "censorship" in patients_df.columns
-    ):
-        raise DataError(
-            f"patients table has columns {list(patients_df.columns)[:8]}; expected 'time' and 'event' "
-            "(or 'censorship')"
-        )
-    ids = [str(c) for c in patients_df.index]
+    ids, strata = _strata(patients_df, n_bins)
     if len(ids) < k:
         raise DataError(f"{len(ids)} patients cannot be split into {k} folds")
-    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    ids = [ids[i] for i in order]
-    time = patients_df["time"].to_numpy(dtype=float)[order]
-    event_raw = event_of(patients_df.assign(case_id=patients_df.index.astype(str)), what="patients table")
-    bad = ~np.isin(event_raw, (0.0, 1.0))
-    if bad.any():
-        cases = [str(c) for c in patients_df.index[bad][:5]]
-        raise DataError(f"patients table: event/censorship must be 0 or 1; case(s) {cases} are not")
-    event = event_raw.astype(np.int64)[order]
-    bins = _time_bins(time, event, n_bins)
-    strata = event * max(n_bins, 1) + bins
     rng = np.random.default_rng(seed)
     assignment = np.empty(len(ids), dtype=np.int64)
     pos = 0
@@ -312,6 +318,64 @@ def make_folds(patients_df: pd.DataFrame, k: int = 5, seed: int = 0, n_bins: int
         train = sorted(ids[i] for i in np.flatnonzero(assignment != f))
         folds.append(Fold(index=f, train=train, val=val))
     return folds
+
+
+def inner_splits(
+    fold: Fold,
+    patients_df: pd.DataFrame,
+    *,
+    fraction: float = 0.2,
+    k: int = 1,
+    seed: int = 0,
+    n_bins: int = 4,
+) -> list[Fold]:
+    """Inner validation split(s) carved from ``fold``'s training patients only.
+
+    The outer validation patients of ``fold`` are dropped before anything is computed: the
+    strata (event x ``n_bins`` quantile bins of the uncensored times) come from the outer
+    training patients alone. With ``k = 1`` one split holds out ``fraction`` of them: each
+    stratum, shuffled with ``default_rng(seed)``, gives its share (by largest remainder, so
+    the total is ``round(fraction * n)`` and each stratum is within one of its share). With
+    ``k >= 2`` they are split into ``k`` stratified folds (:func:`make_folds`).
+
+    Returns
+    -------
+    list of Fold
+        ``k`` folds (one for ``k = 1``), indexed ``0 .. k-1``; ``train`` and ``val`` partition
+        ``fold.train`` and are sorted.
+    """
+    train = [str(c) for c in fold.train]
+    sub = patients_df.loc[train]
+    if k >= 2:
+        return make_folds(sub, k=k, seed=seed, n_bins=n_bins)
+    if k != 1:
+        raise ConfigError(f"inner folds k = {k}; expected 1 (one split) or >= 2")
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"inner fraction = {fraction}; expected a number in (0, 1)")
+    ids, strata = _strata(sub, n_bins)
+    n_val = round(fraction * len(ids))
+    if n_val < 1 or n_val >= len(ids):
+        raise DataError(
+            f"{fold.name}: {len(ids)} training patients cannot give an inner validation split of "
+            f"fraction {fraction}"
+        )
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    done = 0
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        members = members[rng.permutation(len(members))]
+        take = round(fraction * (done + len(members))) - round(fraction * done)
+        chosen += members[:take].tolist()
+        done += len(members)
+    val_set = {ids[i] for i in chosen}
+    return [
+        Fold(
+            index=0,
+            train=sorted(c for c in ids if c not in val_set),
+            val=sorted(val_set),
+        )
+    ]
 
 
 def write_mcat_splits(folds: Sequence[Fold], directory: str | os.PathLike) -> list[Path]:
@@ -342,4 +406,12 @@ def write_mcat_splits(folds: Sequence[Fold], directory: str | os.PathLike) -> li
     return paths
 
 
-__all__ = ["Fold", "check_folds", "fold_problems", "make_folds", "read_mcat_splits", "write_mcat_splits"]
+__all__ = [
+    "Fold",
+    "check_folds",
+    "fold_problems",
+    "inner_splits",
+    "make_folds",
+    "read_mcat_splits",
+    "write_mcat_splits",
+]

@@ -128,7 +128,9 @@ class FoldInfo:
 
     @property
     def cindex_last_epoch(self) -> float | None:
-        """The validation C-index of the fixed (last) epoch, None when not recorded."""
+        """The validation C-index of the fold's kept model (the headline): the fixed last epoch,
+        or the epoch chosen on inner data when ``selection["rule"] == "inner"``; None when not
+        recorded."""
         c = self.metrics.get("cindex_last_epoch")
         return None if c is None else float(c)
 
@@ -143,6 +145,27 @@ class FoldInfo:
         """That epoch's validation C-index (optimistic: chosen on the validation fold)."""
         best = self.metrics.get("optimistic_best_epoch_cindex")
         return None if best is None else float(best)
+
+    @property
+    def selection(self) -> Mapping[str, Any] | None:
+        """How the kept epoch was chosen: ``{"rule": "last" | "inner", "epoch", ...}`` (the
+        inner rule adds its metric, split, grid point and candidates' inner curves); None
+        for runs written before it was recorded."""
+        sel = self.metrics.get("selection")
+        return dict(sel) if isinstance(sel, Mapping) else None
+
+    @property
+    def selected_epoch(self) -> int | None:
+        """The epoch (1-based) of the fold's kept model; None when not recorded."""
+        e = self.metrics.get("selected_epoch")
+        return None if e is None else int(e)
+
+    @property
+    def cindex_fixed_last_epoch(self) -> float | None:
+        """The validation C-index at the fixed last epoch (equals :attr:`cindex_last_epoch`
+        unless the epoch was chosen on inner data), for comparison."""
+        c = self.metrics.get("cindex_fixed_last_epoch", self.metrics.get("cindex_last_epoch"))
+        return None if c is None else float(c)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FoldInfo:
@@ -277,6 +300,11 @@ class RunInfo:
     def needs_wsi(self) -> bool:
         """Whether the run's models read a slide (a bag folder is then required)."""
         return self.model.model_type not in GENOMIC_ONLY_MODELS
+
+    @property
+    def has_decoupled_features(self) -> bool:
+        """Whether the run's model has DeReF's decoupled features and MoE gate (baselines do not)."""
+        return self.model.model_type == "deref"
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -210,6 +211,16 @@ def test_model_page_metrics_and_provenance(make_app):
     assert len(keys) >= 5  # calibration, curves, gates, t-SNE, CKA
     assert frame(at, "train", "validation").shape[0] == 5
     assert len(at.get("json")) >= 3
+    # the page leads with the curves against the Kaplan–Meier null, as the library computes them
+    from deref.metrics import evaluate_run_predictions
+    from deref.runs import RunDir
+
+    run = RunDir(Path(os.environ["DEREF_DEMO_DIR"]) / "run")
+    pooled = evaluate_run_predictions(run.predictions(), run.train_risks(), run.info.bin_edges())[0].pooled
+    assert metric(at, "IBS of the curves") == f"{pooled.ibs:.3f}"
+    assert metric(at, "IBS of the KM null") == f"{pooled.ibs_null:.3f}"
+    assert metric(at, "Curves − null") == f"{pooled.ibs_minus_null:+.3f}"
+    assert {"ibs_null", "d_calibration_p"} <= set(table.columns)
 
 
 def test_load_section_reports_a_cohort_that_does_not_fit(make_app, small_demo, tmp_path):
@@ -370,3 +381,73 @@ def test_guard_shows_one_line_and_logs_an_unexpected_error(caplog):
     logged = [r for r in caplog.records if r.name == "app.components"]
     assert [r.getMessage() for r in logged] == ["Bug failed"]
     assert logged[0].exc_info is not None and logged[0].exc_info[0] is RuntimeError
+
+
+@pytest.fixture
+def genomic_run(small_demo, tmp_path) -> Path:
+    """An SNN (genomics only) run trained on the small demo's cohort."""
+    from deref.data.cohort import load_cohort
+    from deref.data.splits import make_folds
+    from deref.model import ModelConfig
+    from deref.training import TrainConfig, train_cross_validation
+
+    c = small_demo / "cohort"
+    cohort = load_cohort(c / "cohort.csv", signatures=c / "signatures.csv")
+    cfg = ModelConfig(model_type="snn", m1_sizes=tuple(f.size for f in cohort.families))
+    folds = make_folds(cohort.patients, k=5, seed=0)
+    out = tmp_path / "snn-run"
+    train_cross_validation(
+        cohort, folds, cfg, TrainConfig(epochs=2), out, data_info={"signatures": str(c / "signatures.csv")}
+    )
+    return out
+
+
+def test_a_genomic_only_run_offers_no_slide_views(make_app, app_env, genomic_run):
+    """A baseline's missing decoupled features are information, not an error box; a run that reads
+    no slide offers no "without the slide" what-if."""
+    app_env(DEREF_RUN=genomic_run)
+    at = make_app("views/patient.py")
+    assert not problems(at)
+    what_if = frame(at, "input", "change")
+    assert list(what_if["input"]) == ["both modalities", "without genomics"]
+    assert at.radio(key="whatif").options == ["both modalities", "without genomics"]
+    at = make_app("views/model.py")
+    assert not problems(at)
+    infos = [str(i.value) for i in at.info]
+    assert any("(snn) has no decoupled features" in i for i in infos), infos
+    assert not any(c.proto.id.endswith(("mean_gates", "tsne", "cka")) for c in at.get("plotly_chart"))
+
+
+def _worse_than_null_flagged(at) -> bool:
+    return any("worse than no model at all" in str(w.value) for w in at.warning)
+
+
+def test_a_run_whose_curves_are_worse_than_the_null_is_flagged(make_app, app_env, small_demo, tmp_path):
+    """The Patient page warns when the run's curves score worse than the training folds' KM curve
+    (and still draws the curve); whether it warns follows the library's pooled IBS comparison."""
+    from deref.metrics import evaluate_run_predictions
+    from deref.runs import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(small_demo / "run", run, ignore=shutil.ignore_patterns("explanations"))
+    pred = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
+    surv = [c for c in pred.columns if c.startswith("surv_")]
+    # curves that say the opposite of what happened: certain death for the long survivors,
+    # certain survival for the early deaths
+    long = pred["time"] > pred["time"].median()
+    pred.loc[long, surv] = 0.0
+    pred.loc[~long, surv] = 1.0
+    pred.to_csv(run / "predictions.csv", index=False)
+    report, _ = evaluate_run_predictions(pred, RunDir(run).train_risks(), RunDir(run).info.bin_edges())
+    assert report.pooled.ibs > report.pooled.ibs_null  # the poisoned curves really are worse
+    app_env(DEREF_RUN=run)
+    at = make_app("views/patient.py")
+    assert _worse_than_null_flagged(at)
+    assert any(c.proto.id.endswith("survival_curve") for c in at.get("plotly_chart"))  # still drawn
+    # the demo's own run: flagged exactly when the library says its curves are worse
+    own = RunDir(small_demo / "run")
+    report, _ = evaluate_run_predictions(own.predictions(), own.train_risks(), own.info.bin_edges())
+    app_env()
+    at = make_app("views/patient.py")
+    assert not problems(at)
+    assert _worse_than_null_flagged(at) == bool(report.pooled.ibs_minus_null > 0)

@@ -13,6 +13,7 @@ from deref.data.splits import (
     Fold,
     check_folds,
     fold_problems,
+    inner_splits,
     make_folds,
     read_mcat_splits,
     write_mcat_splits,
@@ -161,3 +162,74 @@ def test_make_folds_errors():
     unknown.loc["P004", "censorship"] = 0.5
     with pytest.raises(DataError, match=r"event/censorship must be 0 or 1; case\(s\) \['P004'\]"):
         make_folds(unknown)
+
+
+# --------------------------------------------------------------------------- inner splits
+def _stratum(pts: pd.DataFrame, n_bins: int = 4) -> pd.Series:
+    """Event x quantile bin of the uncensored times of ``pts`` (an independent computation)."""
+    unc = pts.loc[pts["event"] == 1, "time"].to_numpy()
+    inner_edges = np.quantile(unc, np.linspace(0, 1, n_bins + 1))[1:-1]
+    b = np.searchsorted(inner_edges, pts["time"].to_numpy(), side="left")
+    return pd.Series(pts["event"].to_numpy() * n_bins + b, index=pts.index)
+
+
+def _check_inner(folds, pts: pd.DataFrame, fraction: float = 0.2) -> None:
+    for fold in folds:
+        (inner,) = inner_splits(fold, pts, fraction=fraction, seed=fold.index)
+        outer_val = set(fold.val)
+        assert outer_val.isdisjoint(inner.train) and outer_val.isdisjoint(inner.val), fold.index
+        assert sorted(inner.train + inner.val) == sorted(fold.train)  # a partition of the training fold
+        assert len(inner.val) == round(fraction * len(fold.train))
+        # stratified: each event x time-bin stratum of the training fold gives its share (within 1)
+        strata = _stratum(pts.loc[fold.train])
+        in_val = strata.index.isin(inner.val)
+        for s in strata.unique():
+            members = strata == s
+            assert abs(in_val[members.to_numpy()].sum() - fraction * members.sum()) < 1 + 1e-9, (
+                fold.index,
+                s,
+            )
+        for k_inner in inner_splits(fold, pts, k=3, seed=fold.index):
+            assert outer_val.isdisjoint(k_inner.train) and outer_val.isdisjoint(k_inner.val)
+            assert set(k_inner.train) | set(k_inner.val) == set(fold.train)
+
+
+def test_inner_split_never_holds_an_outer_validation_patient_blca(blca, blca_splits):
+    _check_inner(read_mcat_splits(blca_splits), blca.patients)
+
+
+def test_inner_split_never_holds_an_outer_validation_patient_demo(small_demo):
+    c = small_demo / "cohort"
+    cohort = load_cohort(c / "cohort.csv", signatures=c / "signatures.csv")
+    _check_inner(read_mcat_splits(small_demo / "run" / "splits"), cohort.patients)
+
+
+def test_inner_split_stratum_counts_by_hand():
+    # 10 training patients: 4 events (times 1..4) and 6 censored; 2 bins of the event times
+    pts = pd.DataFrame(
+        {"time": [1, 2, 3, 4, 1.5, 2.5, 3.5, 5, 6, 7], "event": [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]},
+        index=[f"c{i}" for i in range(10)],
+    )
+    pts["censorship"] = 1 - pts["event"]
+    fold = Fold(0, train=list(pts.index[:10]), val=["outer"])
+    (inner,) = inner_splits(fold, pts.reindex(list(pts.index) + ["outer"]).fillna(1), fraction=0.5, n_bins=2)
+    # median event time 2.5: strata event/early {c0,c1}, event/late {c2,c3}, censored/early {c4},
+    # censored/late {c5..c9}; halves by largest remainder: 1, 1, 0 or 1, 2 or 3 -> 5 in all
+    val = set(inner.val)
+    assert len(val) == 5 and "outer" not in val
+    assert len(val & {"c0", "c1"}) == 1 and len(val & {"c2", "c3"}) == 1
+    assert len(val & {"c5", "c6", "c7", "c8", "c9"}) in (2, 3)
+
+
+def test_inner_split_deterministic_and_order_free():
+    pts = patients(60, seed=2)
+    fold = make_folds(pts, k=5, seed=0)[1]
+    a = inner_splits(fold, pts, seed=4)[0]
+    b = inner_splits(fold, pts.sample(frac=1, random_state=1), seed=4)[0]
+    c = inner_splits(Fold(1, train=fold.train[::-1], val=fold.val), pts, seed=4)[0]
+    assert a.val == b.val == c.val and a.train == b.train
+    assert inner_splits(fold, pts, seed=5)[0].val != a.val
+    with pytest.raises(ConfigError, match="fraction"):
+        inner_splits(fold, pts, fraction=1.0)
+    with pytest.raises(ConfigError, match="inner folds"):
+        inner_splits(fold, pts, k=0)
