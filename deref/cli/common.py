@@ -12,13 +12,8 @@ from tqdm.auto import tqdm
 from deref.errors import ConfigError
 
 
-def add_cohort_args(p: argparse.ArgumentParser, table_required: bool = True) -> None:
-    if table_required:
-        p.add_argument("table", help="cohort table in the MCAT layout (.csv or .zip)")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("--signatures", help="signatures table (one column per gene family)")
-    fam.add_argument("--families", help="families JSON written by `deref genomics`")
-    p.add_argument("--bags", help="folder of WSI bags (<slide stem>.h5 or .pt)")
+def add_survival_column_args(p: argparse.ArgumentParser) -> None:
+    """``--time-col`` and ``--censorship-col`` (MCAT's names by default)."""
     p.add_argument(
         "--time-col", default="survival_months", help="survival time column (default: %(default)s)"
     )
@@ -27,6 +22,16 @@ def add_cohort_args(p: argparse.ArgumentParser, table_required: bool = True) -> 
         default="censorship",
         help="censorship column, 1 = censored (default: %(default)s)",
     )
+
+
+def add_cohort_args(p: argparse.ArgumentParser, table_required: bool = True) -> None:
+    if table_required:
+        p.add_argument("table", help="cohort table in the MCAT layout (.csv or .zip)")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("--signatures", help="signatures table (one column per gene family)")
+    fam.add_argument("--families", help="families JSON written by `deref genomics`")
+    p.add_argument("--bags", help="folder of WSI bags (<slide stem>.h5 or .pt)")
+    add_survival_column_args(p)
 
 
 def load_cohort_from_args(args: argparse.Namespace):

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from deref.cli.common import add_survival_column_args
 from deref.data.bags import find_bag, read_bag
 from deref.data.cohort import (
     GeneFamily,
@@ -63,14 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", metavar="DIR", help="folder of MCAT split files splits_<k>.csv")
     p.add_argument("--run", metavar="RUN_DIR", help="run folder with run.json to check the data against")
     p.add_argument("--wsi-dim", metavar="D", type=int, help="expected width of the bag features")
-    p.add_argument(
-        "--time-col", default="survival_months", help="survival time column (default: %(default)s)"
-    )
-    p.add_argument(
-        "--censorship-col",
-        default="censorship",
-        help="censorship column, 1 = censored (default: %(default)s)",
-    )
+    add_survival_column_args(p)
     p.set_defaults(func=run)
 
 

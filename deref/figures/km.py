@@ -598,18 +598,10 @@ def _curve_rows(result: StratificationResult) -> list[dict[str, Any]]:
 
 
 def _group_rows(result: StratificationResult) -> list[dict[str, Any]]:
+    rows = result.summary_frame().astype(object).to_dict("records")
     return [
-        {
-            "section": "group",
-            "group": g.name,
-            "n": g.n,
-            "events": g.events,
-            "median_survival": g.median_survival,
-            "median_ci_lower": g.median_ci.lower,
-            "median_ci_upper": g.median_ci.upper,
-            "note": "median not reached" if g.median_survival is None else None,
-        }
-        for g in result.groups
+        {"section": "group", **row, "note": "median not reached" if g.median_survival is None else None}
+        for row, g in zip(rows, result.groups)
     ]
 
 
