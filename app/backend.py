@@ -472,7 +472,8 @@ def calibration(
     from deref.metrics import calibration as _calibration
 
     pred = predictions(run_dir, table, bag_dir)
-    return _calibration(pred, run_info(run_dir).bin_edges(), float(t), int(n_groups))
+    info = run_info(run_dir)
+    return _calibration(pred, info.bin_edges(), float(t), int(n_groups), horizons=info.horizons())
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,6 +502,7 @@ class PatientView:
     slide_ids: list[str]
     patch_attrs: list[dict]  # per slide: patch_size, patch_level, downsample... (plain values)
     bin_edges: list[float]
+    horizon: float | None = None  # the fold's largest training time: curves drawn interpolated
 
 
 def _plain_attrs(attrs: dict) -> dict:
@@ -576,6 +578,7 @@ def patient_view(
         slide_ids=slide_ids,
         patch_attrs=attrs,
         bin_edges=list(edges),  # floats (the last one inf), from RunInfo.bin_edges
+        horizon=run_info(run_dir).horizons().get(k),
     )
 
 

@@ -5,6 +5,11 @@ training statistics, reads bags lazily (with a bounded in-memory cache), and pre
 batches of patients, sorted by bag size to limit padding, on the GPU when present (bf16
 autocast optional). Predictions are deterministic: DeReF's default evaluation averages the
 reorganization over every segment count and reports the spread as ``risk_std``.
+
+A fold trained with ``recalibration`` (:mod:`deref.recalibration`) stores a hazard map fitted
+on inner validation patients; :meth:`Predictor.forward` applies it to every curve it returns
+(hazards, survival, survival per segment count), never to the risk. ``recalibrate=False``
+gives the raw model's curves.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from deref.data.cohort import Cohort, raise_problems
 from deref.data.preprocess import Preprocessing
 from deref.errors import ConfigError, DataError, InputError
 from deref.model import SurvivalOutput, collate_bags
+from deref.recalibration import Recalibration, hazards_from_survival, survival_from_hazards
 from deref.runs import MEAN_OF_FOLDS, FoldCheckpoint, RunDir
 from deref.survival import surv_column_names
 
@@ -157,10 +163,13 @@ def mean_family_tokens(
 class Predictor:
     """Loads a run once and predicts batches of patients with any of its fold models."""
 
-    def __init__(self, run: RunDir, device: str | torch.device = "auto", bf16: bool = False) -> None:
+    def __init__(
+        self, run: RunDir, device: str | torch.device = "auto", bf16: bool = False, recalibrate: bool = True
+    ) -> None:
         self.run = run
         self.device = resolve_device(device)
         self.bf16 = bf16
+        self.recalibrate = recalibrate
         self._folds: dict[int, FoldCheckpoint] = {}
         self._m1_cache: dict[tuple[int, str], tuple[list[np.ndarray], dict[str, int]]] = {}
         self._bag_stores: dict[str, BagStore] = {}
@@ -170,9 +179,13 @@ class Predictor:
 
     @classmethod
     def from_run(
-        cls, path: str | os.PathLike, device: str | torch.device = "auto", bf16: bool = False
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        bf16: bool = False,
+        recalibrate: bool = True,
     ) -> Predictor:
-        return cls(RunDir(path), device=device, bf16=bf16)
+        return cls(RunDir(path), device=device, bf16=bf16, recalibrate=recalibrate)
 
     # ------------------------------------------------------------ loading
     @property
@@ -296,7 +309,9 @@ class Predictor:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with torch.inference_mode(), autocast:
             out = model(x.m1, x.wsi, x.mask, **kwargs)
-        return _to_cpu_float(out)
+        out = _to_cpu_float(out)
+        recal = self.run.info.fold(k).recalibration if self.recalibrate else None
+        return out if recal is None else _recalibrated(out, recal)
 
     def predict(
         self,
@@ -423,6 +438,19 @@ class Predictor:
             m1_tokens=tokens,
         )
         return out, inputs
+
+
+def _recalibrated(out: SurvivalOutput, recal: Recalibration) -> SurvivalOutput:
+    """``out`` with its curves passed through the fold's hazard map (the risk unchanged)."""
+    hazards = recal.apply_hazards(hazards_from_survival(out.survival.numpy()))
+    survival = survival_from_hazards(hazards)
+    vals = {name: getattr(out, name) for name in out.__dataclass_fields__}
+    vals["hazards"] = torch.from_numpy(hazards).float()
+    vals["survival"] = torch.from_numpy(survival).float()
+    vals["logits"] = torch.logit(vals["hazards"], eps=1e-7)
+    if out.survival_per_s is not None:
+        vals["survival_per_s"] = torch.from_numpy(recal.apply_survival(out.survival_per_s.numpy())).float()
+    return SurvivalOutput(**vals)
 
 
 def _to_cpu_float(out: SurvivalOutput) -> SurvivalOutput:

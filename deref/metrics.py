@@ -898,12 +898,14 @@ def evaluate_predictions(
 
 
 def evaluate_run_predictions(
-    pred_df: pd.DataFrame, train_df: pd.DataFrame | None, bin_edges, *, interpolate: bool = False
+    pred_df: pd.DataFrame, train_df: pd.DataFrame | None, bin_edges, *, interpolate: bool = True
 ) -> tuple[MetricsReport, str]:
     """:func:`evaluate_predictions` with each fold's training patients as the IPCW sample when
     ``train_df`` is given and their outcomes are known (a run's own out-of-fold table: every
     training patient is another fold's test patient), else the pooled cohort. Returns the
-    report and a note saying which sample weighted the censoring (and why not the folds')."""
+    report and a note saying which sample weighted the censoring (and why not the folds').
+    The IBS scores the curves as the dashboard draws them (interpolated, constant hazard in
+    each bin) unless ``interpolate=False`` (the step curves)."""
     if train_df is not None:
         try:
             return evaluate_predictions(
@@ -975,10 +977,26 @@ def _calibration_groups(frame: SurvivalFrame, n_groups: int) -> tuple[pd.Series,
     return pd.Series(cat, name="risk_group"), 1
 
 
-def calibration(pred, bin_edges, t: float, n_groups: int = 4) -> pd.DataFrame:
+def _row_horizons(sf: SurvivalFrame, horizons) -> np.ndarray | None:
+    """Each row's horizon (its fold's largest training time), or None when one is unknown."""
+    if horizons is None:
+        return None
+    if not isinstance(horizons, Mapping):
+        return np.full(len(sf), float(horizons))
+    if not sf.has_folds:
+        return None
+    folds = sf.df["fold"].tolist()
+    if any(f not in horizons for f in folds):
+        return None
+    return np.array([float(horizons[f]) for f in folds])
+
+
+def calibration(pred, bin_edges, t: float, n_groups: int = 4, *, horizons=None) -> pd.DataFrame:
     """Predicted vs observed (Kaplan–Meier) survival at time ``t`` in quantile groups of S(t).
 
-    Each patient's predicted ``S(t)`` comes from :func:`survival_at_times` on its fold's bins;
+    Each patient's predicted ``S(t)`` comes from its fold's curve: interpolated inside the bins
+    (:func:`deref.calibration.interpolate_survival`) when ``horizons`` gives every row's fold
+    its horizon (``RunInfo.horizons()``), else the step curve of :func:`survival_at_times`;
     patients are cut into ``n_groups`` groups at the cohort's quantiles of ``S(t)`` (``Q1`` /
     ``G1``: the highest predicted survival, as a risk ``-S(t)`` cut by
     :func:`deref.stratify.cohort_cutoffs`), and each group's observed survival at ``t`` is its
@@ -999,6 +1017,9 @@ def calibration(pred, bin_edges, t: float, n_groups: int = 4) -> pd.DataFrame:
         The time to compare at.
     n_groups : int, default 4
         Number of quantile groups asked for.
+    horizons : float or mapping fold -> float, optional
+        Where each fold's open last bin ends (its largest training time); without it (or with
+        a fold missing) the step curves are used, and ``attrs["curve"]`` says which.
 
     Returns
     -------
@@ -1016,7 +1037,11 @@ def calibration(pred, bin_edges, t: float, n_groups: int = 4) -> pd.DataFrame:
     from deref.stratify import kaplan_meier
 
     sf = survival_frame(pred, require_surv=True)
-    s_t = survival_at_times(sf.surv, _row_edges(sf, bin_edges), [t]).reshape(-1)
+    edges, h = _row_edges(sf, bin_edges), _row_horizons(sf, horizons)
+    if h is None:
+        s_t = survival_at_times(sf.surv, edges, [t]).reshape(-1)
+    else:
+        s_t = interpolate_survival(sf.surv, edges, [t], horizon=h).reshape(-1)
     frame = survival_frame(sf.df[["case_id", "time", "event"]].assign(risk=-s_t))
     groups, used = _calibration_groups(frame, n_groups)
     rows = []
@@ -1038,6 +1063,7 @@ def calibration(pred, bin_edges, t: float, n_groups: int = 4) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     out.attrs["n_groups_requested"] = int(n_groups)
     out.attrs["n_groups"] = int(used)
+    out.attrs["curve"] = "step" if h is None else "interpolated"
     out.attrs["note"] = (
         ""
         if used == n_groups

@@ -52,6 +52,7 @@ from deref.inference import BagStore, assemble, m1_matrix, resolve_device
 from deref.losses import decoupling_loss, l1_penalty, nll_survival_loss
 from deref.metrics import harrell_c
 from deref.model import ModelConfig, build_model
+from deref.recalibration import RECALIBRATIONS, Recalibration, fit_recalibration, hazards_from_survival
 from deref.runs import (
     GENOMIC_ONLY_MODELS,
     CIndexSummary,
@@ -91,7 +92,11 @@ class TrainConfig:
     on an inner split of each training fold, scored by ``selection_metric`` (the inner
     validation C-index or NLL): ``inner_folds = 1`` holds out ``inner_fraction`` of the
     training fold, ``inner_folds >= 2`` is an inner k-fold; ``patience`` stops an inner run
-    after that many epochs without improvement.
+    after that many epochs without improvement. ``recalibration`` (``"temperature"``,
+    ``"affine"``, ``"isotonic"``; see :mod:`deref.recalibration`) fits a hazard map on the
+    inner validation patients, scored by the inner model(s) at the kept epoch (with
+    ``selection = "last"`` the inner runs are trained for it alone), and applies it to the
+    fold's curves (never to its risk).
     """
 
     epochs: int = 30
@@ -116,6 +121,7 @@ class TrainConfig:
     inner_folds: int = 1
     patience: int | None = None
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    recalibration: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "n_bins", "eval_batch_size", "inner_folds"):
@@ -125,7 +131,11 @@ class TrainConfig:
             raise ConfigError(f"training config 'lr' = {self.lr}; expected > 0")
         if self.l1 < 0 or self.weight_decay < 0:
             raise ConfigError("training config 'l1' and 'weight_decay' must be >= 0")
-        for name, options in (("selection", SELECTIONS), ("selection_metric", SELECTION_METRICS)):
+        for name, options in (
+            ("selection", SELECTIONS),
+            ("selection_metric", SELECTION_METRICS),
+            ("recalibration", RECALIBRATIONS),
+        ):
             if getattr(self, name) not in options:
                 raise ConfigError(
                     f"training config {name!r} = {getattr(self, name)!r}; expected one of {options}"
@@ -362,7 +372,9 @@ class CohortTrainer:
         and (with ``fold_dir``) write its checkpoint."""
         t0 = time.perf_counter()
         seed = self.cfg.seed + fold.index
-        selection = self.select(fold, seed) if self.cfg.selection == "inner" else None
+        selection, recal = None, None
+        if self.cfg.selection == "inner" or self.cfg.recalibration != "none":
+            selection, recal = self.select(fold, seed)
         cfg, model_changes = self.cfg, {}
         if selection is not None:
             train_changes, model_changes = _split_params(selection["params"])
@@ -379,6 +391,9 @@ class CohortTrainer:
             model.load_state_dict(kept)
         val_pred = self._predict(model, fold.val, data)
         train_pred = self._predict(model, train_ids, data)
+        if recal is not None:
+            cols = [c for c in val_pred.columns if c.startswith("surv_")]
+            val_pred[cols] = recal.apply_survival(val_pred[cols].to_numpy())
         val_pred.insert(1, "fold", fold.index)
         if fold_dir is not None:
             extra = {
@@ -400,6 +415,8 @@ class CohortTrainer:
             metrics=metrics,
             history=tuple(history),
             seconds=time.perf_counter() - t0,
+            horizon=float(self.cohort.patients.loc[train_ids, "time"].max()),
+            recalibration=recal,
         )
         return FoldResult(info, data.config, val_pred, train_risks)
 
@@ -422,9 +439,11 @@ class CohortTrainer:
         history = self._fit(model, data, list(fold.train), seed, cfg, f"fold {fold.index}", on_epoch)
         return history, kept
 
-    def select(self, fold: Fold, seed: int) -> dict[str, Any]:
-        """Choose the epoch count (and a grid point) on inner splits of ``fold``'s training
-        patients only; the outer validation patients are dropped before the split."""
+    def select(self, fold: Fold, seed: int) -> tuple[dict[str, Any] | None, Recalibration | None]:
+        """The inner stage of ``fold``, on its training patients only (the outer validation
+        patients are dropped before the split): with ``selection = "inner"`` the epoch count
+        and grid point chosen (else None: the last epoch), and with ``recalibration`` the
+        hazard map fitted on the inner validation patients at the kept epoch."""
         cfg = self.cfg
         inner = inner_splits(
             fold,
@@ -434,10 +453,14 @@ class CohortTrainer:
             seed=seed,
             n_bins=cfg.n_bins,
         )
+        if cfg.selection != "inner":  # recalibration alone: the paper's last epoch
+            runs = [self._inner_run(fold, split, seed, {}, patience=False) for split in inner]
+            return None, self._recalibrate(fold, runs, cfg.epochs)
         candidates = cfg.candidates()
-        table = []
+        table, all_runs = [], []
         for params in candidates:
             runs = [self._inner_run(fold, split, seed, params) for split in inner]
+            all_runs.append(runs)
             means = {m: mean_curve([r[m] for r in runs], cfg.epochs) for m in SELECTION_METRICS}
             curve = means[cfg.selection_metric]
             row: dict[str, Any] = {"params": params}
@@ -448,7 +471,7 @@ class CohortTrainer:
         chosen = select_epoch([row.pop("_score") for row in table])
         # nothing scorable (e.g. no event in any inner validation part): the paper's last epoch
         which, epoch = chosen if chosen is not None else (0, cfg.epochs)
-        return {
+        selection = {
             "rule": "inner",
             "metric": cfg.selection_metric,
             "inner_folds": cfg.inner_folds,
@@ -461,19 +484,44 @@ class CohortTrainer:
             "fallback": chosen is None,
             "candidates": table,
         }
+        recal = self._recalibrate(fold, all_runs[which], int(epoch)) if cfg.recalibration != "none" else None
+        return selection, recal
+
+    def _recalibrate(self, fold: Fold, runs: Sequence[dict[str, Any]], epoch: int) -> Recalibration | None:
+        """The hazard map fitted on the inner validation patients' curves at ``epoch`` (each
+        inner run that reached it; their own bins, from the inner-training edges)."""
+        parts = [r for r in runs if len(r["surv"]) >= epoch]
+        if not parts:
+            return None
+        hazards = np.concatenate([hazards_from_survival(r["surv"][epoch - 1]) for r in parts])
+        bins = np.concatenate([r["bins"] for r in parts])
+        cens = np.concatenate([r["cens"] for r in parts])
+        where = (
+            f"the inner validation part of fold {fold.index}'s training patients"
+            if len(parts) == 1
+            else f"the {len(parts)} inner validation folds of fold {fold.index}'s training patients"
+        )
+        recal = fit_recalibration(
+            self.cfg.recalibration, hazards, bins, cens, source=f"{where}, epoch {epoch}"
+        )
+        log.info("fold %d: %s", fold.index, recal.describe())
+        return recal
 
     def _inner_run(
-        self, fold: Fold, split: Fold, seed: int, params: dict[str, Any]
-    ) -> dict[str, list[float]]:
+        self, fold: Fold, split: Fold, seed: int, params: dict[str, Any], patience: bool = True
+    ) -> dict[str, Any]:
         """Train one candidate on an inner-training part (preprocessing fitted there) and score
-        it on the inner validation part after every epoch: ``{"cindex": [...], "nll": [...]}``."""
+        it on the inner validation part after every epoch: ``{"cindex": [...], "nll": [...],
+        "surv": [(n_val, K) per epoch], "bins", "cens"}`` (the last two: the inner validation
+        patients' bins from the inner-training edges, and censorship)."""
         train_changes, model_changes = _split_params(params)
         cfg = dataclasses.replace(self.cfg, **train_changes)
         seed_everything(seed)
         data = self._fit_fold_data(split)
         data.config = data.config.replace(**model_changes)
         model = build_model(data.config).to(self.device)
-        scores: dict[str, list[float]] = {"cindex": [], "nll": []}
+        bins, cens = data.bins[split.val].to_numpy(), data.cens[split.val].to_numpy()
+        scores: dict[str, Any] = {"cindex": [], "nll": [], "surv": [], "bins": bins, "cens": cens}
         best = (-math.inf, 0)
 
         def on_epoch(epoch: int, record: dict[str, float]) -> bool:
@@ -484,14 +532,15 @@ class CohortTrainer:
             risk = pred["risk"].to_numpy()
             c = harrell_c(time_, event, risk).cindex if event.any() else float("nan")
             surv = pred[[k for k in pred.columns if k.startswith("surv_")]].to_numpy()
-            nll = survival_nll(surv, data.bins[split.val].to_numpy(), data.cens[split.val].to_numpy())
+            nll = survival_nll(surv, bins, cens)
             scores["cindex"].append(c)
             scores["nll"].append(nll)
+            scores["surv"].append(surv)
             record.update(inner_cindex=c, inner_nll=nll)
             score = c if cfg.selection_metric == "cindex" else -nll
             if np.isfinite(score) and score > best[0]:
                 best = (score, epoch)
-            return cfg.patience is not None and epoch - best[1] >= cfg.patience
+            return patience and cfg.patience is not None and epoch - best[1] >= cfg.patience
 
         label = f"fold {fold.index} inner {split.index}"
         self._fit(model, data, list(split.train), seed, cfg, label, on_epoch)

@@ -22,6 +22,7 @@ RANK = {
     "deref.slides": 1,
     "deref.metrics": 1,
     "deref.calibration": 1,
+    "deref.recalibration": 1,
     "deref.stratify": 1,
     "deref.data": 2,
     "deref.figures": 2,
@@ -133,7 +134,8 @@ def test_only_deref_runs_reads_run_json():
     ("modules", "forbidden"),
     [
         (
-            "deref.survival deref.calibration deref.metrics deref.stratify deref.report deref.figures",
+            "deref.survival deref.calibration deref.recalibration deref.metrics deref.stratify deref.report "
+            "deref.figures",
             ("torch", "deref.runs"),
         ),
         ("deref.runs deref.model deref.data.cohort", ("torch",)),

@@ -57,6 +57,24 @@ def test_survival_figure_is_the_step_function_of_the_bins():
     assert tuple(fig.layout.yaxis.range) == (0, 1.03)
 
 
+def test_survival_figure_with_a_horizon_draws_the_interpolated_curve():
+    s = np.array([0.9, 0.7, 0.5, 0.3])
+    curve = PatientCurve("P1", s, EDGES, horizon=50.0)
+    (line,) = patient_survival_figure([curve], t_max=60.0, unit="months", band=False).data
+    assert line.line.shape == "linear"
+    xs, ys = np.asarray(line.x, float), np.asarray(line.y, float)
+    # S_k at the end of bin k (the open last bin ends at the horizon), flat after it
+    for edge, value in ((10.0, 0.9), (20.0, 0.7), (30.0, 0.5)):
+        assert ys[xs == edge][0] == pytest.approx(value)
+    # constant hazard inside a bin: log S is linear, e.g. half-way through bin 1
+    assert curve.at([15.0])[0] == pytest.approx(0.9 * (0.7 / 0.9) ** 0.5)
+    assert curve.at([40.0])[0] == pytest.approx(0.5 * (0.3 / 0.5) ** 0.5)  # 30 -> 50
+    assert curve.at([55.0])[0] == pytest.approx(0.3)
+    assert np.all(np.diff(ys) <= 1e-12) and ys[0] == 1.0
+    # without a horizon (runs that did not record one) the steps stay
+    assert PatientCurve("P1", s, EDGES).at([15.0])[0] == pytest.approx(0.9)
+
+
 def test_survival_band_spans_the_segment_counts():
     per_s = np.array([[0.95, 0.8, 0.6, 0.4], [0.85, 0.6, 0.4, 0.2]])
     curve = PatientCurve(

@@ -361,6 +361,20 @@ def test_calibration_against_lifelines_kaplan_meier_per_group():
         calibration(df, {0: edges[0], 1: edges[1]}, 15.0)
 
 
+def test_calibration_reads_the_interpolated_curves_when_the_horizons_are_known():
+    df, edges, block = _calibration_frame()
+    # S(15) by hand with a constant hazard inside each fold's bin holding t = 15
+    factor = {0: 0.8**0.5, 1: 0.5 ** (3 / 28), -1: 0.8 ** (7.5 / 8.5)}  # bins 10-20, 12-40, 7.5-16
+    s15 = np.array([0.9, 0.7, 0.5, 0.3])[block] * df["fold"].map(factor).to_numpy()
+    cal = calibration(df, edges, 15.0, horizons={0: 50.0, 1: 50.0, -1: 50.0})
+    assert cal.attrs["curve"] == "interpolated"
+    np.testing.assert_allclose(cal.predicted, [s15[block == b].mean() for b in range(4)])
+    # a fold without a horizon: the step curves, said so
+    steps = calibration(df, edges, 15.0, horizons={0: 50.0})
+    assert steps.attrs["curve"] == "step"
+    np.testing.assert_allclose(steps.predicted, [0.9, 0.7, 0.5, 0.3])
+
+
 def test_calibration_with_tied_predictions_makes_fewer_groups_and_says_so():
     # a saturated model: 30 of 40 patients predicted S(15) = 1 exactly, 10 spread below it
     rng = np.random.default_rng(12)

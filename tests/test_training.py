@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from deref.cli.main import main as cli
 from deref.data.cohort import load_cohort
-from deref.data.splits import make_folds
+from deref.data.splits import inner_splits, make_folds
 from deref.errors import CheckpointError, ConfigError, DataError
 from deref.inference import Predictor
 from deref.metrics import harrell_c
@@ -207,13 +207,21 @@ def test_cli_predict_evaluate_figures_validate(small_demo, tmp_path, capsys):
     from deref.runs import RunDir
 
     rd = RunDir(run)
-    lib = evaluate_predictions(rd.predictions(), rd.train_risks(), rd.info.bin_edges()).to_frame()
-    pooled = evaluate_predictions(rd.predictions(), None, rd.info.bin_edges()).to_frame()
+    edges = rd.info.bin_edges()
+    # the CLI scores the curves as drawn (interpolated); --step the step curves
+    lib = evaluate_predictions(rd.predictions(), rd.train_risks(), edges, interpolate=True).to_frame()
+    pooled = evaluate_predictions(rd.predictions(), None, edges, interpolate=True).to_frame()
+    step = evaluate_predictions(rd.predictions(), rd.train_risks(), edges).to_frame()
     saved = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    assert cli(["evaluate", str(run), "--step", "--json", str(tmp_path / "s.json")]) == 0
+    saved_step = json.loads((tmp_path / "s.json").read_text())["metrics"]
     for i in range(len(lib)):
         for m in ("harrell", "uno", "ibs"):
-            want, got = lib.iloc[i][m], saved[str(i)][m]
-            assert (np.isnan(want) and got is None) or got == pytest.approx(want, rel=1e-9, abs=1e-12)
+            for frame, js in ((lib, saved), (step, saved_step)):
+                want, got = frame.iloc[i][m], js[str(i)][m]
+                assert (np.isnan(want) and got is None) or got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert saved["0"]["curve"] == "interpolated" and saved_step["0"]["curve"] == "step"
+    assert saved["0"]["ibs"] != pytest.approx(saved_step["0"]["ibs"])
     assert not np.allclose(
         lib["ibs"].iloc[:-3].astype(float), pooled["ibs"].iloc[:-3].astype(float), equal_nan=True
     )
@@ -421,15 +429,24 @@ def test_selection_never_reads_outer_validation_labels(demo_cohort, tmp_path):
     poisoned.loc[fold.val, "censorship"] = 1 - poisoned.loc[fold.val, "censorship"]
     poisoned["event"] = 1 - poisoned["censorship"]
     bad = dataclasses.replace(demo_cohort, patients=poisoned)
-    cfg = TrainConfig(epochs=3, selection="inner", selection_metric="nll", l1=1e-4)
     out = {}
-    for name, cohort in (("clean", demo_cohort), ("poisoned", bad)):
-        trainer = CohortTrainer(cohort, _snn(cohort), cfg)
-        r = trainer.train_fold(fold, tmp_path / name)
-        out[name] = (r.info.metrics["selection"], load_file(str(tmp_path / name / "model.safetensors")))
-    assert out["clean"][0] == out["poisoned"][0]  # same inner curves, same chosen epoch
-    for k, v in out["clean"][1].items():
-        assert torch.equal(v, out["poisoned"][1][k]), k
+    for selection, recal in (("inner", "affine"), ("last", "isotonic")):
+        cfg = TrainConfig(epochs=3, selection=selection, selection_metric="nll", l1=1e-4, recalibration=recal)
+        for name, cohort in (("clean", demo_cohort), ("poisoned", bad)):
+            trainer = CohortTrainer(cohort, _snn(cohort), cfg)
+            r = trainer.train_fold(fold, tmp_path / selection / name)
+            weights = load_file(str(tmp_path / selection / name / "model.safetensors"))
+            surv = r.predictions.filter(like="surv_").to_numpy()
+            out[selection, name] = (r.info.metrics["selection"], r.info.recalibration, weights, surv)
+        clean, poisoned = out[selection, "clean"], out[selection, "poisoned"]
+        assert clean[0] == poisoned[0]  # same inner curves, same chosen epoch
+        assert clean[1] is not None and clean[1] == poisoned[1]  # the same map, fitted on inner data
+        assert clean[1].kind == recal
+        if selection == "inner":
+            assert clean[1].n_patients == sum(clean[0]["n_inner_val"])
+        for k, v in clean[2].items():
+            assert torch.equal(v, poisoned[2][k]), k
+        np.testing.assert_array_equal(clean[3], poisoned[3])  # the outer fold's curves too
 
 
 def test_l1_on_the_genomic_encoder_changes_training(demo_cohort):
@@ -471,3 +488,33 @@ def test_cli_train_inner_selection_prints_and_records_the_rule(small_demo, tmp_p
     (f,) = info.folds
     assert f.selection["inner_folds"] == 2 and len(f.selection["n_inner_val"]) == 2
     assert f.selected_epoch in (1, 2)
+
+
+def test_recalibration_is_fitted_on_inner_patients_and_applied_by_the_predictor(demo_cohort, tmp_path):
+    folds = make_folds(demo_cohort.patients, k=5, seed=0)
+    cfg = TrainConfig(epochs=3, batch_size=8, recalibration="affine", inner_fraction=0.25)
+    res = train_cross_validation(demo_cohort, folds, _snn(demo_cohort), cfg, tmp_path / "r", only_folds=[1])
+    f = res.info.folds[0]
+    assert f.selection == {"rule": "last", "epoch": 3}  # the paper's epoch; only the curves change
+    inner = inner_splits(folds[1], demo_cohort.patients, fraction=0.25, seed=cfg.seed + 1, n_bins=4)
+    assert f.recalibration.n_patients == len(inner[0].val)
+    assert f.recalibration.n_events == int(demo_cohort.patients.loc[list(inner[0].val), "event"].sum())
+    assert f.horizon == pytest.approx(demo_cohort.patients.loc[list(folds[1].train), "time"].max())
+    info = RunDir(tmp_path / "r").info  # written and read back
+    assert info.folds[0].recalibration == f.recalibration and info.recalibrated
+    ids = list(folds[1].val)
+    cols = [f"surv_{k}" for k in range(4)]
+    pred = Predictor.from_run(tmp_path / "r", device="cpu").predict(demo_cohort, ids, fold=1)
+    raw = Predictor.from_run(tmp_path / "r", device="cpu", recalibrate=False).predict(
+        demo_cohort, ids, fold=1
+    )
+    saved = res.predictions.set_index("case_id").loc[ids]
+    np.testing.assert_allclose(pred[cols].to_numpy(), saved[cols].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        pred[cols].to_numpy(), f.recalibration.apply_survival(raw[cols].to_numpy()), atol=1e-5
+    )
+    assert not np.allclose(pred[cols].to_numpy(), raw[cols].to_numpy(), atol=1e-3)
+    np.testing.assert_array_equal(
+        pred["risk"].to_numpy(), raw["risk"].to_numpy()
+    )  # the ranking is the model's
+    np.testing.assert_allclose(pred["risk"].to_numpy(), saved["risk"].to_numpy(), atol=1e-6)

@@ -19,7 +19,23 @@ from deref.figures import (
 from deref.runs import RunInfo
 
 
-def _null_section(src: backend.Source) -> None:
+def _curves_caption(info: RunInfo) -> str:
+    """How the scored curves were made: interpolation and the folds' recalibration."""
+    how = "Curves interpolated inside each time bin (constant hazard), as the Patient page draws them."
+    maps = [f.recalibration for f in info.folds if f.recalibration is not None]
+    if not maps:
+        return (
+            how + " Not recalibrated (`deref train --recalibration affine` fits a hazard map on inner data)."
+        )
+    kinds = sorted({m.kind for m in maps})
+    return (
+        f"{how} Recalibrated ({', '.join(kinds)}) in {len(maps)} of {len(info.folds)} folds, each map fitted on "
+        "inner validation patients of its training fold, never on the patients scored here; the risk ranking "
+        "(C-index) is the raw model's."
+    )
+
+
+def _null_section(src: backend.Source, info: RunInfo) -> None:
     """The survival curves against the Kaplan–Meier null, first: the curves clinicians read."""
     vs = backend.curves_vs_null(*src.key)
     if vs is None:
@@ -50,6 +66,7 @@ def _null_section(src: backend.Source) -> None:
         help="Haider et al. (2020): p < 0.05 says the predicted survival probabilities are not uniform "
         "at the observed times, i.e. the curves are miscalibrated",
     )
+    st.caption(_curves_caption(info))
     if vs.worse_than_null:
         st.warning(
             "This run's survival curves score worse than the population's Kaplan–Meier curve: its risk ranking "
@@ -181,6 +198,7 @@ def _provenance(src: backend.Source, info: RunInfo) -> None:
                     # the kept model's: the fixed last epoch, or the epoch chosen on inner data
                     "C-index (kept model)": f.cindex_last_epoch,
                     "kept epoch": f.selected_epoch,
+                    "recalibration": "none" if f.recalibration is None else f.recalibration.describe(),
                     "bin edges": ", ".join(f"{e:.1f}" for e in f.bin_edges),
                 }
                 for f in info.folds
@@ -218,7 +236,7 @@ info = backend.run_info(src.run_dir)
 
 st.subheader("Survival curves against the Kaplan–Meier null")
 with components.guard("Curves against the null"):
-    _null_section(src)
+    _null_section(src, info)
 
 st.subheader("Discrimination and calibration per fold")
 with components.guard("Metrics"):

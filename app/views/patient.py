@@ -20,7 +20,7 @@ from deref.figures import (
     patient_hazard_figure,
     patient_survival_figure,
 )
-from deref.metrics import percentile, survival_at_times
+from deref.metrics import percentile
 
 DROP_LABELS = {None: "both modalities", "m1": "without genomics", "wsi": "without the slide(s)"}
 
@@ -35,12 +35,13 @@ def _curve(label: str, v: backend.PatientView, color: str, dash: str = "solid") 
         hazards=v.hazards,
         survival_per_s=v.survival_per_s,
         segments=v.segments,
+        horizon=v.horizon,
     )
 
 
 def _survival_at(v: backend.PatientView, t: float) -> float:
-    """The patient's S(t): the library's step function over its fold's time bins."""
-    return float(survival_at_times(np.atleast_2d(v.survival), v.bin_edges, [t])[0, 0])
+    """The patient's S(t), read off the curve as drawn (interpolated inside the fold's bins)."""
+    return float(_curve("", v, "#000000").at([t])[0])
 
 
 def _null_warning(src: backend.Source) -> None:
@@ -209,6 +210,11 @@ with components.guard("Patient"):
     left, right = st.columns([3, 2])
     left.plotly_chart(patient_survival_figure(drawn, t_max, unit, band=band), key="survival_curve")
     right.plotly_chart(patient_hazard_figure(curves, unit), key="hazards")
+    recal = backend.run_info(src.run_dir).fold(v.fold).recalibration
+    left.caption(
+        ("Interpolated inside each time bin (constant hazard). " if v.horizon is not None else "")
+        + (f"Fold {v.fold}'s curves are recalibrated: {recal.describe()}." if recal is not None else "")
+    )
 
     st.subheader("Decoupled features and the mixture-of-experts gate")
     _features_section(src, case, v)

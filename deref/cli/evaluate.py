@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--rule", default="median", help="median, tertiles, quartiles, quantiles:a,b (default: %(default)s)"
     )
     p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument(
+        "--step",
+        action="store_true",
+        help="score the IBS on the step curves (S_k held over each bin) instead of the interpolated "
+        "ones the dashboard draws (constant hazard inside each bin)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     # own out-of-fold table (every training patient is another fold's test patient, so their
     # outcomes are in it); another predictions table uses its own pooled cohort.
     report, note = evaluate_run_predictions(
-        preds, None if args.predictions else train_risks, run_dir.info.bin_edges()
+        preds, None if args.predictions else train_risks, run_dir.info.bin_edges(), interpolate=not args.step
     )
     print(f"note: {note}")
     table = report.to_frame()

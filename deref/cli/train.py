@@ -106,6 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--patience", type=int, help="stop an inner run after this many epochs without improvement"
     )
     p.add_argument(
+        "--recalibration",
+        choices=("none", "temperature", "affine", "isotonic"),
+        default="none",
+        help="hazard map fitted on inner validation patients and applied to the curves, never to the "
+        "risk (default: %(default)s; affine = a temperature and a shift per time bin)",
+    )
+    p.add_argument(
         "--grid",
         action="append",
         metavar="KEY=V1,V2",
@@ -163,6 +170,7 @@ def _train_config(args: argparse.Namespace):
         inner_fraction=args.inner_fraction,
         inner_folds=args.inner_folds,
         patience=args.patience,
+        recalibration=args.recalibration,
         grid={
             k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in parse_overrides(args.grid).items()
         },
@@ -217,10 +225,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _rule(tcfg) -> str:
     if tcfg.selection == "last":
-        return "last epoch (the paper's protocol)"
+        recal = (
+            f"; {tcfg.recalibration} recalibration fitted on an inner split"
+            if tcfg.recalibration != "none"
+            else ""
+        )
+        return f"last epoch (the paper's protocol){recal}"
     split = f"{tcfg.inner_folds}-fold" if tcfg.inner_folds > 1 else f"{tcfg.inner_fraction:g} held out"
     grid = f", grid {tcfg.grid}" if tcfg.grid else ""
-    return f"inner ({split}, by {tcfg.selection_metric}{grid})"
+    recal = f"; {tcfg.recalibration} recalibration on the inner split" if tcfg.recalibration != "none" else ""
+    return f"inner ({split}, by {tcfg.selection_metric}{grid}){recal}"
 
 
 def _selected(f) -> str:
@@ -241,6 +255,8 @@ def print_run_summary(info: RunInfo) -> None:
             f"  (best epoch {f.optimistic_best_epoch}: {best:.3f}, optimistic)" if best is not None else ""
         )
         print(f"fold {f.index}: C-index {_c(f.cindex_last_epoch)}{_selected(f)}{extra}")
+        if f.recalibration is not None:
+            print(f"  {f.recalibration.describe()}")
     head, best = info.metrics.headline, info.metrics.optimistic_best_epoch
     print(f"C-index, {head.protocol}: {head.mean:.3f} ± {head.std:.3f}")
     fixed = [f.cindex_fixed_last_epoch for f in info.folds]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
+from deref.calibration import interpolate_survival
 from deref.figures.style import OKABE_ITO, css_rgba
 
 __all__ = [
@@ -50,6 +51,10 @@ class PatientCurve:
         ``(S, K)`` survival for each reorganization segment count (the band), or None.
     segments
         The ``S`` segment counts behind ``survival_per_s``.
+    horizon
+        The fold's largest training follow-up time: with it the curve is drawn interpolated
+        (constant hazard inside each bin, :func:`deref.calibration.interpolate_survival`, the
+        open last bin ending there); without it (runs that did not record it) as steps.
     """
 
     label: str
@@ -60,6 +65,13 @@ class PatientCurve:
     hazards: np.ndarray | None = None
     survival_per_s: np.ndarray | None = None
     segments: tuple[int, ...] = ()
+    horizon: float | None = None
+
+    def at(self, times) -> np.ndarray:
+        """``S(t)`` at ``times`` as the figure draws it (interpolated, or steps without a horizon)."""
+        return _survival_at(
+            self.survival, self.bin_edges, np.atleast_1d(np.asarray(times, float)), self.horizon
+        )[0]
 
     @property
     def has_band(self) -> bool:
@@ -78,20 +90,28 @@ def time_bin_labels(edges: Sequence[float]) -> list[str]:
     return [f"{a:.1f}–{b:.1f}" if np.isfinite(b) else f"≥ {a:.1f}" for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _survival_at(survival: np.ndarray, bin_edges: Sequence[float], grid: np.ndarray) -> np.ndarray:
-    # deref.metrics loads scikit-survival (seconds): only when a curve is drawn
+def _survival_at(
+    survival: np.ndarray, bin_edges: Sequence[float], grid: np.ndarray, horizon: float | None = None
+) -> np.ndarray:
+    if horizon is not None:
+        return interpolate_survival(np.atleast_2d(survival), bin_edges, grid, horizon=horizon)
+    # deref.metrics loads scikit-survival (seconds): only when a step curve is drawn
     from deref.metrics import survival_at_times
 
     return survival_at_times(np.atleast_2d(survival), bin_edges, grid)
 
 
+def _shape(curve: PatientCurve) -> str:
+    return "linear" if curve.horizon is not None else "hv"
+
+
 def _band_traces(curve: PatientCurve, grid: np.ndarray) -> list[go.Scatter]:
-    per_s = _survival_at(curve.survival_per_s, curve.bin_edges, grid)  # (S, T)
+    per_s = _survival_at(curve.survival_per_s, curve.bin_edges, grid, curve.horizon)  # (S, T)
     upper = go.Scatter(
         x=grid,
         y=per_s.max(axis=0),
         mode="lines",
-        line={"width": 0, "shape": "hv", "color": curve.color},
+        line={"width": 0, "shape": _shape(curve), "color": curve.color},
         showlegend=False,
         hoverinfo="skip",
     )
@@ -99,7 +119,7 @@ def _band_traces(curve: PatientCurve, grid: np.ndarray) -> list[go.Scatter]:
         x=grid,
         y=per_s.min(axis=0),
         mode="lines",
-        line={"width": 0, "shape": "hv", "color": curve.color},
+        line={"width": 0, "shape": _shape(curve), "color": curve.color},
         fill="tonexty",
         fillcolor=css_rgba(curve.color, 0.2),
         name=f"{curve.label}: range over segment counts s ∈ {{{', '.join(map(str, curve.segments))}}}",
@@ -111,8 +131,9 @@ def _band_traces(curve: PatientCurve, grid: np.ndarray) -> list[go.Scatter]:
 def patient_survival_figure(
     curves: Sequence[PatientCurve], t_max: float, unit: str, *, band: bool = True
 ) -> go.Figure:
-    """Predicted survival S(t) of one or more patients (a step function over each fold's bins),
-    with the min–max band over the segment counts and the first curve's bin edges dotted.
+    """Predicted survival S(t) of one or more patients, with the min–max band over the segment
+    counts and the first curve's bin edges dotted: interpolated inside each bin (constant
+    hazard) when the curve has a horizon, else a step function over the fold's bins.
 
     Parameters
     ----------
@@ -133,10 +154,10 @@ def patient_survival_figure(
         fig.add_trace(
             go.Scatter(
                 x=grid,
-                y=_survival_at(c.survival, c.bin_edges, grid)[0],
+                y=_survival_at(c.survival, c.bin_edges, grid, c.horizon)[0],
                 mode="lines",
                 name=c.label,
-                line={"shape": "hv", "color": c.color, "width": 2.4, "dash": c.dash},
+                line={"shape": _shape(c), "color": c.color, "width": 2.4, "dash": c.dash},
                 hovertemplate="t=%{x:.1f}<br>S=%{y:.3f}<extra>" + c.label + "</extra>",
             )
         )

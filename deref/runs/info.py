@@ -16,6 +16,7 @@ import numpy as np
 
 from deref.errors import CheckpointError, ConfigError
 from deref.model.config import ModelConfig
+from deref.recalibration import Recalibration
 from deref.survival import MEAN_OF_FOLDS
 
 RUN_FORMAT = "deref-run/1"
@@ -103,7 +104,13 @@ class RunMetrics:
 @dataclass(frozen=True)
 class FoldInfo:
     """One fold of a run: its patients, time-bin edges (fitted on its training patients),
-    validation metrics and training curve."""
+    validation metrics and training curve.
+
+    ``horizon`` is the largest follow-up time among its training patients: the end of the
+    open last time bin when curves are interpolated (None in runs written before it was
+    recorded). ``recalibration`` is the hazard map fitted on inner validation patients
+    (:mod:`deref.recalibration`), applied to the fold model's curves; None without one.
+    """
 
     index: int
     bin_edges: tuple[float, ...]
@@ -113,6 +120,8 @@ class FoldInfo:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     history: tuple[Mapping[str, Any], ...] = ()
     seconds: float | None = None
+    horizon: float | None = None
+    recalibration: Recalibration | None = None
 
     @property
     def n_train(self) -> int:
@@ -178,9 +187,16 @@ class FoldInfo:
             metrics=dict(d.get("metrics") or {}),
             history=tuple(dict(h) for h in d.get("history") or []),
             seconds=None if d.get("seconds") is None else float(d["seconds"]),
+            horizon=None if d.get("horizon") is None else float(d["horizon"]),
+            recalibration=None if not d.get("recalibration") else Recalibration.from_dict(d["recalibration"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}  # written only when known: older run.json files round-trip
+        if self.horizon is not None:
+            extra["horizon"] = self.horizon
+        if self.recalibration is not None:
+            extra["recalibration"] = self.recalibration.to_dict()
         return {
             "index": self.index,
             "seed": self.seed,
@@ -192,6 +208,7 @@ class FoldInfo:
             "metrics": dict(self.metrics),
             "history": [dict(h) for h in self.history],
             "seconds": self.seconds,
+            **extra,
         }
 
 
@@ -326,6 +343,20 @@ class RunInfo:
         if out and len({len(e) for e in out.values()}) == 1:
             out[MEAN_OF_FOLDS] = np.mean(list(out.values()), axis=0).tolist()
         return out
+
+    def horizons(self) -> dict[int, float]:
+        """Fold -> its largest training follow-up time (where an open last bin ends when a curve
+        is interpolated), plus :data:`MEAN_OF_FOLDS` -> their mean; folds of runs written before
+        it was recorded are absent."""
+        out = {f.index: float(f.horizon) for f in self.folds if f.horizon is not None}
+        if out and len(out) == len(self.folds):
+            out[MEAN_OF_FOLDS] = float(np.mean(list(out.values())))
+        return out
+
+    @property
+    def recalibrated(self) -> bool:
+        """True when the fold models' curves pass through a fitted hazard map."""
+        return any(f.recalibration is not None for f in self.folds)
 
     def validation_folds(self) -> dict[str, int]:
         """case_id -> the fold whose validation set held the patient out."""
