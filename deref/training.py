@@ -747,6 +747,9 @@ def run_metrics(
 
 def _data_info(cohort: Cohort, wsi_dim: int | None, data_info: dict[str, Any] | None) -> DataInfo:
     extra = dict(data_info or {})
+    if cohort.m1_kind == "mri":  # where modality 1 came from: the run reloads its cohort from these
+        extra["mri_manifest"] = str(Path(cohort.mri.path).resolve())
+        extra["mri_features"] = str(Path(cohort.mri_features).resolve())
     return DataInfo(
         table=str(Path(cohort.source).resolve()),
         bag_dir=None if cohort.bag_dir is None else str(Path(cohort.bag_dir).resolve()),

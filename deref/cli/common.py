@@ -31,7 +31,23 @@ def add_cohort_args(p: argparse.ArgumentParser, table_required: bool = True) -> 
     fam.add_argument("--signatures", help="signatures table (one column per gene family)")
     fam.add_argument("--families", help="families JSON written by `deref genomics`")
     p.add_argument("--bags", help="folder of WSI bags (<slide stem>.h5 or .pt)")
+    add_mri_args(p)
     add_survival_column_args(p)
+
+
+def add_mri_args(p: argparse.ArgumentParser) -> None:
+    """``--mri-manifest`` and ``--mri-features``: an MRI + WSI cohort (modality 1 = the MRI)."""
+    p.add_argument(
+        "--mri-manifest",
+        metavar="CSV",
+        help="MRI manifest: case_id, one column per sequence (NIfTI file or DICOM folder), mask; "
+        "modality 1 is then the MRI instead of genomics",
+    )
+    p.add_argument(
+        "--mri-features",
+        metavar="DIR",
+        help="folder of the manifest's per-sequence MRI vectors (`deref mri --per-sequence --out DIR`)",
+    )
 
 
 def load_cohort_from_args(args: argparse.Namespace):
@@ -44,6 +60,8 @@ def load_cohort_from_args(args: argparse.Namespace):
         bag_dir=args.bags,
         time_col=args.time_col,
         censorship_col=args.censorship_col,
+        mri_manifest=getattr(args, "mri_manifest", None),
+        mri_features=getattr(args, "mri_features", None),
     )
 
 

@@ -145,6 +145,7 @@ def _model_config(args: argparse.Namespace, cohort):
             if slides:
                 overrides["wsi_dim"] = peek_bag_shape(find_bag(slides[0], cohort.bag_dir))[1]
                 break
+    overrides.setdefault("m1_kind", cohort.m1_kind)
     overrides.setdefault("m1_sizes", tuple(f.size for f in cohort.families))
     overrides.setdefault("m1_names", tuple(f.name for f in cohort.families))
     return ModelConfig(**overrides)
@@ -183,7 +184,9 @@ def run(args: argparse.Namespace) -> int:
 
     cohort = load_cohort_from_args(args)
     if not cohort.families:
-        raise ConfigError("no gene families: pass --signatures or --families")
+        raise ConfigError(
+            "no modality 1: pass --signatures or --families (genomics), or --mri-manifest and --mri-features (MRI)"
+        )
     mcfg = _model_config(args, cohort)
     tcfg = _train_config(args)
     folds = (

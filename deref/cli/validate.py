@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from deref.cli.common import add_survival_column_args
+from deref.cli.common import add_mri_args, add_survival_column_args
 from deref.data.bags import find_bag, read_bag
 from deref.data.cohort import (
     GeneFamily,
@@ -64,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", metavar="DIR", help="folder of MCAT split files splits_<k>.csv")
     p.add_argument("--run", metavar="RUN_DIR", help="run folder with run.json to check the data against")
     p.add_argument("--wsi-dim", metavar="D", type=int, help="expected width of the bag features")
+    add_mri_args(p)
     add_survival_column_args(p)
     p.set_defaults(func=run)
 
@@ -102,7 +103,13 @@ def _check_table(args: argparse.Namespace, rep: _Report) -> _Table:
         rep.add_error(exc)
         return info
     info.df = df
-    problems = check_table(df, info.path, args.time_col, args.censorship_col)
+    problems = check_table(
+        df,
+        info.path,
+        args.time_col,
+        args.censorship_col,
+        require_genomic=not (args.mri_manifest or args.mri_features),
+    )
     for p in problems:
         rep.add(p)
     if "case_id" not in df.columns:
@@ -134,7 +141,28 @@ def _check_table(args: argparse.Namespace, rep: _Report) -> _Table:
     return info
 
 
+def _mri_groups(args: argparse.Namespace, table: _Table, rep: _Report) -> list[GeneFamily] | None:
+    """The MRI cohort's groups (one per sequence) after checking the manifest and every patient's
+    feature file; every problem is reported."""
+    from deref.data.mri import mri_groups, read_mri_manifest
+
+    if not (args.mri_manifest and args.mri_features):
+        rep.add("--mri-manifest and --mri-features go together (the manifest and its `deref mri` features)")
+        return None
+    if args.signatures or args.families:
+        rep.add("an MRI cohort's modality 1 is the MRI: give no --signatures / --families")
+        return None
+    try:
+        manifest = read_mri_manifest(args.mri_manifest)
+        return mri_groups(manifest, args.mri_features, table.case_ids)[1]
+    except DeRefError as exc:
+        rep.add_error(exc)
+        return None
+
+
 def _families(args: argparse.Namespace, table: _Table, rep: _Report) -> list[GeneFamily] | None:
+    if args.mri_manifest or args.mri_features:
+        return _mri_groups(args, table, rep)
     columns = [] if table.df is None else [str(c) for c in table.df.columns]
     if args.signatures:
         try:
@@ -269,6 +297,8 @@ def _check_run(
             Problem(run_json, None, "model.wsi_dim", f"{info.model.wsi_dim}", f"--wsi-dim {args.wsi_dim}")
         )
     genomic = None if table.df is None else genomic_columns(str(c) for c in table.df.columns)
+    if args.mri_manifest and families is not None:  # the MRI vectors are the modality-1 columns
+        genomic = [c for f in families for c in f.columns]
     problems = run_fit_problems(
         info,
         run_json=run_json,
@@ -288,6 +318,7 @@ def _print_summary(
     info: RunInfo | None,
     bag_stats: dict[str, Any] | None,
     folds: list[Fold],
+    m1_label: str = "families",
 ) -> None:
     n_events = sum(table.events.values()) if table.events else 0
     print(f"OK: {table.path}")
@@ -295,10 +326,10 @@ def _print_summary(
         f"  patients {len(table.case_ids)}, events {n_events} (censored {len(table.case_ids) - n_events}), "
         f"slides {len(table.slides)}"
     )
-    if table.df is not None:
+    if table.df is not None and m1_label == "families":
         print(f"  genomic columns {len(genomic_columns(str(c) for c in table.df.columns))}")
     if families is not None:
-        print("  families: " + ", ".join(f"{f.name} {f.size}" for f in families))
+        print(f"  {m1_label}: " + ", ".join(f"{f.name} {f.size}" for f in families))
     elif info is not None and info.data.m1_columns:
         print(f"  run's families sizes: {[len(g) for g in info.data.m1_columns]}")
     if bag_stats is not None:
@@ -327,5 +358,7 @@ def run(args: argparse.Namespace) -> int:
         n = len(rep.problems)
         print(f"{n} problem{'s' if n != 1 else ''}")
         return 1
-    _print_summary(table, families, info, bag_stats, folds)
+    _print_summary(
+        table, families, info, bag_stats, folds, "MRI sequences" if args.mri_manifest else "families"
+    )
     return 0

@@ -648,6 +648,8 @@ def check_table(
     source: str | os.PathLike,
     time_col: str = "survival_months",
     censorship_col: str = "censorship",
+    *,
+    require_genomic: bool = True,
 ) -> list[Problem]:
     """Every problem of a cohort table (as read by :func:`read_table`).
 
@@ -667,6 +669,9 @@ def check_table(
         The file named in the problems.
     time_col, censorship_col
         Names of the survival time and censorship columns.
+    require_genomic
+        False for an MRI cohort (its modality 1 comes from the MRI manifest): no genomic
+        column is then no problem (genomic columns present are still checked).
 
     Returns
     -------
@@ -689,7 +694,9 @@ def check_table(
     time, time_problems = _time_problems(df[time_col], src, lines, time_col)
     cens, cens_problems = _censorship_problems(df[censorship_col], src, lines, censorship_col)
     gcols = genomic_columns(df.columns)
-    genomic, genomic_problems = _genomic_problems(df, gcols, src, lines)
+    genomic, genomic_problems = (
+        _genomic_problems(df, gcols, src, lines) if gcols or require_genomic else (None, [])
+    )
     problems += time_problems + cens_problems + genomic_problems
     case_str = df["case_id"].astype(str).str.strip()
     if "slide_id" in df.columns:
@@ -730,8 +737,17 @@ class Cohort:
     fingerprint
         SHA-256 of the table file's bytes.
     modalities
-        Indexed like ``patients``: ``genomic`` (bool), ``wsi`` (bool: a bag file exists for
-        every slide of the patient; False without ``bag_dir``), ``n_bags`` (int).
+        Indexed like ``patients``: ``genomic`` or ``mri`` (bool: modality 1 present), ``wsi``
+        (bool: a bag file exists for every slide of the patient; False without ``bag_dir``),
+        ``n_bags`` (int).
+    m1_kind
+        ``"genomic"`` (``genomic`` holds the table's genomic columns, ``families`` the gene
+        families) or ``"mri"`` (``genomic`` holds the per-sequence MRI vectors of
+        :func:`deref.data.mri.mri_groups`, ``families`` one group per sequence).
+    mri
+        The MRI manifest (:class:`deref.data.mri.MriManifest`) of an MRI cohort, else None.
+    mri_features
+        The folder of MRI feature files (``deref mri --per-sequence`` output), else None.
     """
 
     patients: pd.DataFrame
@@ -742,6 +758,19 @@ class Cohort:
     source: Path
     fingerprint: str
     modalities: pd.DataFrame
+    m1_kind: str = "genomic"
+    mri: Any = None
+    mri_features: Path | None = None
+
+    @property
+    def m1(self) -> pd.DataFrame:
+        """The modality-1 frame (genomic columns, or MRI vectors of an MRI cohort)."""
+        return self.genomic
+
+    @property
+    def m1_label(self) -> str:
+        """What a modality-1 group is, in words: ``gene family`` or ``MRI sequence``."""
+        return "MRI sequence" if self.m1_kind == "mri" else "gene family"
 
     @property
     def case_ids(self) -> list[str]:
@@ -868,6 +897,17 @@ def _modalities(
     )
 
 
+def _mri_m1(patients: pd.DataFrame, manifest_path, feature_dir, table_fingerprint: str):
+    """An MRI cohort's modality 1: ``(frame, groups, manifest, fingerprint)``; the fingerprint
+    covers the table, the manifest and the feature folder (the modality-1 values come from it)."""
+    from deref.data.mri import mri_groups, read_mri_manifest
+
+    mri = read_mri_manifest(manifest_path)
+    frame, groups = mri_groups(mri, feature_dir, list(patients.index))
+    key = f"{table_fingerprint}:{mri.fingerprint}:{Path(feature_dir).resolve()}"
+    return frame, groups, mri, hashlib.sha256(key.encode()).hexdigest()
+
+
 def load_cohort(
     table: str | os.PathLike,
     signatures: str | os.PathLike | None = None,
@@ -875,6 +915,9 @@ def load_cohort(
     bag_dir: str | os.PathLike | None = None,
     time_col: str = "survival_months",
     censorship_col: str = "censorship",
+    *,
+    mri_manifest: str | os.PathLike | None = None,
+    mri_features: str | os.PathLike | None = None,
 ) -> Cohort:
     """Read and check a cohort table and aggregate its per-slide rows to patients.
 
@@ -891,6 +934,11 @@ def load_cohort(
         Folder of WSI bags; only the presence of each slide's file is checked here.
     time_col, censorship_col
         Names of the survival time and censorship (1 = censored) columns.
+    mri_manifest, mri_features
+        An MRI cohort: the MRI manifest (:func:`deref.data.mri.read_mri_manifest`) and the
+        folder of its per-sequence feature files (``deref mri --per-sequence``). Modality 1 is
+        then the MRI (one group per sequence) instead of genomics; the table needs no genomic
+        column. Both or neither; not with ``signatures`` / ``families_json``.
 
     Returns
     -------
@@ -906,22 +954,35 @@ def load_cohort(
     """
     if signatures is not None and families_json is not None:
         raise ConfigError("give either signatures or families_json, not both")
+    is_mri = mri_manifest is not None or mri_features is not None
+    if is_mri and (mri_manifest is None or mri_features is None):
+        raise ConfigError(
+            "an MRI cohort needs both the MRI manifest and the folder of its `deref mri` features"
+        )
+    if is_mri and (signatures is not None or families_json is not None):
+        raise ConfigError("an MRI cohort's modality 1 is the MRI: give no signatures or families JSON")
     path = Path(table)
     df, fingerprint = _load_table_bytes(path, dtype=_ID_DTYPES)
-    raise_problems(check_table(df, path, time_col, censorship_col), f"{path}: cohort table")
+    problems = check_table(df, path, time_col, censorship_col, require_genomic=not is_mri)
+    raise_problems(problems, f"{path}: cohort table")
 
     gcols = genomic_columns(df.columns)
     df = df.assign(case_id=df["case_id"].astype(str).str.strip())
     first = df.drop_duplicates("case_id", keep="first").set_index("case_id")
     slides = _slides_of(df, list(first.index))
     patients = _patients_frame(df, first, slides, time_col, censorship_col, path)
-    genomic = first[gcols].astype(np.float32)
-    genomic.index.name = "case_id"
-    families = _cohort_families(signatures, families_json, gcols, path)
     bags_path = None if bag_dir is None else Path(bag_dir)
     if bags_path is not None and not bags_path.is_dir():
         raise DataError(f"{bags_path}: bag folder not found")
     modalities = _modalities(patients, slides, bags_path, path)
+    if is_mri:
+        genomic, families, mri, fingerprint = _mri_m1(patients, mri_manifest, mri_features, fingerprint)
+        modalities = modalities.rename(columns={"genomic": "mri"})
+    else:
+        mri = None
+        genomic = first[gcols].astype(np.float32)
+        genomic.index.name = "case_id"
+        families = _cohort_families(signatures, families_json, gcols, path)
     log.info(
         "%s: %d patients, %d slides, %d events, %d genomic columns, %d families",
         path,
@@ -940,6 +1001,9 @@ def load_cohort(
         source=path,
         fingerprint=fingerprint,
         modalities=modalities,
+        m1_kind="mri" if is_mri else "genomic",
+        mri=mri,
+        mri_features=None if mri_features is None else Path(mri_features),
     )
 
 

@@ -239,7 +239,10 @@ def load_run_cohort(
         raise DataError(f"run {info.name!r} names no cohort table; pass one")
     kwargs: dict = {}
     families = data.extra.get("families_json")
-    if families and Path(families).exists():
+    if data.extra.get("mri_manifest"):  # an MRI cohort: modality 1 from the manifest's features
+        kwargs["mri_manifest"] = data.extra["mri_manifest"]
+        kwargs["mri_features"] = data.extra.get("mri_features")
+    elif families and Path(families).exists():
         kwargs["families_json"] = families
     elif data.extra.get("signatures"):
         kwargs["signatures"] = data.extra["signatures"]

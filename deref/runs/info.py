@@ -324,9 +324,23 @@ class RunInfo:
         return self.model.model_type == "deref"
 
     @property
+    def m1_kind(self) -> str:
+        """``"genomic"`` or ``"mri"``: what the run's modality 1 is."""
+        return self.model.m1_kind
+
+    @property
+    def m1_label(self) -> str:
+        """A modality-1 token in words: ``gene family`` or ``MRI sequence``."""
+        return "MRI sequence" if self.m1_kind == "mri" else "gene family"
+
+    @property
     def modalities(self) -> tuple[str, ...]:
-        """What each patient must bring: ``("genomics",)`` or ``("genomics", "wsi")``."""
-        return ("genomics", "wsi") if self.needs_wsi else ("genomics",)
+        """What each patient must bring: ``("genomics",)``, ``("genomics", "wsi")``, ``("mri",
+        "wsi")``, ``("mri",)`` (models of modality 1 only), ``("wsi",)`` (slide-only models)."""
+        m1 = "mri" if self.m1_kind == "mri" else "genomics"
+        if self.model.model_type in ("abmil", "transmil"):
+            return ("wsi",)
+        return (m1, "wsi") if self.needs_wsi else (m1,)
 
     @property
     def time_unit(self) -> str:
