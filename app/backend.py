@@ -406,8 +406,9 @@ def cohort_table(run_dir: str, table: str | None, bag_dir: str | None) -> pd.Dat
     present = []
     for case in out.index:
         m = []
-        if "genomic" in mods and bool(mods.at[case, "genomic"]):
-            m.append("genomic")
+        for m1 in ("genomic", "mri"):
+            if m1 in mods and bool(mods.at[case, m1]):
+                m.append("MRI" if m1 == "mri" else m1)
         if "wsi" in mods and bool(mods.at[case, "wsi"]):
             m.append(f"WSI×{int(mods.at[case, 'n_bags'])}" if "n_bags" in mods else "WSI")
         present.append(", ".join(m) or "none")

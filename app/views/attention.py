@@ -148,10 +148,9 @@ def _gallery(
     st.caption(f"Read at full resolution through OpenSlide: {geo.read_size} px at level {geo.level}.")
 
 
-def _family_bars(att: backend.AttributionView) -> None:
-    targets = [
-        t for t in ("specific_genomic", "share", "explore", "specific_wsi", "risk") if t in att.family_scores
-    ]
+def _family_bars(att: backend.AttributionView, m1_label: str) -> None:
+    order = ("specific_genomic", "specific_mri", "share", "explore", "specific_wsi", "risk")
+    targets = [t for t in order if t in att.family_scores]
     names = att.family_names or [
         f"family {i + 1}" for i in range(len(next(iter(att.family_scores.values()))))
     ]
@@ -163,7 +162,7 @@ def _family_bars(att: backend.AttributionView) -> None:
         att.method, att.method
     )
     text = f"Method: {words}, fold {att.fold} model; baseline: {att.baseline}."
-    if att.method == "grad":
+    if att.method == "grad" and m1_label == "gene family":
         text += (
             " A first-order approximation: rank gene families with Integrated Gradients (on the demo, gradient ×"
             " input puts the two planted families on top for about 3 in 10 patients, IG for 3 in 4)."
@@ -173,7 +172,7 @@ def _family_bars(att: backend.AttributionView) -> None:
         text += f" Convergence delta (completeness error of IG): max |δ| = {np.nanmax(d):.2e}."
     st.caption(
         text
-        + " The pathology-specific feature has no path from the genes: its bars are zero by construction."
+        + f" The pathology-specific feature has no path from the {m1_label}s: its bars are zero by construction."
     )
 
 
@@ -227,8 +226,9 @@ with components.guard("Attention"):
     st.subheader("Top patches")
     _gallery(str(path) if path else None, thumb, scores, coords, attrs)
 
-    st.subheader("Gene families per decoupled feature")
+    m1_label = backend.run_info(src.run_dir).m1_label
+    st.subheader(f"{m1_label[0].upper()}{m1_label[1:]}s per decoupled feature")
     if att is not None:
-        _family_bars(att)
+        _family_bars(att, m1_label)
     else:
-        st.info("No gene-family attributions: computing them failed (the warning above says why).")
+        st.info(f"No {m1_label} attributions: computing them failed (the warning above says why).")

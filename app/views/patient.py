@@ -25,6 +25,13 @@ from deref.metrics import percentile
 DROP_LABELS = {None: "both modalities", "m1": "without genomics", "wsi": "without the slide(s)"}
 
 
+def _drop_label(src: backend.Source, drop: str | None) -> str:
+    """The "what if" label in the run's own modalities (an MRI run: "without the MRI")."""
+    if drop == "m1" and backend.run_info(src.run_dir).m1_kind == "mri":
+        return "without the MRI"
+    return DROP_LABELS[drop]
+
+
 def _curve(label: str, v: backend.PatientView, color: str, dash: str = "solid") -> PatientCurve:
     return PatientCurve(
         label=label,
@@ -76,12 +83,12 @@ def _what_if_rows(
         try:
             dv = v if drop is None else backend.patient_view(*src.key, case, drop)
         except DeRefError as exc:
-            st.warning(f"{DROP_LABELS[drop]}: {components.explain_error(exc)}")
+            st.warning(f"{_drop_label(src, drop)}: {components.explain_error(exc)}")
             continue
         pct = row["percentile"] if drop is None else float(percentile([dv.risk], cohort_risks)[0])
         rows.append(
             {
-                "input": DROP_LABELS[drop],
+                "input": _drop_label(src, drop),
                 "risk": dv.risk,
                 "change": dv.risk - v.risk,
                 "percentile": pct,
@@ -89,7 +96,7 @@ def _what_if_rows(
             }
         )
         if drop is not None and drop == what:
-            chosen = _curve(f"{case} {DROP_LABELS[drop]}", dv, OKABE_ITO["vermillion"], "dash")
+            chosen = _curve(f"{case} {_drop_label(src, drop)}", dv, OKABE_ITO["vermillion"], "dash")
     return rows, chosen
 
 
@@ -137,7 +144,8 @@ def _features_section(src: backend.Source, case: str, v: backend.PatientView) ->
         st.plotly_chart(feature_contribution_bar(vals, feats), key="feature_contrib")
         st.caption(
             "First-order contribution ⟨∂risk/∂V_f, V_f⟩ of each decoupled feature V_f through the fusion head "
-            "(`deref.explain.attribution`); the gene families and patches behind each one are on the Attention page."
+            f"(`deref.explain.attribution`); the {backend.run_info(src.run_dir).m1_label}s and patches behind each "
+            "one are on the Attention page."
         )
 
 
@@ -177,14 +185,15 @@ with components.guard("Patient"):
 
     st.subheader("What if a modality were missing?")
     st.caption(
-        "The held-out fold model is run again with every gene-family token at the training patients' mean token, "
+        f"The held-out fold model is run again with every {backend.run_info(src.run_dir).m1_label} token at the "
+        "training patients' mean token, "
         "or the slides replaced by the "
         "training fold's mean patch embedding (`Predictor.predict_patient(drop=…)`)."
     )
     what = st.radio(
         "Show the survival curve",
         _drops(src),
-        format_func=lambda d: DROP_LABELS[d],
+        format_func=lambda d: _drop_label(src, d),
         horizontal=True,
         key="whatif",
     )

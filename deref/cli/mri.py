@@ -1,4 +1,4 @@
-"""``deref mri``: one feature vector per patient from NIfTI MRI sequences (+ tumour mask)."""
+"""``deref mri``: one feature vector per patient from MRI sequences (NIfTI or DICOM) + tumour mask."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ examples:
   deref mri t1.nii.gz --mask tumour.nii.gz --patient P001 --weights resnet50_3d.pth --out mri/
   # one patient, several sequences as channels:
   deref mri art.nii.gz pv.nii.gz t2.nii.gz --mask tumour.nii.gz --patient P001 --weights w.pth --out mri/
-  # a cohort table: columns patient, mask (optional), one column per sequence:
-  deref mri --table cases.csv --sequences art,pv,del,t2,dwi --weights w.pth --out mri/
-  # a folder per patient: ROOT/<patient>/<sequence>.nii.gz and ROOT/<patient>/mask.nii.gz:
+  # DICOM series folders wherever a NIfTI file is accepted (one series per folder):
+  deref mri dicom/P001/t2/ --mask tumour.nii.gz --patient P001 --weights w.pth --out mri/
+  # the MRI manifest of a cohort: case_id (or patient), mask, one column per sequence,
+  # paths (NIfTI files or DICOM folders) relative to the table:
+  deref mri --table mri_manifest.csv --sequences art,pv,del,t2,dwi --weights w.pth --out mri/
+  # a folder per patient: ROOT/<patient>/<sequence>.nii.gz (or <sequence>/ of DICOM files)
+  # and ROOT/<patient>/mask.nii.gz:
   deref mri --root liver/ --sequences art,pv,del,t2,dwi --weights w.pth --out mri/
 
 Each volume is reoriented to RAS, cropped to a cube around the mask (+ --margin-mm), sampled
@@ -23,8 +27,16 @@ on a --grid^3 grid (default 64: under a second per patient on a CPU) and normali
 sequences are stacked as channels through a MONAI 3D ResNet-50 with global average pooling.
 Output: OUT/<patient>.h5 with features (1, 2048), or (S, 2048) with --per-sequence (one row
 per sequence), read by the core as modality 1; OUT/mri_manifest.csv.
-Sequences and mask must share one voxel grid (shape and affine): a mismatch is an error,
-never a silent resample. Weights are never downloaded; --random-weights marks the output
+The sequences must be CO-REGISTERED BY THE USER (one world space; nothing is registered
+here). Orientation and spacing come from the NIfTI/DICOM headers. A sequence sampled on
+another grid than the mask (shape or affine) is resampled onto the mask's grid in world
+coordinates (trilinear; the mask is never resampled) and listed in the bag attribute
+resampled_sequences; without a mask the first sequence's grid is the reference. A sequence
+whose field of view does not cover the mask's box is an error for that patient. Each bad
+patient (missing file or table cell, 2-D image, empty mask, mask outside the volume, NaN
+voxels in the crop, a DICOM folder of several series) gets one failed manifest row naming
+patient, sequence and file; the others go on. A rerun skips finished patients (bags are
+written atomically). Weights are never downloaded; --random-weights marks the output
 unusable_for_science=True.
 
 exit status: 0 every patient done (or skipped); 1 nothing could run (bad arguments, no
@@ -36,18 +48,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "mri",
         help="MRI sequences (+ tumour mask) -> one vector per patient",
-        description="Turn NIfTI MRI sequences of each patient into a feature vector with a 3D "
+        description="Turn the co-registered MRI sequences (NIfTI or DICOM) of each patient into a feature vector with a 3D "
         "ResNet-50, written as a bag the model reads as modality 1.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "volumes", nargs="*", metavar="VOLUME", help="sequences of one patient (NIfTI), in channel order"
+        "volumes",
+        nargs="*",
+        metavar="VOLUME",
+        help="sequences of one patient (NIfTI files or DICOM series folders), in channel order",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--table", metavar="CSV", help="cases table: patient, mask, one column per sequence")
-    src.add_argument("--root", metavar="DIR", help="folder of patient folders holding <sequence>.nii[.gz]")
-    p.add_argument("--mask", metavar="NIFTI", help="tumour mask of the single patient given as VOLUME")
+    src.add_argument(
+        "--table", metavar="CSV", help="MRI manifest: case_id/patient, mask, one column per sequence"
+    )
+    src.add_argument(
+        "--root",
+        metavar="DIR",
+        help="folder of patient folders holding <sequence>.nii[.gz] or <sequence>/ (DICOM)",
+    )
+    p.add_argument(
+        "--mask",
+        metavar="NIFTI",
+        help="tumour mask (NIfTI or DICOM folder) of the single patient given as VOLUME",
+    )
     p.add_argument(
         "--patient", metavar="ID", help="patient id of the single patient (default: first volume's name)"
     )
@@ -146,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
     from deref.prepare.mri import MANIFEST_NAME, MriConfig, build_mri_backbone, process_cases
 
     cases = _cases(args)
-    n_seq = {len(c.sequences) for c in cases}
+    n_seq = {len(c.sequences) for c in cases if not c.problems} or {
+        max(1, *(len(c.sequences) for c in cases))
+    }
     config = MriConfig(
         grid=args.grid,
         margin_mm=args.margin_mm,

@@ -33,6 +33,7 @@ FEATURE_TARGETS: dict[str, str] = {
     "share": "shared feature",
     "explore": "explored (cross-modal) feature",
     "specific_genomic": "genomics-specific feature",
+    "specific_mri": "MRI-specific feature",
 }
 
 

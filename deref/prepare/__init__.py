@@ -6,7 +6,7 @@ The pipeline, in the order a user runs it:
    patch coordinates at a target magnification, one CLAM-layout ``.h5`` per slide;
 2. :mod:`deref.prepare.extract` (``deref extract``): patch features from a backbone of
    :mod:`~deref.prepare.backbones`, written beside the coordinates (resumable, shardable);
-3. :mod:`deref.prepare.mri` (``deref mri``): one vector per patient from NIfTI sequences.
+3. :mod:`deref.prepare.mri` (``deref mri``): one vector per patient (or per sequence) from NIfTI or DICOM sequences.
 
 Batch functions never stop at a bad input: each input gets a :class:`ManifestRow` (status
 ``ok``, ``skipped``, ``empty`` or ``failed`` with a one-line error), written as a CSV manifest.

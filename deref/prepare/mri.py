@@ -1,11 +1,19 @@
 """MRI volumes to one feature vector per patient (modality 1 of the MRI variant of DeReF).
 
-For each patient, :func:`preprocess_case` turns one or more co-registered NIfTI sequences
-(and an optional tumour mask) into a ``(C, G, G, G)`` float32 array:
+For each patient, :func:`preprocess_case` turns one or more NIfTI sequences or DICOM series
+folders (:mod:`deref.prepare.dicom`; orientation and spacing always from the headers), and an
+optional tumour mask, into a ``(C, G, G, G)`` float32 array:
 
-1. **Checks.** Every sequence and the mask must share one voxel grid: same shape and same
-   affine (within ``affine_atol`` mm). A mismatch is a :class:`DataError`, never a silent
-   resample: resampling a mask onto another grid is a registration decision the user makes.
+1. **Grids.** The sequences must be **co-registered by the user** (one world space; this
+   module does not register images). The mask's voxel grid is the reference (the first
+   sequence's without a mask). A sequence on another grid (shape, or affine beyond
+   ``affine_atol`` mm) is resampled onto it in world coordinates (trilinear, anti-aliased
+   when coarsening); the mask is never resampled. The names are recorded in
+   ``MriVolume.notes`` and the bag attribute ``resampled_sequences``. A sequence whose field
+   of view does not cover the mask's bounding box (or the whole reference volume without a
+   mask) is a :class:`DataError` naming patient, sequence and file, as is a mask lying outside
+   the volume, an empty mask, a 2-D image, NaN voxels inside the crop (NaN outside it
+   becomes 0 and is counted in the notes) and a DICOM folder holding several series.
 2. **Orientation.** Volumes are reoriented to canonical RAS (``nibabel.as_closest_canonical``).
 3. **Crop.** A cube around the mask's bounding box (its longest side in millimetres plus
    ``margin_mm`` on each side; the whole volume without a mask), so the tumour keeps its
@@ -74,50 +82,142 @@ class MriConfig:
 
 @dataclass
 class MriCase:
-    """One patient: sequence name -> NIfTI file (the channel order), optional mask."""
+    """One patient: sequence name -> NIfTI file or DICOM series folder (the channel order), an
+    optional mask; ``problems`` (e.g. an empty case-table cell) fail the patient when processed."""
 
     patient: str
     sequences: dict[str, Path]
     mask: Path | None = None
+    problems: list[str] = field(default_factory=list)
 
 
 def nifti_stem(path: str | os.PathLike) -> str:
+    """The name of a NIfTI file without ``.nii``/``.nii.gz`` (a DICOM folder's name as is)."""
     name = Path(path).name
     for suffix in NIFTI_SUFFIXES[::-1]:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
-    return Path(name).stem
+    return name if Path(path).is_dir() else Path(name).stem
 
 
 def _load(path: Path, what: str):
+    """A 3-D image from a NIfTI file or a DICOM series folder; errors name ``what`` and ``path``."""
     import nibabel as nib
 
-    if not path.is_file():
+    from deref.prepare.dicom import is_dicom_series, read_dicom_series
+
+    if is_dicom_series(path):
+        img = read_dicom_series(path, what)
+    elif not path.is_file():
         raise DataError(f"{what} {path}: file not found")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many types
-        raise DataError(f"{what} {path}: not a readable NIfTI file: {one_line(exc)}") from exc
-    shape = img.shape
+    else:
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many types
+            raise DataError(f"{what} {path}: not a readable NIfTI file: {one_line(exc)}") from exc
+    shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         img = img.slicer[..., 0]
-    elif len(shape) != 3:
-        raise DataError(f"{what} {path}: expected a 3-D volume, got shape {tuple(shape)}")
+        shape = shape[:3]
+    if len(shape) == 2 or (len(shape) == 3 and min(shape) == 1):
+        raise DataError(f"{what} {path}: a 2-D image of shape {shape}; expected a 3-D volume")
+    if len(shape) != 3:
+        raise DataError(f"{what} {path}: expected a 3-D volume, got shape {shape}")
+    aff = np.asarray(img.affine, np.float64)
+    if not np.isfinite(aff).all() or abs(np.linalg.det(aff[:3, :3])) < 1e-9:
+        raise DataError(f"{what} {path}: its affine is singular or not finite; cannot place it in the world")
     return img
 
 
-def _same_grid(ref, ref_path: Path, other, other_path: Path, what: str, atol: float) -> None:
-    if tuple(other.shape) != tuple(ref.shape):
+def _same_grid(a, b, atol: float) -> bool:
+    return (
+        tuple(a.shape) == tuple(b.shape)
+        and float(np.abs(np.asarray(a.affine) - np.asarray(b.affine)).max()) <= atol
+    )
+
+
+def _corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The 8 corners (8, 3) of the box ``lo``..``hi``."""
+    return np.array(
+        [[(lo, hi)[b][i] for i, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)], np.float64
+    )
+
+
+def _to_voxels(img, world: np.ndarray) -> np.ndarray:
+    import nibabel as nib
+
+    return nib.affines.apply_affine(np.linalg.inv(np.asarray(img.affine, np.float64)), world)
+
+
+def _check_covers(img, box_world: np.ndarray, what: str, path: Path, ref_what: str) -> None:
+    """``img``'s field of view (voxel centres +-0.5 voxel) must hold the box ``box_world`` (8, 3)."""
+    vox = _to_voxels(img, box_world)
+    lo, hi = vox.min(axis=0), vox.max(axis=0)
+    extent = np.asarray(img.shape[:3], np.float64) - 0.5
+    tol = 1e-3
+    if np.any(hi < -0.5 - tol) or np.any(lo > extent + tol):
         raise DataError(
-            f"{what} {other_path}: shape {tuple(other.shape)} does not match {ref_path} "
-            f"{tuple(ref.shape)}; resample or re-export it on the same grid (no silent resampling)"
+            f"{what} {path}: {ref_what} lies outside the volume (no overlap in world coordinates); "
+            "the sequences and the mask must be co-registered"
         )
-    diff = float(np.abs(np.asarray(other.affine) - np.asarray(ref.affine)).max())
-    if diff > atol:
+    if np.any(lo < -0.5 - tol) or np.any(hi > extent + tol):
         raise DataError(
-            f"{what} {other_path}: affine differs from {ref_path} by up to {diff:.4g} mm; "
-            "register it to the same grid (no silent resampling)"
+            f"{what} {path}: field of view does not cover {ref_what} (voxel box {np.round(lo, 1).tolist()}.."
+            f"{np.round(hi, 1).tolist()} of a {list(img.shape[:3])} volume); cannot resample it onto that grid"
         )
+
+
+def _resample_onto(data: np.ndarray, src_affine: np.ndarray, ref) -> np.ndarray:
+    """``data`` (on ``src_affine``) resampled onto ``ref``'s grid in world coordinates: trilinear,
+    Gaussian anti-aliasing along source axes the target grid is coarser on; NaN outside
+    (the volume's extent is its voxel centres +-1 voxel, edge values)."""
+    from scipy import ndimage as ndi
+
+    m = np.linalg.inv(np.asarray(src_affine, np.float64)) @ np.asarray(ref.affine, np.float64)
+    step = np.abs(m[:3, :3]).max(axis=1)  # target step in source voxels, per source axis
+    sigma = np.maximum(0.0, (step - 1.0) / 2.0)
+    src = data.astype(np.float32)
+    if np.any(sigma > 0):
+        src = ndi.gaussian_filter(src, sigma, mode="nearest")
+    src = np.pad(src, 1, mode="edge")
+    return ndi.affine_transform(
+        src, m[:3, :3], offset=m[:3, 3] + 1.0, output_shape=tuple(ref.shape[:3]), order=1, cval=np.nan
+    ).astype(np.float32)
+
+
+def _finite_data(img, crop_world: np.ndarray, what: str, path: Path, notes: dict, name: str) -> np.ndarray:
+    """The voxels of ``img`` (float32); NaN/inf inside the crop's footprint is an error, outside
+    it they become 0 (counted in ``notes['nonfinite_outside_crop']``)."""
+    data = np.asarray(img.get_fdata(dtype=np.float32))
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return data
+    vox = _to_voxels(img, crop_world)
+    lo = np.maximum(0, np.floor(vox.min(axis=0)).astype(int) - 1)
+    hi = np.minimum(np.asarray(data.shape), np.ceil(vox.max(axis=0)).astype(int) + 2)
+    inside = int(bad[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].sum())
+    if inside:
+        raise DataError(
+            f"{what} {path}: {inside} NaN/infinite voxel(s) inside the crop "
+            f"({int(bad.sum())} in the volume); expected finite intensities"
+        )
+    log.warning("%s %s: %d NaN/infinite voxel(s) outside the crop set to 0", what, path, int(bad.sum()))
+    notes.setdefault("nonfinite_outside_crop", {})[name] = int(bad.sum())
+    return np.where(bad, np.float32(0), data)
+
+
+def _smooth(x: np.ndarray, sigma: list[float]) -> np.ndarray:
+    """Gaussian filter; NaN voxels (outside a resampled field of view) are left out of their
+    neighbours' averages (normalized convolution) instead of spreading into them."""
+    from scipy import ndimage as ndi
+
+    valid = np.isfinite(x)
+    if valid.all():
+        return ndi.gaussian_filter(x, sigma, mode="nearest")
+    num = ndi.gaussian_filter(np.where(valid, x, 0.0).astype(np.float32), sigma, mode="nearest")
+    den = ndi.gaussian_filter(valid.astype(np.float32), sigma, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(valid, num / den, np.nan).astype(np.float32)
 
 
 def _sample_cube(
@@ -138,7 +238,7 @@ def _sample_cube(
     if order > 0:
         sigma = [max(0.0, (step_mm / zooms[i] - 1.0) / 2.0) for i in range(3)]
         if any(s > 0 for s in sigma):
-            sub = ndi.gaussian_filter(sub, sigma, mode="nearest")
+            sub = _smooth(sub, sigma)
     coords = np.meshgrid(*[a - lo[i] for i, a in enumerate(axes)], indexing="ij")
     return ndi.map_coordinates(sub, coords, order=order, mode="constant", cval=np.nan).astype(np.float32)
 
@@ -160,7 +260,9 @@ def _normalize(x: np.ndarray, inside: np.ndarray, config: MriConfig) -> np.ndarr
 @dataclass
 class MriVolume:
     """Preprocessed channels (C, G, G, G) of one patient and how they were made; ``inside``
-    (G, G, G) marks the voxels the intensities were normalized over (mask, or volume)."""
+    (G, G, G) marks the voxels the intensities were normalized over (mask, or volume).
+    ``notes`` holds ``side_mm``, ``source_spacing_mm``, ``grid_of`` (the reference grid: the
+    mask, else the first sequence) and ``resampled_sequences`` (those moved onto it)."""
 
     data: np.ndarray
     inside: np.ndarray
@@ -171,60 +273,123 @@ class MriVolume:
     notes: dict = field(default_factory=dict)
 
 
-def _load_checked(case: MriCase, config: MriConfig) -> tuple[list, object | None]:
-    """The sequences' images and the mask's (or None), after checking they share one grid."""
-    names = list(case.sequences)
-    imgs = [_load(Path(p), f"patient {case.patient} sequence {n!r}") for n, p in case.sequences.items()]
-    ref, ref_path = imgs[0], Path(case.sequences[names[0]])
-    for img, n in zip(imgs[1:], names[1:]):
-        what = f"patient {case.patient} sequence {n!r}"
-        _same_grid(ref, ref_path, img, Path(case.sequences[n]), what, config.affine_atol)
-    if case.mask is None:
-        return imgs, None
-    mask_img = _load(Path(case.mask), f"patient {case.patient} mask")
-    _same_grid(ref, ref_path, mask_img, Path(case.mask), f"patient {case.patient} mask", config.affine_atol)
-    return imgs, mask_img
+@dataclass
+class _Crop:
+    """The reference grid (canonical RAS) and the cube around the mask on it."""
+
+    canon: object
+    mask: np.ndarray | None
+    center: np.ndarray
+    side: float
+    zooms: np.ndarray
+    box_world: np.ndarray  # (8, 3) corners of the mask's bounding box (the whole volume without one)
+    crop_world: np.ndarray  # (8, 3) corners of the cube
 
 
-def preprocess_case(case: MriCase, config: MriConfig | None = None) -> MriVolume:
-    """Check, reorient, crop, resample and normalize the sequences of ``case``."""
+def _crop(ref, mask_img, case: MriCase, config: MriConfig) -> _Crop:
     import nibabel as nib
 
-    config = config or MriConfig()
-    if not case.sequences:
-        raise DataError(f"patient {case.patient}: no MRI sequence given")
-    imgs, mask_img = _load_checked(case, config)
-    canon = [nib.as_closest_canonical(img) for img in imgs]
-    zooms = np.asarray(canon[0].header.get_zooms()[:3], np.float64)
-    shape = np.asarray(canon[0].shape[:3])
-    mask = None
-    lo, hi = np.zeros(3, int), shape - 1
+    canon = nib.as_closest_canonical(ref)
+    zooms = np.asarray(canon.header.get_zooms()[:3], np.float64)
+    shape = np.asarray(canon.shape[:3])
+    mask, lo, hi = None, np.zeros(3), (shape - 1).astype(np.float64)
     if mask_img is not None:
-        mask = np.asarray(nib.as_closest_canonical(mask_img).dataobj) > 0
+        mask = np.asarray(canon.dataobj) > 0
         if not mask.any():
             raise DataError(f"patient {case.patient} mask {case.mask}: empty (no voxel > 0)")
         idx = np.argwhere(mask)
-        lo, hi = idx.min(axis=0), idx.max(axis=0)
+        lo, hi = idx.min(axis=0).astype(np.float64), idx.max(axis=0).astype(np.float64)
     center = (lo + hi) / 2.0
     side = float(((hi - lo + 1) * zooms).max() + 2 * config.margin_mm)
-    if mask is not None:
-        inside = _sample_cube(mask.astype(np.float32), center, side, zooms, config.grid, order=1) > 0.5
-    else:
-        ones = np.ones(tuple(shape), np.float32)
-        inside = np.isfinite(_sample_cube(ones, center, side, zooms, config.grid, order=0))
+    half = side / 2.0 / zooms
+    aff = np.asarray(canon.affine, np.float64)
+    return _Crop(
+        canon=canon,
+        mask=mask,
+        center=center,
+        side=side,
+        zooms=zooms,
+        box_world=nib.affines.apply_affine(aff, _corners(lo, hi)),
+        crop_world=nib.affines.apply_affine(aff, _corners(center - half, center + half)),
+    )
+
+
+def preprocess_case(case: MriCase, config: MriConfig | None = None) -> MriVolume:
+    """Load, check, resample onto the mask's grid, reorient, crop and normalize ``case``.
+
+    Parameters
+    ----------
+    case
+        The patient's sequences (NIfTI files or DICOM series folders), co-registered by the
+        user, and an optional tumour mask.
+    config
+        Preprocessing settings (:class:`MriConfig`).
+
+    Returns
+    -------
+    MriVolume
+        ``data`` (C, G, G, G) float32, one channel per sequence.
+
+    Raises
+    ------
+    DataError
+        One line naming the patient, the sequence (or mask) and the file: a missing or
+        unreadable file, a 2-D image, a DICOM folder of several series, an empty mask, a
+        sequence whose field of view misses the mask's box, NaN voxels inside the crop.
+    """
+    import nibabel as nib
+
+    config = config or MriConfig()
+    if case.problems:
+        raise DataError("; ".join(case.problems))
+    if not case.sequences:
+        raise DataError(f"patient {case.patient}: no MRI sequence given")
+    whats = {n: f"patient {case.patient} sequence {n!r}" for n in case.sequences}
+    imgs = {n: _load(Path(p), whats[n]) for n, p in case.sequences.items()}
+    mask_img = _load(Path(case.mask), f"patient {case.patient} mask") if case.mask is not None else None
+    first = next(iter(case.sequences))
+    ref = mask_img if mask_img is not None else imgs[first]
+    ref_what = (
+        f"the mask's bounding box (mask {case.mask})"
+        if mask_img is not None
+        else f"the volume of sequence {first!r} ({case.sequences[first]}, the reference grid)"
+    )
+    crop = _crop(ref, mask_img, case, config)
+    notes: dict = {"side_mm": crop.side, "source_spacing_mm": crop.zooms.tolist()}
+    notes["grid_of"] = "mask" if mask_img is not None else f"sequence {first}"
+    resampled = []
+    inside = _inside(crop, config)
     channels = []
-    for img in canon:
-        cube = _sample_cube(np.asarray(img.get_fdata(dtype=np.float32)), center, side, zooms, config.grid)
+    for name, img in imgs.items():
+        path = Path(case.sequences[name])
+        data = _finite_data(img, crop.crop_world, whats[name], path, notes, name)
+        if not _same_grid(img, ref, config.affine_atol):
+            _check_covers(img, crop.box_world, whats[name], path, ref_what)
+            data = _resample_onto(data, img.affine, ref)
+            resampled.append(name)
+            log.info("%s %s: resampled onto the grid of %s", whats[name], path, notes["grid_of"])
+        vol = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(data, ref.affine)).dataobj)
+        cube = _sample_cube(vol, crop.center, crop.side, crop.zooms, config.grid)
         channels.append(_normalize(cube, inside, config))
+    notes["resampled_sequences"] = resampled
     return MriVolume(
         data=np.stack(channels),
         inside=inside,
         sequences=list(case.sequences),
-        spacing_mm=side / config.grid,
-        center_ras_mm=np.asarray(nib.affines.apply_affine(canon[0].affine, center), np.float64),
-        mask_voxels=int(mask.sum()) if mask is not None else 0,
-        notes={"side_mm": side, "source_spacing_mm": zooms.tolist()},
+        spacing_mm=crop.side / config.grid,
+        center_ras_mm=np.asarray(nib.affines.apply_affine(crop.canon.affine, crop.center), np.float64),
+        mask_voxels=int(crop.mask.sum()) if crop.mask is not None else 0,
+        notes=notes,
     )
+
+
+def _inside(crop: _Crop, config: MriConfig) -> np.ndarray:
+    """(G, G, G) bool: the cube voxels intensities are normalized over (mask, or volume)."""
+    if crop.mask is not None:
+        cube = _sample_cube(crop.mask.astype(np.float32), crop.center, crop.side, crop.zooms, config.grid)
+        return cube > 0.5
+    ones = np.ones(tuple(crop.canon.shape[:3]), np.float32)
+    return np.isfinite(_sample_cube(ones, crop.center, crop.side, crop.zooms, config.grid, order=0))
 
 
 # ----------------------------------------------------------------------------- network
@@ -298,31 +463,57 @@ def mri_features(volume: MriVolume, model, config: MriConfig, device=None) -> np
 
 
 # ------------------------------------------------------------------------------ inputs
-def cases_from_table(path: str | os.PathLike, sequences: Sequence[str] | None = None) -> list[MriCase]:
-    """Cases from a CSV: a ``patient`` (or ``patient_id`` / ``case_id``) column, an optional
-    ``mask`` column, and one column per sequence (``sequences`` picks and orders them; all
-    other columns otherwise). Relative paths are relative to the CSV's folder; an empty mask
-    cell means no mask."""
-    path = Path(path)
+ID_COLUMNS = ("patient", "patient_id", "case_id")
+
+
+def _table_rows(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"case table {path}: {one_line(exc)}") from exc
     if not rows:
-        raise DataError(f"case table {path}: no rows")
+        raise DataError(f"case table {path}: no rows (expected a header and one row per patient)")
+    return rows
+
+
+def cases_from_table(path: str | os.PathLike, sequences: Sequence[str] | None = None) -> list[MriCase]:
+    """Cases from the MRI manifest of a cohort: one row per patient, one column per sequence.
+
+    Parameters
+    ----------
+    path
+        A CSV with a ``patient`` (or ``patient_id`` / ``case_id``) column, an optional
+        ``mask`` column and one column per sequence. Cells are NIfTI files or DICOM series
+        folders, relative to the CSV's folder unless absolute; an empty mask cell means no mask.
+    sequences
+        The sequence columns in channel order (default: every other column, in table order).
+
+    Returns
+    -------
+    list of MriCase
+        One per row. An empty sequence cell does not stop the table: that patient's case
+        carries the problem (file, line, patient, column) and fails when processed.
+
+    Raises
+    ------
+    DataError
+        An unreadable table, no patient column, a missing sequence column, an empty patient cell.
+    """
+    path = Path(path)
+    rows = _table_rows(path)
     cols = list(rows[0])
-    id_col = next((c for c in ("patient", "patient_id", "case_id") if c in cols), None)
+    id_col = next((c for c in ID_COLUMNS if c in cols), None)
     if id_col is None:
         raise DataError(
-            f"case table {path}: no patient column; expected one of patient, patient_id, case_id; got {cols}"
+            f"case table {path}, line 1: no patient column; expected one of {', '.join(ID_COLUMNS)}; got {cols}"
         )
     seq_cols = list(sequences) if sequences else [c for c in cols if c not in (id_col, "mask")]
     missing = [c for c in seq_cols if c not in cols]
     if missing:
-        raise DataError(f"case table {path}: no column(s) {missing} (columns: {cols})")
+        raise DataError(f"case table {path}, line 1: no column(s) {missing} (columns: {cols})")
     if not seq_cols:
-        raise DataError(f"case table {path}: no sequence column besides {id_col!r} and 'mask'")
+        raise DataError(f"case table {path}, line 1: no sequence column besides {id_col!r} and 'mask'")
 
     def resolve(v: str) -> Path:
         p = Path(v)
@@ -332,28 +523,61 @@ def cases_from_table(path: str | os.PathLike, sequences: Sequence[str] | None = 
     for i, r in enumerate(rows, start=2):
         pid = (r.get(id_col) or "").strip()
         if not pid:
-            raise DataError(f"case table {path}, line {i}: empty {id_col}")
-        empty = [c for c in seq_cols if not (r.get(c) or "").strip()]
-        if empty:
-            raise DataError(f"case table {path}, line {i}: patient {pid}: empty path in {empty}")
+            raise DataError(f"case table {path}, line {i}, column {id_col!r}: empty patient id")
+        problems = [
+            f"patient {pid} sequence {c!r}: no file (case table {path}, line {i}, column {c!r} is empty)"
+            for c in seq_cols
+            if not (r.get(c) or "").strip()
+        ]
+        seqs = {c: resolve(r[c].strip()) for c in seq_cols if (r.get(c) or "").strip()}
         mask = (r.get("mask") or "").strip()
-        cases.append(
-            MriCase(pid, {c: resolve(r[c].strip()) for c in seq_cols}, resolve(mask) if mask else None)
-        )
+        cases.append(MriCase(pid, seqs, resolve(mask) if mask else None, problems))
     return cases
+
+
+def _volumes_of(folder: Path) -> dict[str, Path]:
+    """NIfTI files (by stem) and DICOM series sub-folders (by name) of a patient folder."""
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith("."):
+            continue
+        if f.is_dir() or f.name.lower().endswith(NIFTI_SUFFIXES):
+            name = nifti_stem(f)
+            if name in found:
+                raise DataError(f"{folder}: {found[name].name} and {f.name} both name sequence {name!r}")
+            found[name] = f
+    return found
 
 
 def cases_from_folders(
     root: str | os.PathLike, sequences: Sequence[str] | None = None, mask_name: str = "mask"
 ) -> list[MriCase]:
-    """Cases from ``root/<patient>/<sequence>.nii[.gz]`` with an optional
-    ``root/<patient>/<mask_name>.nii[.gz]``. Without ``sequences``, every other NIfTI file of
-    a patient is a sequence (alphabetical order); they must be the same for every patient."""
+    """Cases from patient folders.
+
+    Parameters
+    ----------
+    root
+        Holds ``<patient>/<sequence>.nii[.gz]`` or ``<patient>/<sequence>/`` (a DICOM series
+        folder), and optionally ``<patient>/<mask_name>.nii[.gz]`` (or a DICOM folder).
+    sequences
+        Sequence names in channel order. Without them, every other volume of a patient is a
+        sequence (alphabetical order); they must then be the same for every patient.
+    mask_name
+        The mask's name.
+
+    Returns
+    -------
+    list of MriCase
+        One per patient folder holding a volume; a patient lacking a named sequence gets a
+        case that fails when processed (naming patient, sequence and the file expected).
+    """
     root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder of patient folders")
     cases = []
     first: list[str] | None = None
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = {nifti_stem(f): f for f in sorted(d.iterdir()) if f.name.lower().endswith(NIFTI_SUFFIXES)}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = _volumes_of(d)
         if not files:
             continue
         mask = files.pop(mask_name, None)
@@ -364,12 +588,14 @@ def cases_from_folders(
             raise DataError(
                 f"{d}: sequences {names} differ from the first patient's {first}; pass --sequences to choose"
             )
-        missing = [n for n in names if n not in files]
-        if missing:
-            raise DataError(f"{d}: no {', '.join(m + '.nii[.gz]' for m in missing)}")
-        cases.append(MriCase(d.name, {n: files[n] for n in names}, mask))
+        problems = [
+            f"patient {d.name} sequence {n!r} {d / n}[.nii|.nii.gz|/]: file not found"
+            for n in names
+            if n not in files
+        ]
+        cases.append(MriCase(d.name, {n: files[n] for n in names if n in files}, mask, problems))
     if not cases:
-        raise DataError(f"{root}: no patient folders holding NIfTI files")
+        raise DataError(f"{root}: no patient folders holding NIfTI files or DICOM series folders")
     return cases
 
 
@@ -381,7 +607,11 @@ def output_path(patient: str, out_dir: str | os.PathLike) -> Path:
 def process_case(
     case: MriCase, out_dir: str | os.PathLike, model, config: MriConfig, save_crops: bool = False
 ) -> Path:
-    """Preprocess ``case``, compute its vector(s) and write ``<out>/<patient>.h5``."""
+    """Preprocess ``case``, compute its vector(s) and write ``<out>/<patient>.h5`` atomically.
+
+    The bag's attributes record the provenance of the weights, the files, the crop
+    (``spacing_mm``, ``center_ras_mm``), ``grid_of`` and ``resampled_sequences`` (JSON list).
+    """
     from deref.data.bags import write_bag_h5
 
     vol = preprocess_case(case, config)
@@ -397,6 +627,8 @@ def process_case(
         "mask_voxels": vol.mask_voxels,
         "spacing_mm": vol.spacing_mm,
         "center_ras_mm": vol.center_ras_mm,
+        "grid_of": vol.notes.get("grid_of", ""),
+        "resampled_sequences": json.dumps(vol.notes.get("resampled_sequences", [])),
         "preprocess": json.dumps(asdict(config) | {"overwrite": None, "device": None}),
     }
     if save_crops:
@@ -406,7 +638,12 @@ def process_case(
         affine[:3, 3] = vol.center_ras_mm - vol.spacing_mm * (config.grid - 1) / 2.0
         crop_path = Path(out_dir) / "crops" / f"{case.patient}.nii.gz"
         crop_path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(np.moveaxis(vol.data, 0, -1), affine), str(crop_path))
+        tmp = crop_path.with_name(f".{crop_path.name[: -len('.nii.gz')]}.tmp-{os.getpid()}.nii.gz")
+        try:
+            nib.save(nib.Nifti1Image(np.moveaxis(vol.data, 0, -1), affine), str(tmp))
+            os.replace(tmp, crop_path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return write_bag_h5(output_path(case.patient, out_dir), feats, None, attrs)
 
 

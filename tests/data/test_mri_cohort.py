@@ -3,14 +3,11 @@ prediction, the run's reload and `deref validate` on them."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
+from mri_helpers import DIM, SEQUENCES, WSI_DIM, load_mri_cohort, write_mri_cohort
 
 from deref.cli.main import main as cli
-from deref.data.bags import write_bag_h5
 from deref.data.cohort import load_cohort
 from deref.data.mri import mri_column, read_mri_manifest
 from deref.data.splits import make_folds
@@ -22,65 +19,10 @@ from deref.runs import RunDir
 from deref.runs.fit import load_run_cohort
 from deref.training import TrainConfig, train_cross_validation
 
-SEQUENCES = ("arterial", "delay", "hepatobiliary", "t1", "t2")
-DIM = 16  # MRI vector width (2048 with the real 3D ResNet-50; small here)
-WSI_DIM = 8
-
-
-def _mri_cohort(root, n=60, seed=0, *, drop_feature_of=None, one_row_for=None):
-    """A cohort table without genomic columns, an MRI manifest, per-sequence vectors (the
-    ``hepatobiliary`` vector carries the log-risk), and small WSI bags."""
-    rng = np.random.default_rng(seed)
-    cases = [f"LC-{i:03d}" for i in range(n)]
-    risk = rng.normal(size=n)
-    time = 20 * np.exp(-1.5 * risk) * rng.exponential(size=n) ** 0.3  # Weibull: oracle C about 0.85
-    table = pd.DataFrame(
-        {
-            "case_id": cases,
-            "slide_id": [f"{c}-HE.svs" for c in cases],
-            "survival_months": np.round(time, 2) + 0.1,
-            "censorship": (rng.random(n) < 0.05).astype(int),
-            "age": rng.integers(40, 80, n),
-        }
-    )
-    table.to_csv(root / "cohort.csv", index=False)
-    manifest = pd.DataFrame(
-        {"case_id": cases, **{s: [f"mri/{c}/{s}.nii.gz" for c in cases] for s in SEQUENCES}}
-    )
-    manifest["mask"] = [f"mri/{c}/mask.nii.gz" for c in cases]
-    manifest.to_csv(root / "mri_manifest.csv", index=False)
-    feats = root / "mri_features"
-    direction = rng.normal(size=DIM)
-    for i, c in enumerate(cases):
-        if c == drop_feature_of:
-            continue
-        vec = rng.normal(size=(len(SEQUENCES), DIM)).astype(np.float32)
-        vec[SEQUENCES.index("hepatobiliary")] += 2.0 * risk[i] * direction
-        names = list(SEQUENCES)
-        if c == one_row_for:
-            vec, names = vec[:1], None
-        attrs = {"modality": "mri", "patient": c, "feature_rows": "sequence"}
-        if names is not None:
-            attrs["sequences"] = json.dumps(names)
-        write_bag_h5(feats / f"{c}.h5", vec, None, attrs)
-        bag = rng.normal(size=(12, WSI_DIM)).astype(np.float32)
-        write_bag_h5(root / "bags" / f"{c}-HE.h5", bag, np.zeros((12, 2)), {"patch_size": 256})
-    return table, risk
-
-
-def _load(root, **kw):
-    return load_cohort(
-        root / "cohort.csv",
-        bag_dir=root / "bags",
-        mri_manifest=root / "mri_manifest.csv",
-        mri_features=root / "mri_features",
-        **kw,
-    )
-
 
 def test_mri_cohort_reads_one_group_per_sequence(tmp_path):
-    table, _ = _mri_cohort(tmp_path, n=10)
-    co = _load(tmp_path)
+    table, _ = write_mri_cohort(tmp_path, n=10)
+    co = load_mri_cohort(tmp_path)
     assert co.m1_kind == "mri" and co.m1_label == "MRI sequence"
     assert [f.name for f in co.families] == list(SEQUENCES) and {f.size for f in co.families} == {DIM}
     assert co.m1.shape == (10, len(SEQUENCES) * DIM)
@@ -100,9 +42,9 @@ def test_mri_cohort_reads_one_group_per_sequence(tmp_path):
 
 
 def test_mri_cohort_errors_name_patient_sequence_and_file(tmp_path):
-    _mri_cohort(tmp_path, n=8, drop_feature_of="LC-002", one_row_for="LC-005")
+    write_mri_cohort(tmp_path, n=8, drop_feature_of="LC-002", one_row_for="LC-005")
     with pytest.raises(DataError) as exc:
-        _load(tmp_path)
+        load_mri_cohort(tmp_path)
     msg = str(exc.value)
     assert "LC-002" in msg and "no MRI feature file" in msg
     assert "LC-005" in msg and "--per-sequence" in msg
@@ -120,8 +62,8 @@ def test_mri_cohort_errors_name_patient_sequence_and_file(tmp_path):
 
 
 def test_train_predict_and_reload_an_mri_wsi_run(tmp_path):
-    _, risk = _mri_cohort(tmp_path, n=60)
-    co = _load(tmp_path)
+    _, risk = write_mri_cohort(tmp_path, n=60)
+    co = load_mri_cohort(tmp_path)
     folds = make_folds(co.patients, k=3, seed=0)
     sizes = tuple(f.size for f in co.families)
     names = tuple(f.name for f in co.families)
@@ -152,8 +94,8 @@ def test_train_predict_and_reload_an_mri_wsi_run(tmp_path):
     np.testing.assert_allclose(pred["risk"].to_numpy(), saved["risk"].to_numpy(), atol=1e-5)
 
 
-def test_cli_train_and_validate_an_mri_cohort(tmp_path, capsys):
-    _mri_cohort(tmp_path, n=30)
+def test_cli_train_and_validate_anwrite_mri_cohort(tmp_path, capsys):
+    write_mri_cohort(tmp_path, n=30)
     mri = [
         "--mri-manifest",
         str(tmp_path / "mri_manifest.csv"),

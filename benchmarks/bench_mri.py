@@ -1,0 +1,152 @@
+"""Speed of ``deref mri``: MRI sequences + tumour mask to per-sequence vectors.
+
+    python benchmarks/bench_mri.py            # human-readable lines
+    python benchmarks/bench_mri.py --json     # one JSON object on stdout (progress on stderr)
+
+A few synthetic liver-like patients are written to a temporary folder: five int16 NIfTI
+sequences (arterial, delay, hepatobiliary, T1, T2; 192 x 192 x 48 voxels of 1.5 x 1.5 x 4 mm,
+a bright organ and a tumour sphere of 12-18 mm radius) and a tumour mask. T2 is stored on
+another grid (2 x 2 x 5 mm, shifted), as co-registered sequences often are, so every patient
+also pays one resampling onto the mask's grid. Random 3D ResNet-50 weights (the same FLOPs
+as pretrained), per-sequence mode (one 2,048-d vector per sequence), 64^3 cubes, one torch
+thread per core. Figures (printed, not asserted):
+
+- ``mri_patients_per_s``: :func:`deref.prepare.mri.process_cases` end to end (read, resample,
+  crop, normalize, network, atomic ``.h5``), after one warm-up patient;
+- ``preprocess_s_per_patient``: :func:`~deref.prepare.mri.preprocess_case` alone;
+- ``network_s_per_patient``: :func:`~deref.prepare.mri.mri_features` alone (5 cubes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SEQUENCES = ("arterial", "delay", "hepatobiliary", "t1", "t2")
+SHAPE = (192, 192, 48)
+SPACING = (1.5, 1.5, 4.0)
+
+
+def write_patient(folder: Path, seed: int) -> dict:
+    """One synthetic patient's NIfTI files; returns the MriCase fields."""
+    import nibabel as nib
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*SPACING, 1.0])
+    affine[:3, 3] = -np.asarray(SHAPE) * SPACING / 2
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), axis=-1)
+    world = idx * SPACING + affine[:3, 3]
+    organ = (((world - [20, 0, 0]) / [110, 90, 70]) ** 2).sum(-1) <= 1
+    center = np.asarray([30, 10, 0]) + rng.uniform(-15, 15, 3)
+    radius = rng.uniform(12, 18)
+    tumour = np.linalg.norm(world - center, axis=-1) <= radius
+    mask_path = folder / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(tumour.astype(np.uint8), affine), mask_path)
+    seqs = {}
+    for j, name in enumerate(SEQUENCES):
+        vol = 200 + 500 * organ + (300 + 150 * j) * tumour + rng.normal(0, 40, SHAPE)
+        vol = ndi.gaussian_filter(vol, 0.7).astype(np.int16)
+        aff = affine
+        if name == "t2":  # another grid: coarser, shifted (co-registered, differently sampled)
+            aff = np.diag([2.0, 2.0, 5.0, 1.0])
+            aff[:3, 3] = affine[:3, 3] - [1.3, 0.7, 2.1]
+            shape = (150, 150, 40)
+            m = np.linalg.inv(affine) @ aff
+            vol = ndi.affine_transform(vol, m[:3, :3], m[:3, 3], output_shape=shape, order=1).astype(np.int16)
+        path = folder / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(vol, aff), path)
+        seqs[name] = path
+    return {"sequences": seqs, "mask": mask_path}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument("--patients", type=int, default=3, help="timed patients (plus one warm-up)")
+    ap.add_argument("--grid", type=int, default=64, help="cube size in voxels")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from deref.prepare.mri import (
+        MriCase,
+        MriConfig,
+        build_mri_backbone,
+        mri_features,
+        preprocess_case,
+        process_cases,
+    )
+
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    res: dict = {
+        "cores": cores,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sequences": len(SEQUENCES),
+        "grid": args.grid,
+        "patients": args.patients,
+        "mode": "per_sequence",
+    }
+    config = MriConfig(grid=args.grid, per_sequence=True, device="cpu")
+    with tempfile.TemporaryDirectory(prefix="bench_mri_") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        cases = [
+            MriCase(f"P{i:03d}", **write_patient(tmp / "in" / f"P{i:03d}", i))
+            for i in range(args.patients + 1)
+        ]
+        res["generate_s"] = round(time.perf_counter() - t0, 2)
+        print(f"wrote {len(cases)} synthetic patients in {res['generate_s']} s", file=sys.stderr)
+        model = build_mri_backbone(1, random_weights=True)
+        rows = process_cases(cases[:1], tmp / "warm", model, config)  # warm-up: imports, allocator
+        if rows[0].status != "ok":
+            raise SystemExit(f"bench_mri: warm-up patient failed: {rows[0].error}")
+        t0 = time.perf_counter()
+        rows = process_cases(cases[1:], tmp / "out", model, config)
+        wall = time.perf_counter() - t0
+        failed = [r.error for r in rows if r.status != "ok"]
+        if failed:
+            raise SystemExit(f"bench_mri: {failed[0]}")
+        res["mri_patients_per_s"] = round(len(rows) / wall, 4)
+        res["mri_s_per_patient"] = round(wall / len(rows), 3)
+        pre, net = [], []
+        for case in cases[1:]:
+            t0 = time.perf_counter()
+            vol = preprocess_case(case, config)
+            pre.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            feats = mri_features(vol, model, config)
+            net.append(time.perf_counter() - t0)
+        res["resampled_sequences_per_patient"] = len(vol.notes["resampled_sequences"])
+        res["feature_shape"] = list(feats.shape)
+        res["preprocess_s_per_patient"] = round(statistics.median(pre), 3)
+        res["network_s_per_patient"] = round(statistics.median(net), 3)
+    print(
+        f"deref mri: {res['mri_patients_per_s']:.3f} patients/s ({res['mri_s_per_patient']:.2f} s each: "
+        f"preprocessing {res['preprocess_s_per_patient']:.2f} s, network {res['network_s_per_patient']:.2f} s "
+        f"for {len(SEQUENCES)} cubes of {args.grid}^3 on {cores} threads)",
+        file=sys.stderr,
+    )
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for key, value in res.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
