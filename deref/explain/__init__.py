@@ -12,6 +12,8 @@ Modules (imported explicitly, so that importing this package stays cheap):
 - ``deref.explain.heatmap`` -- ``render_heatmap`` (patch scores over a WSI thumbnail or a blank
   canvas, with the pixel -> patch map), ``pixel_to_patch`` (the thumbnail comes from
   ``deref.slides.read_thumbnail``).
+- ``deref.explain.mri`` -- ``explain_voxels`` (an MRI run's voxel attributions of the risk and
+  of each decoupled feature through the frozen 3D backbone: ``VoxelAttribution``), ``mri_inputs``.
 - ``deref.explain.patches`` -- ``patch_geometry``, ``top_k_patches`` (read at full resolution
   through OpenSlide) and ``patch_gallery_image``.
 """
