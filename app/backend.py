@@ -636,6 +636,48 @@ def patient_attribution(
     )
 
 
+@st.cache_data(show_spinner="Voxel attributions through the 3D backbone…", max_entries=64)
+def voxel_attribution(
+    run_dir: str,
+    table: str | None,
+    bag_dir: str | None,
+    case_id: str,
+    target: str = "risk",
+    method: str = "grad",
+    fold: int | None = None,
+):
+    """An MRI run's voxel attribution of ``target`` for one patient
+    (``deref.explain.mri.VoxelAttribution``: cubes, tumour mask, scores per voxel and per sequence)."""
+    from deref.explain.mri import explain_voxels
+
+    lr = loaded_run(run_dir)
+    co = cohort(run_dir, table, bag_dir)
+    with lr.lock:
+        return explain_voxels(lr.predictor, co, case_id, target, method, fold=fold)
+
+
+@st.cache_resource(max_entries=64)
+def mri_view(
+    run_dir: str,
+    table: str | None,
+    bag_dir: str | None,
+    case_id: str,
+    sequence: str,
+    target: str,
+    method: str,
+):
+    """The viewer's :class:`deref.figures.MriView` of one sequence with its voxel attribution (kept
+    per process: its window presets are computed once)."""
+    from deref.figures import MriView
+
+    att = voxel_attribution(run_dir, table, bag_dir, case_id, target, method)
+    s = att.sequences.index(sequence)
+    spacing = (att.spacing_mm,) * 3
+    return MriView(
+        att.cubes[s], spacing, mask=att.inside, overlay=att.scores[s], sequence=sequence, case_id=case_id
+    )
+
+
 @st.cache_data(show_spinner="Decoupled features of every patient…", max_entries=16)
 def cohort_features(run_dir: str, table: str | None, bag_dir: str | None, fold: int | str = "oof"):
     """Every patient's decoupled features and gates (``deref.explain.cohort_views.DecoupledFeatures``,

@@ -24,17 +24,20 @@ def shared_data() -> Path:
 DEMO_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test-demos"
 
 
-def _shared_demo(name: str, **kwargs) -> Path:
+def _shared_demo(name: str, pair: str = "genomics-wsi", **kwargs) -> Path:
     import fcntl
 
-    from deref.demo import build_demo, demo_is_built
+    from deref.demo import build_demo, build_mri_demo, demo_is_built, mri_demo_is_built
 
+    build, is_built = (
+        (build_mri_demo, mri_demo_is_built) if pair == "mri-wsi" else (build_demo, demo_is_built)
+    )
     out = DEMO_CACHE / name
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(DEMO_CACHE / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not demo_is_built(out):
-            build_demo(out, overwrite=True, **kwargs)
+        if not is_built(out):
+            build(out, overwrite=True, **kwargs)
     return out
 
 
@@ -48,3 +51,17 @@ def small_demo() -> Path:
 def full_demo() -> Path:
     """The full default demo (what `deref demo` builds): for tests of learned signal (slow)."""
     return _shared_demo("full")
+
+
+@pytest.fixture(scope="session")
+def small_mri_demo() -> Path:
+    """A 20-patient MRI + WSI demo (small volumes and slides) trained 2 epochs: fast plumbing."""
+    return _shared_demo(
+        "mri-small-20", "mri-wsi", n_patients=20, epochs=2, shape=(24, 24, 20), slide_size=(1024, 1024)
+    )
+
+
+@pytest.fixture(scope="session")
+def full_mri_demo() -> Path:
+    """The default MRI + WSI demo (what `deref demo --pair mri-wsi` builds): learned signal (slow)."""
+    return _shared_demo("mri-full", "mri-wsi")

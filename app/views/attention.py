@@ -1,7 +1,8 @@
 """Attention: a slide's thumbnail (OpenSlide) with the WSI encoder's class-token attention, or a
 decoupled feature's patch attribution, overlaid (opacity / colormap / normalization / threshold /
 smoothing in a fragment, so only the image reruns; a click on the slide inspects that patch); the top-k patches read at full resolution;
-and the gene-family attribution of each decoupled feature."""
+and the gene-family (MRI-sequence) attribution of each decoupled feature; on an MRI run, the MRI
+viewer (``app.mri_viewer``) with the voxel attribution."""
 
 from __future__ import annotations
 
@@ -227,6 +228,11 @@ with components.guard("Attention"):
     _gallery(str(path) if path else None, thumb, scores, coords, attrs)
 
     m1_label = backend.run_info(src.run_dir).m1_label
+    if backend.run_info(src.run_dir).m1_kind == "mri":
+        from app.mri_viewer import mri_section
+
+        st.subheader("MRI: where the model looked in the tumour")
+        mri_section(src, case, method)
     st.subheader(f"{m1_label[0].upper()}{m1_label[1:]}s per decoupled feature")
     if att is not None:
         _family_bars(att, m1_label)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from deref.model.config import GENE_FAMILIES, ModelConfig, tiny_config
+from deref.model.config import GENE_FAMILIES, ModelConfig, tiny_config, tiny_mri_config
 
 if TYPE_CHECKING:
     from deref.model.deref import DeReF, SurvivalOutput, collate_bags, survival_from_logits
@@ -18,6 +18,7 @@ __all__ = [
     "GENE_FAMILIES",
     "ModelConfig",
     "tiny_config",
+    "tiny_mri_config",
     "DeReF",
     "SurvivalOutput",
     "collate_bags",

@@ -4,7 +4,9 @@
 * ``SNNTransformer`` (genomic only; one SNN per gene family + the token transformer);
 * ``ABMIL`` (WSI only; gated attention MIL, Ilse et al. 2018);
 * ``TransMIL`` (WSI only; the same Nystrom/PPEG encoder DeReF uses);
-* ``ConcatMLP`` (both; DeReF's two encoders, concatenated, an MLP head).
+* ``ConcatMLP`` (both; DeReF's two encoders, concatenated, an MLP head);
+* ``ResNet3D`` (MRI only, Table II's first row; a 3D ResNet over the sequences' ROI cubes
+  stacked as channels, trained from scratch).
 
 Every model takes ``(m1, wsi, wsi_mask)`` (ignoring a modality it does not use, which may
 then be None) and returns a :class:`~deref.model.deref.SurvivalOutput`.
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from deref.model.config import ModelConfig
 from deref.model.deref import SurvivalOutput, check_inputs, survival_from_logits
 from deref.model.encoders import M1Encoder, SNNBlock, WSIEncoder
+from deref.model.resnet3d import ResNet3d, cubes
 
 
 def _output(logits: Tensor, **extra) -> SurvivalOutput:
@@ -146,12 +149,43 @@ class ConcatMLP(_Baseline):
         return _output(self.head(self.mlp(torch.cat([g, p], dim=1))), cls_m1=g, cls_wsi=p, wsi_attention=attn)
 
 
+class ResNet3D(_Baseline):
+    """MRI only: the sequences' ROI cubes stacked as channels ``(B, S, G, G, G)`` -> 3D ResNet ->
+    global average pooling -> Linear(., C1)-ELU-AlphaDropout -> bins.
+
+    Channels (one net that sees every sequence at each voxel, as ``deref mri`` stacks them)
+    rather than a shared net averaged over sequences: the sequences are co-registered, so a
+    voxel's contrast across sequences is available from the first convolution, and the cost is
+    one network pass per patient instead of S. ``resnet3d_shared`` does not apply here.
+    ``cls_m1`` is the C1 vector before the head.
+    """
+
+    modalities = ("m1",)
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.backbone = ResNet3d(
+            config.resnet3d_depth, config.resnet3d_width, in_channels=len(config.m1_sizes)
+        )
+        self.proj = nn.Sequential(
+            nn.Linear(self.backbone.out_dim, config.c1), nn.ELU(), nn.AlphaDropout(config.snn_dropout)
+        )
+        self.head = nn.Linear(config.c1, config.n_bins)
+
+    def forward(self, m1, wsi=None, wsi_mask=None, *, validate: bool = True, **_) -> SurvivalOutput:
+        self._check(m1, wsi, wsi_mask, validate)
+        x = torch.cat([cubes(v, self.config.mri_grid) for v in m1], dim=1)  # (B, S, G, G, G)
+        h = self.proj(self.backbone(x))
+        return _output(self.head(h), cls_m1=h)
+
+
 BASELINES: dict[str, type[nn.Module]] = {
     "snn": SNN,
     "snn_transformer": SNNTransformer,
     "abmil": ABMIL,
     "transmil": TransMIL,
     "concat_mlp": ConcatMLP,
+    "resnet3d": ResNet3D,
 }
 
-__all__ = ["SNN", "SNNTransformer", "ABMIL", "TransMIL", "ConcatMLP", "BASELINES"]
+__all__ = ["SNN", "SNNTransformer", "ABMIL", "TransMIL", "ConcatMLP", "ResNet3D", "BASELINES"]

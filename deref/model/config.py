@@ -25,8 +25,14 @@ GENE_FAMILIES: tuple[str, ...] = (
     "Cytokines and Growth Factors",
 )
 
-MODEL_TYPES = ("deref", "snn", "snn_transformer", "abmil", "transmil", "concat_mlp")
+MODEL_TYPES = ("deref", "snn", "snn_transformer", "abmil", "transmil", "concat_mlp", "resnet3d")
 M1_KINDS = ("genomic", "mri")
+#: How an MRI cohort's modality 1 arrives: frozen per-sequence vectors, or ROI cubes for a 3D
+#: ResNet trained with the model (``deref.model.resnet3d``).
+MRI_ENCODERS = ("vectors", "resnet3d")
+RESNET3D_DEPTHS = (10, 18, 34, 50)
+#: The 3D ResNet downsamples by 16 (stem stride 2, three stride-2 stages).
+MIN_MRI_GRID = 16
 RCA_MODES = ("rows", "blocks", "cross_attention", "concat_mlp")
 REORG_MODES = ("random", "fixed", "none")
 EVAL_REORG_MODES = ("all", "random", "fixed", "none")
@@ -41,6 +47,13 @@ class ModelConfig:
     Sizes follow the paper: ``c1`` = 256 (encoder width), ``c2`` = 128 (decoupled feature
     width). ``m1_sizes`` is the input width of each modality-1 token: the six gene-family
     group sizes for genomics, or one size per MRI sequence vector.
+
+    MRI end to end (``mri_encoder="resnet3d"``, the paper's protocol): each modality-1 group is
+    one sequence's ROI cube of side ``mri_grid``, flattened (``m1_sizes[g] == mri_grid ** 3``),
+    and a 3D ResNet (``resnet3d_depth``, base width ``resnet3d_width``; one net shared by the
+    sequences unless ``resnet3d_shared`` is False) is trained with the model. The default
+    ``"vectors"`` reads frozen per-sequence feature vectors. ``model_type="resnet3d"`` is the
+    MRI-only baseline (Table II's first row) and needs ``mri_encoder="resnet3d"``.
     """
 
     model_type: str = "deref"
@@ -81,6 +94,12 @@ class ModelConfig:
     hinge_margin: float | None = None
     # Baselines.
     abmil_hidden: int = 256
+    # MRI encoder (the defaults are the frozen-vector behaviour of earlier runs).
+    mri_encoder: str = "vectors"
+    resnet3d_depth: int = 10
+    resnet3d_width: int = 32
+    resnet3d_shared: bool = True
+    mri_grid: int = 32
 
     def __post_init__(self) -> None:
         self.m1_sizes = tuple(int(s) for s in self.m1_sizes)
@@ -125,6 +144,42 @@ class ModelConfig:
             )
         if self.residual_conv_kernel % 2 == 0:
             raise ConfigError("config field 'residual_conv_kernel' must be odd")
+        self._validate_mri()
+
+    def _validate_mri(self) -> None:
+        if self.mri_encoder not in MRI_ENCODERS:
+            raise ConfigError(
+                f"config field 'mri_encoder' = {self.mri_encoder!r}; expected one of {MRI_ENCODERS}"
+            )
+        if self.resnet3d_depth not in RESNET3D_DEPTHS:
+            raise ConfigError(
+                f"config field 'resnet3d_depth' = {self.resnet3d_depth!r}; expected one of {RESNET3D_DEPTHS}"
+            )
+        if self.resnet3d_width <= 0:
+            raise ConfigError(f"config field 'resnet3d_width' = {self.resnet3d_width}; expected > 0")
+        if self.model_type == "resnet3d" and self.mri_encoder != "resnet3d":
+            raise ConfigError(
+                f"config field 'model_type' = 'resnet3d' reads ROI cubes; expected mri_encoder = 'resnet3d', "
+                f"got {self.mri_encoder!r}"
+            )
+        if self.mri_encoder != "resnet3d":
+            return
+        if self.m1_kind != "mri":
+            raise ConfigError(
+                f"config field 'mri_encoder' = 'resnet3d' needs m1_kind = 'mri', got {self.m1_kind!r}"
+            )
+        if self.mri_grid < MIN_MRI_GRID:
+            raise ConfigError(
+                f"config field 'mri_grid' = {self.mri_grid}; expected >= {MIN_MRI_GRID} "
+                "(the 3D ResNet downsamples by 16)"
+            )
+        cube = self.mri_grid**3
+        for name, size in zip(self.m1_names, self.m1_sizes):
+            if size != cube:
+                raise ConfigError(
+                    f"config field 'm1_sizes' gives sequence {name!r} {size} values; expected "
+                    f"mri_grid ** 3 = {self.mri_grid}^3 = {cube} (one flattened ROI cube per sequence)"
+                )
 
     # ------------------------------------------------------------ derived sizes
     @property
@@ -169,4 +224,33 @@ def tiny_config(**changes: Any) -> ModelConfig:
     return ModelConfig(**base)
 
 
-__all__ = ["ModelConfig", "tiny_config", "GENE_FAMILIES", "REFERENCE_SEGMENTS", "field"]
+def tiny_mri_config(sequences: tuple[str, ...] = ("t1", "t2"), grid: int = 16, **changes: Any) -> ModelConfig:
+    """A small end-to-end MRI configuration (3D ResNet-10 of width 8 on ``grid``^3 cubes) for tests."""
+    base = dict(
+        m1_kind="mri",
+        mri_encoder="resnet3d",
+        mri_grid=grid,
+        m1_sizes=(grid**3,) * len(sequences),
+        m1_names=tuple(sequences),
+        resnet3d_width=8,
+        c1=32,
+        c2=16,
+        heads=4,
+        segments=(2, 4, 8),
+        fixed_segments=4,
+        expert_hidden=16,
+    )
+    base.update(changes)
+    return tiny_config(**base)
+
+
+__all__ = [
+    "ModelConfig",
+    "tiny_config",
+    "tiny_mri_config",
+    "GENE_FAMILIES",
+    "REFERENCE_SEGMENTS",
+    "MRI_ENCODERS",
+    "RESNET3D_DEPTHS",
+    "field",
+]

@@ -1,4 +1,4 @@
-"""Modality encoders: gene-family SNNs / MRI projections + token transformer, and TransMIL.
+"""Modality encoders: gene-family SNNs / MRI projections or 3D ResNet + token transformer, and TransMIL.
 
 Shapes: B patients, N patches per bag (padded), D patch-feature width, C = ``c1`` (256).
 """
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from deref.model.config import ModelConfig
 from deref.model.nystrom import NystromAttention
+from deref.model.resnet3d import ResNet3d, cubes, resnet3d_out_dim
 
 
 def init_snn_(module: nn.Module) -> None:
@@ -79,20 +80,62 @@ class TokenEncoder(nn.Module):
         return self.norm(x)[:, 0]
 
 
+class CubeTokens(nn.Module):
+    """ROI cubes of S sequences -> one token per sequence: ``S x (B, G**3)`` -> ``(B, S, C1)``.
+
+    A 3D ResNet (:class:`~deref.model.resnet3d.ResNet3d`; one shared by every sequence, or
+    one per sequence when ``resnet3d_shared`` is False) pools each cube ``(B, 1, G, G, G)``
+    into a vector, and a per-sequence projection (Linear-ELU-AlphaDropout, as the frozen
+    vectors get) maps it to ``c1``. The shared net runs once over the ``B * S`` cubes of a
+    batch; its GroupNorm treats every cube on its own, so this equals per-cube runs.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.grid = cfg.mri_grid
+        n = len(cfg.m1_sizes)
+
+        def net() -> ResNet3d:
+            return ResNet3d(cfg.resnet3d_depth, cfg.resnet3d_width, in_channels=1)
+
+        self.backbone = net() if cfg.resnet3d_shared else None
+        self.backbones = None if cfg.resnet3d_shared else nn.ModuleList(net() for _ in range(n))
+        d = resnet3d_out_dim(cfg.resnet3d_depth, cfg.resnet3d_width)
+        self.proj = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, cfg.c1), nn.ELU(), nn.AlphaDropout(cfg.snn_dropout)) for _ in range(n)
+        )
+
+    def pooled(self, m1: list[Tensor]) -> list[Tensor]:
+        """One pooled ResNet vector ``(B, out_dim)`` per sequence."""
+        if self.backbone is None:
+            return [net(cubes(x, self.grid)) for net, x in zip(self.backbones, m1)]
+        b = m1[0].shape[0]
+        return list(self.backbone(torch.cat([cubes(x, self.grid) for x in m1], dim=0)).split(b, dim=0))
+
+    def forward(self, m1: list[Tensor]) -> Tensor:
+        return torch.stack([p(v) for p, v in zip(self.proj, self.pooled(m1))], dim=1)
+
+
 class M1Encoder(nn.Module):
     """Modality 1 (genomics or MRI) -> class token (B, C).
 
-    Genomics: one SNN per gene family (``m1_sizes``), each giving a token. MRI: one learned
-    projection (Linear-ELU-AlphaDropout) per MRI sequence vector. Then the token encoder.
+    Genomics: one SNN per gene family (``m1_sizes``), each giving a token. MRI vectors
+    (``mri_encoder="vectors"``): one learned projection (Linear-ELU-AlphaDropout) per MRI
+    sequence vector. MRI cubes (``mri_encoder="resnet3d"``): a 3D ResNet trained with the model,
+    then a per-sequence projection (:class:`CubeTokens`). Then the token encoder.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.kind = cfg.m1_kind
+        self.cube_tokens = None
         if cfg.m1_kind == "genomic":
             self.token_nets = nn.ModuleList(
                 SNNBlock(d, cfg.snn_hidden, cfg.c1, cfg.snn_dropout) for d in cfg.m1_sizes
             )
+        elif cfg.mri_encoder == "resnet3d":
+            self.token_nets = None
+            self.cube_tokens = CubeTokens(cfg)
         else:
             self.token_nets = nn.ModuleList(
                 nn.Sequential(nn.Linear(d, cfg.c1), nn.ELU(), nn.AlphaDropout(cfg.snn_dropout))
@@ -102,6 +145,8 @@ class M1Encoder(nn.Module):
 
     def tokens(self, m1: list[Tensor]) -> Tensor:
         """(B, k, C): one token per group."""
+        if self.cube_tokens is not None:
+            return self.cube_tokens(m1)
         return torch.stack([net(x) for net, x in zip(self.token_nets, m1)], dim=1)
 
     def forward(self, m1: list[Tensor]) -> Tensor:

@@ -21,8 +21,8 @@ from deref.survival import MEAN_OF_FOLDS
 
 RUN_FORMAT = "deref-run/1"
 
-# models that read no slide: they need no bag folder
-GENOMIC_ONLY_MODELS = frozenset({"snn", "snn_transformer"})
+# models that read no slide (modality 1 only: genomics or the MRI): they need no bag folder
+GENOMIC_ONLY_MODELS = frozenset({"snn", "snn_transformer", "resnet3d"})  # modality 1 only
 
 _TIME_UNITS = (("month", "months"), ("day", "days"), ("year", "years"), ("week", "weeks"))
 

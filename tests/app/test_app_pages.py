@@ -453,48 +453,22 @@ def test_a_run_whose_curves_are_worse_than_the_null_is_flagged(make_app, app_env
     assert _worse_than_null_flagged(at) == bool(report.pooled.ibs_minus_null > 0)
 
 
-@pytest.fixture
-def mri_run(tmp_path) -> Path:
-    """A small DeReF run on an MRI + WSI cohort (per-sequence MRI vectors, WSI bags)."""
-    from mri_helpers import WSI_DIM, load_mri_cohort, write_mri_cohort
-
-    from deref.data.splits import make_folds
-    from deref.model import ModelConfig
-    from deref.training import TrainConfig, train_cross_validation
-
-    write_mri_cohort(tmp_path, n=30)
-    cohort = load_mri_cohort(tmp_path)
-    cfg = ModelConfig(
-        model_type="deref",
-        m1_kind="mri",
-        m1_sizes=tuple(f.size for f in cohort.families),
-        m1_names=tuple(f.name for f in cohort.families),
-        wsi_dim=WSI_DIM,
-        snn_hidden=32,
-        landmarks=8,
-    )
-    out = tmp_path / "mri-run"
-    train_cross_validation(
-        cohort, make_folds(cohort.patients, k=3, seed=0), cfg, TrainConfig(epochs=1, batch_size=8), out
-    )
-    return out
-
-
-def test_an_mri_run_speaks_of_mri_sequences(make_app, app_env, mri_run):
-    """Every page works from the run's modalities: MRI sequences instead of gene families."""
-    app_env(DEREF_RUN=mri_run)
+def test_an_mri_run_speaks_of_mri_sequences(make_app, app_env, small_mri_demo):
+    """Every page works from the run's modalities: MRI sequences instead of gene families, and
+    the Attention page's MRI viewer with the voxel attribution."""
+    app_env(DEREF_RUN=small_mri_demo / "run")
     at = make_app("views/cohort.py")
     assert not problems(at)
     mods = frame(at, "modalities")
-    assert set(mods["modalities"]) == {"MRI, WSI×1"}
+    assert (
+        set(mods["modalities"]) <= {"MRI, WSI×1", "MRI, WSI×2"}
+        and mods["modalities"].str.startswith("MRI").all()
+    )
     at = make_app("views/patient.py")
     assert not problems(at)
-    assert at.radio(key="whatif").options == ["both modalities", "without the MRI", "without the slide(s)"]
-    assert list(frame(at, "input", "change")["input"]) == [
-        "both modalities",
-        "without the MRI",
-        "without the slide(s)",
-    ]
+    labels = ["both modalities", "without the MRI", "without the slide(s)"]
+    assert at.radio(key="whatif").options == labels
+    assert list(frame(at, "input", "change")["input"]) == labels
     at = make_app("views/model.py")
     assert not problems(at)
     at = make_app("views/attention.py")
@@ -503,3 +477,7 @@ def test_an_mri_run_speaks_of_mri_sequences(make_app, app_env, mri_run):
     assert (
         "MRI sequences per decoupled feature" in heads and "Gene families per decoupled feature" not in heads
     )
+    charts = {c.proto.id.rsplit("-", 1)[-1] for c in at.get("plotly_chart")}
+    assert any("mri_slices" in c.proto.id for c in at.get("plotly_chart")), charts
+    assert any("mri_sequence_bar" in c.proto.id for c in at.get("plotly_chart"))
+    assert at.selectbox(key="mri_sequence").options == ["arterial", "delay", "hepatobiliary", "t1", "t2"]

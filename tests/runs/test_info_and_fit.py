@@ -24,6 +24,19 @@ def test_run_json_round_trips_through_the_typed_model(small_demo, tmp_path):
     raw = _raw(small_demo / "run")
     # runs written before data.time_col was recorded read as the default column
     raw["data"].setdefault("time_col", "survival_months")
+    # model config fields added since the run was written read as their defaults (today's model)
+    from deref.model import ModelConfig
+
+    for key, value in ModelConfig().to_dict().items():
+        if key not in raw["model"]:
+            assert key in (
+                "mri_encoder",
+                "resnet3d_depth",
+                "resnet3d_width",
+                "resnet3d_shared",
+                "mri_grid",
+            ), key
+            raw["model"][key] = value
     info = RunInfo.from_dict(raw)
     assert info.to_dict() == raw  # nothing lost, nothing added
     write_run_info(tmp_path, info)
