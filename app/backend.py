@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Environment variables the app reads (all optional).
 ENV_DEMO_DIR = "DEREF_DEMO_DIR"  # where the default demo lives / is built (default assets/demo)
+ENV_MRI_DEMO_DIR = "DEREF_MRI_DEMO_DIR"  # the MRI + WSI demo (default assets/demo-mri)
 ENV_RUN = "DEREF_RUN"  # default run directory (instead of the demo's)
 ENV_TABLE = "DEREF_TABLE"  # default cohort table (instead of the run's own)
 ENV_BAG_DIR = "DEREF_BAG_DIR"  # default bag folder
@@ -61,6 +62,11 @@ def demo_dir() -> Path:
     return Path(os.environ.get(ENV_DEMO_DIR) or REPO / "assets" / "demo")
 
 
+def mri_demo_dir() -> Path:
+    """The MRI + WSI demo folder: ``$DEREF_MRI_DEMO_DIR`` or ``<repo>/assets/demo-mri``."""
+    return Path(os.environ.get(ENV_MRI_DEMO_DIR) or REPO / "assets" / "demo-mri")
+
+
 def runs_root() -> Path:
     return Path(os.environ.get(ENV_RUNS_ROOT) or REPO / "runs")
 
@@ -68,7 +74,7 @@ def runs_root() -> Path:
 def discover_runs() -> list[str]:
     """Run directories the picker offers: the demo's, ``$DEREF_RUN`` and ``runs/*`` with a run.json."""
     found: list[str] = []
-    candidates = [demo_dir() / "run"]
+    candidates = [demo_dir() / "run", mri_demo_dir() / "run"]
     if os.environ.get(ENV_RUN):
         candidates.insert(0, Path(os.environ[ENV_RUN]))
     root = runs_root()
@@ -171,6 +177,22 @@ def build_demo(progress: Callable[[str, int, int], None] | None = None) -> None:
         if not demo_ready():
             # Our own folder: a demo of an older build there is replaced (only its files).
             _build(demo_dir(), progress=progress, overwrite=True)
+
+
+def mri_demo_ready() -> bool:
+    """A complete MRI + WSI demo of the current build is in :func:`mri_demo_dir`."""
+    from deref.demo import mri_demo_is_built
+
+    return mri_demo_is_built(mri_demo_dir())
+
+
+def build_mri_demo(progress: Callable[[str, int, int], None] | None = None) -> None:
+    """Build the MRI + WSI demo once per process (``deref demo --pair mri-wsi``'s code)."""
+    import deref.demo
+
+    with _demo_lock():
+        if not mri_demo_ready():
+            deref.demo.build_mri_demo(mri_demo_dir(), progress=progress, overwrite=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -100,20 +100,56 @@ def default_source() -> Source | None:
     )
 
 
-def build_demo_with_progress() -> None:
-    """Build the default demo (first start on a fresh machine), showing its progress."""
-    with st.status(
-        f"Building the demo cohort and run in {backend.demo_dir()} (first start only, a few minutes)…",
-        expanded=True,
-    ) as status:
+def _progress_status(label: str, build) -> None:
+    """Run ``build(progress)`` inside a status box with a progress bar fed by the build."""
+    with st.status(label, expanded=True) as status:
         bar = st.progress(0.0, text="starting")
 
         def progress(stage: str, done: int, total: int) -> None:
             frac = min(max(done / total, 0.0), 1.0) if total else 0.0
             bar.progress(frac, text=f"{stage}: {done}/{total}")
 
-        backend.build_demo(progress)
+        build(progress)
         status.update(label="Demo built", state="complete", expanded=False)
+
+
+def mri_demo_button() -> None:
+    """The sidebar's MRI + WSI demo, beside today's: opened when built, else built first (visible
+    progress, a few minutes on a laptop) and then opened."""
+    ready = backend.mri_demo_ready()
+    label = "Open the MRI + WSI demo" if ready else "Build and open the MRI + WSI demo"
+    help_ = (
+        None
+        if ready
+        else "first time only: a synthetic liver cohort (160 patients), MRI vectors, a DeReF run"
+    )
+    if not st.sidebar.button(label, key="mri_demo", help=help_, icon=":material/neurology:"):
+        return
+    try:
+        if not ready:
+            _progress_status(
+                f"Building the MRI + WSI demo in {backend.mri_demo_dir()} (first time only)…",
+                backend.build_mri_demo,
+            )
+        new = backend.make_source(str(backend.mri_demo_dir() / "run"))
+    except Exception as exc:  # noqa: BLE001 - the rest of the app keeps working
+        st.session_state[K_LOAD_ERROR] = f"MRI demo: {reported(exc, 'MRI demo build')}"
+        return
+    st.session_state[K_SOURCE] = new
+    st.session_state.pop(K_LOAD_ERROR, None)
+    st.session_state.pop(K_PATIENT, None)
+    st.query_params.pop("patient", None)
+    st.query_params["run"] = new.run_dir
+    st.session_state[K_QP_DONE] = new.run_dir
+    st.rerun()
+
+
+def build_demo_with_progress() -> None:
+    """Build the default demo (first start on a fresh machine), showing its progress."""
+    _progress_status(
+        f"Building the demo cohort and run in {backend.demo_dir()} (first start only, a few minutes)…",
+        backend.build_demo,
+    )
 
 
 def apply_query_params() -> bool:

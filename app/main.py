@@ -52,6 +52,7 @@ if new_patient_link and page.url_path == PAGES["cohort"].url_path and source is 
     # a deep link to the app's root (?patient=…) opens that patient's page
     st.switch_page(PAGES["patient"], query_params=dict(st.query_params))
 components.sidebar_load(source)
+components.mri_demo_button()
 status = st.sidebar.empty()
 status.caption(f"DeReF Studio · {backend.model_status()}")
 page.run()

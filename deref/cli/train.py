@@ -106,6 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--patience", type=int, help="stop an inner run after this many epochs without improvement"
     )
     p.add_argument(
+        "--bins",
+        type=int,
+        default=4,
+        help="discrete time bins (quantiles of the training fold's event times; default %(default)s, the "
+        "paper's; more bins let the curves follow the Kaplan-Meier shape)",
+    )
+    p.add_argument(
         "--recalibration",
         choices=("none", "temperature", "affine", "isotonic"),
         default="none",
@@ -172,6 +179,7 @@ def _train_config(args: argparse.Namespace):
         inner_folds=args.inner_folds,
         patience=args.patience,
         recalibration=args.recalibration,
+        n_bins=args.bins,
         grid={
             k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in parse_overrides(args.grid).items()
         },

@@ -481,3 +481,32 @@ def test_an_mri_run_speaks_of_mri_sequences(make_app, app_env, small_mri_demo):
     assert any("mri_slices" in c.proto.id for c in at.get("plotly_chart")), charts
     assert any("mri_sequence_bar" in c.proto.id for c in at.get("plotly_chart"))
     assert at.selectbox(key="mri_sequence").options == ["arterial", "delay", "hepatobiliary", "t1", "t2"]
+
+
+def test_the_mri_demo_is_offered_beside_the_default_one(
+    make_app, app_env, small_mri_demo, tmp_path, monkeypatch
+):
+    """The sidebar opens the MRI + WSI demo; not built yet, it is built first with visible progress
+    (here by a stand-in that copies the small MRI demo, through the app's own build path)."""
+    import deref.demo
+
+    target = tmp_path / "demo-mri"
+    calls: list[int] = []
+
+    def build(out_dir, progress=None, **kwargs):
+        calls.append(1)
+        progress("demo cohort: MRI vectors", 1, 1)
+        shutil.copytree(small_mri_demo, out_dir)
+
+    monkeypatch.setattr(deref.demo, "build_mri_demo", build)
+    app_env(DEREF_MRI_DEMO_DIR=target)
+    at = make_app()
+    button = at.sidebar.button(key="mri_demo")
+    assert button.label == "Build and open the MRI + WSI demo"
+    at = button.click().run(timeout=120)
+    assert calls == [1] and not problems(at)
+    assert (target / "run" / "run.json").is_file()  # built by the app's own path, then opened
+    assert at.session_state["source"].run_dir == str((target / "run").resolve())
+    assert metric(at, "Patients") == "20"
+    at = make_app()
+    assert at.sidebar.button(key="mri_demo").label == "Open the MRI + WSI demo"  # built: no second build
