@@ -510,3 +510,35 @@ def test_the_mri_demo_is_offered_beside_the_default_one(
     assert metric(at, "Patients") == "20"
     at = make_app()
     assert at.sidebar.button(key="mri_demo").label == "Open the MRI + WSI demo"  # built: no second build
+
+
+def test_a_recalibrated_run_says_so_on_the_model_and_patient_pages(make_app, app_env, small_demo, tmp_path):
+    """Curves recalibrated on inner data are labelled as such, with the fitted map per fold."""
+    from deref.data.cohort import load_cohort
+    from deref.data.splits import make_folds
+    from deref.model import ModelConfig
+    from deref.training import TrainConfig, train_cross_validation
+
+    c = small_demo / "cohort"
+    cohort = load_cohort(c / "cohort.csv", signatures=c / "signatures.csv")
+    cfg = ModelConfig(model_type="snn", m1_sizes=tuple(f.size for f in cohort.families))
+    out = tmp_path / "recal-run"
+    train_cross_validation(
+        cohort,
+        make_folds(cohort.patients, k=5, seed=0),
+        cfg,
+        TrainConfig(epochs=2, batch_size=8, recalibration="temperature"),
+        out,
+        data_info={"signatures": str(c / "signatures.csv")},
+    )
+    app_env(DEREF_RUN=out)
+    at = make_app("views/model.py")
+    assert not problems(at)
+    captions = " ".join(str(x.value) for x in at.caption)
+    assert "Recalibrated (temperature) in 5 of 5 folds" in captions and "Curves interpolated" in captions
+    folds = frame(at, "fold", "recalibration")
+    assert folds["recalibration"].str.startswith("temperature recalibration: temperature T =").all()
+    at = make_app("views/patient.py")
+    assert not problems(at)
+    captions = " ".join(str(x.value) for x in at.caption)
+    assert "curves are recalibrated: temperature recalibration" in captions
