@@ -113,6 +113,17 @@ def _progress_status(label: str, build) -> None:
         status.update(label="Demo built", state="complete", expanded=False)
 
 
+def open_source(new: Source) -> None:
+    """Show ``new`` from now on (the patient choice reset, the link updated) and rerun."""
+    st.session_state[K_SOURCE] = new
+    st.session_state.pop(K_LOAD_ERROR, None)
+    st.session_state.pop(K_PATIENT, None)
+    st.query_params.pop("patient", None)
+    st.query_params["run"] = new.run_dir
+    st.session_state[K_QP_DONE] = new.run_dir
+    st.rerun()
+
+
 def mri_demo_button() -> None:
     """The sidebar's MRI + WSI demo, beside today's: opened when built, else built first (visible
     progress, a few minutes on a laptop) and then opened."""
@@ -135,13 +146,7 @@ def mri_demo_button() -> None:
     except Exception as exc:  # noqa: BLE001 - the rest of the app keeps working
         st.session_state[K_LOAD_ERROR] = f"MRI demo: {reported(exc, 'MRI demo build')}"
         return
-    st.session_state[K_SOURCE] = new
-    st.session_state.pop(K_LOAD_ERROR, None)
-    st.session_state.pop(K_PATIENT, None)
-    st.query_params.pop("patient", None)
-    st.query_params["run"] = new.run_dir
-    st.session_state[K_QP_DONE] = new.run_dir
-    st.rerun()
+    open_source(new)
 
 
 def build_demo_with_progress() -> None:
@@ -267,13 +272,7 @@ def sidebar_load(source: Source | None) -> None:
                 except Exception as exc:  # noqa: BLE001 - a bad choice in the form must not break the page
                     st.session_state[K_LOAD_ERROR] = reported(exc, "Load")
                 else:
-                    st.session_state[K_SOURCE] = new
-                    st.session_state.pop(K_LOAD_ERROR, None)
-                    st.session_state.pop(K_PATIENT, None)
-                    st.query_params.pop("patient", None)
-                    st.query_params["run"] = new.run_dir
-                    st.session_state[K_QP_DONE] = new.run_dir
-                    st.rerun()
+                    open_source(new)
             if st.button("Clear caches and reload", help="re-read runs and cohorts from disk"):
                 backend.clear_all()
                 st.rerun()

@@ -66,8 +66,8 @@ class DemoBuild:
     fold_cindex: list[float]
 
 
-def demo_is_built(out_dir: str | Path) -> bool:
-    """A complete demo built from the current :func:`build_recipe` is in ``out_dir``."""
+def _built_from(out_dir: str | Path, recipe: dict) -> bool:
+    """A complete demo (run, cohort, summary) built from ``recipe`` is in ``out_dir``."""
     out = Path(out_dir)
     if not ((out / "run" / "run.json").exists() and (out / "cohort" / "demo.json").exists()):
         return False
@@ -75,7 +75,12 @@ def demo_is_built(out_dir: str | Path) -> bool:
         summary = json.loads((out / "demo_summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(summary, dict) and summary.get("recipe") == build_recipe()
+    return isinstance(summary, dict) and summary.get("recipe") == recipe
+
+
+def demo_is_built(out_dir: str | Path) -> bool:
+    """A complete demo built from the current :func:`build_recipe` is in ``out_dir``."""
+    return _built_from(out_dir, build_recipe())
 
 
 def build_demo(
@@ -185,14 +190,7 @@ def build_mri_recipe() -> dict:
 
 def mri_demo_is_built(out_dir: str | Path) -> bool:
     """A complete MRI + WSI demo of the current :func:`build_mri_recipe` is in ``out_dir``."""
-    out = Path(out_dir)
-    if not ((out / "run" / "run.json").exists() and (out / "cohort" / "demo.json").exists()):
-        return False
-    try:
-        summary = json.loads((out / "demo_summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and summary.get("recipe") == build_mri_recipe()
+    return _built_from(out_dir, build_mri_recipe())
 
 
 def mri_demo_features(

@@ -3,6 +3,7 @@ a patient deep link, the other pages, screenshots kept in test-artifacts/, no er
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -72,15 +73,16 @@ def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.P
     raise RuntimeError(f"streamlit did not answer on port {port}: {log_path.read_text()[-2000:]}")
 
 
-@pytest.fixture
-def server(small_demo: Path):
+@contextlib.contextmanager
+def serve(**deref_env: str):
+    """A Streamlit server of ``app/main.py`` on a free port of 127.0.0.1 with only ``deref_env`` of
+    the ``DEREF_*`` variables set; yields its address, stops it afterwards."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium; .ci/run does it)")
     pytest.importorskip("playwright.sync_api", reason="playwright (python package) not installed")
     ARTIFACTS.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEREF_")}
-    env["DEREF_DEMO_DIR"] = str(small_demo)
-    env["DEREF_RUNS_ROOT"] = str(small_demo / "no-runs-here")
+    env.update(deref_env)
     port = free_port()
     proc = start_server(env, port, ARTIFACTS / "streamlit-server.log")
     try:
@@ -91,6 +93,24 @@ def server(small_demo: Path):
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def server(small_demo: Path):
+    with serve(DEREF_DEMO_DIR=str(small_demo), DEREF_RUNS_ROOT=str(small_demo / "no-runs-here")) as url:
+        yield url
+
+
+@pytest.fixture
+def mri_server(small_mri_demo: Path):
+    """The small MRI + WSI demo's run, served through ``DEREF_RUN`` (no genomic demo anywhere)."""
+    with serve(
+        DEREF_RUN=str(small_mri_demo / "run"),
+        DEREF_DEMO_DIR=str(small_mri_demo / "no-demo-here"),
+        DEREF_MRI_DEMO_DIR=str(small_mri_demo),
+        DEREF_RUNS_ROOT=str(small_mri_demo / "no-runs-here"),
+    ) as url:
+        yield url
 
 
 def wait_ready(page, timeout_ms: int = 120_000) -> None:
@@ -192,5 +212,133 @@ def test_dashboard_in_a_real_browser(server, small_demo):
             wait_ready(page)
             assert "NO-SUCH-PATIENT" in page.inner_text("body")
             assert_no_error(page, "unknown patient")
+        finally:
+            browser.close()
+
+
+# ----------------------------------------------------------------------------- the MRI viewer
+#: The MRI viewer's figure (its click grids are the traces named after the panels): the overlay
+#: heatmaps (how many of their values are not NaN), the crosshair shapes, where the drawn
+#: heatmaps are, and the screen pixel of click-grid point ``j`` of panel ``panel`` (null: none).
+MRI_STATE = """([panel, j]) => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(
+      g => g._fullData && g._fullData.some(t => t.type === 'scatter' && t.name === 'axial'));
+  if (!gd) return null;
+  const finite = z => { let n = 0, ok = 0;
+    const walk = a => { for (const v of a) { if (v !== null && typeof v === 'object') walk(v);
+                                             else { n++; if (v !== null && !Number.isNaN(v)) ok++; } } };
+    walk(z || []); return [n, ok]; };
+  const overlays = gd._fullData.filter(t => t.type === 'heatmap' && / overlay$/.test(t.name)).map(t => {
+    const [n, ok] = finite(t.z);
+    return {name: t.name, visible: t.visible, opacity: t.opacity, n, finite: ok}; });
+  const shapes = {};
+  for (const s of gd._fullLayout.shapes || []) if (/ crosshair /.test(s.name)) shapes[s.name] = [s.x0, s.y0];
+  const grid = gd._fullData.find(t => t.type === 'scatter' && t.name === panel);
+  let target = null;
+  if (grid && j !== null) {
+    const xa = gd._fullLayout[grid.xaxis.replace('x', 'xaxis')], ya = gd._fullLayout[grid.yaxis.replace('y', 'yaxis')];
+    const bb = gd.getBoundingClientRect();
+    target = {x: bb.left + xa._offset + xa.d2p(grid.x[j]), y: bb.top + ya._offset + ya.d2p(grid.y[j]),
+              gx: Number(grid.x[j]), gy: Number(grid.y[j])};
+  }
+  return {overlays, shapes, target, images: gd.querySelectorAll('.hm image').length,
+          grid: grid ? {x: Array.from(grid.x, Number), y: Array.from(grid.y, Number)} : null};
+}"""
+#: The voxel axes (i, j, k = 0, 1, 2) along each panel's screen x and y, written out here (not read
+#: from deref.figures.mri) so that the test checks the viewer's geometry.
+PANEL_AXES = {"axial": (0, 1), "coronal": (0, 2), "sagittal": (1, 2)}
+CROSSHAIR = re.compile(r"Crosshair at voxel \((\d+), (\d+), (\d+)\) of the (\d+)³ ROI cube")
+
+
+def mri_caption(page) -> tuple[tuple[int, int, int], int]:
+    """The crosshair voxel and the cube side the viewer's caption states."""
+    text = " ".join(page.locator("[data-testid='stCaptionContainer']").all_inner_texts())
+    m = CROSSHAIR.search(text)
+    assert m is not None, f"no crosshair caption under the MRI viewer: {text[:300]!r}"
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))), int(m.group(4))
+
+
+def far_grid_point(grid: dict, cx: int, cy: int, side: int) -> int:
+    """A click-grid point away from the crosshair lines and from the panel's edges (where the
+    orientation letters are): the index maximising its distance to both lines."""
+    best, best_d = -1, -1
+    for j, (x, y) in enumerate(zip(grid["x"], grid["y"])):
+        if not (2 <= x <= side - 3 and 2 <= y <= side - 3):
+            continue
+        d = min(abs(x - cx), abs(y - cy))
+        if d > best_d:
+            best, best_d = j, d
+    assert best >= 0 and best_d >= 2, f"no click-grid point away from the crosshair ({cx}, {cy})"
+    return best
+
+
+def assert_crosshair(shapes: dict, point: tuple[int, int, int]) -> None:
+    """Every panel's two crosshair lines go through ``point`` (on that panel's screen axes)."""
+    want = {}
+    for name, (ax_x, ax_y) in PANEL_AXES.items():
+        want[f"{name} crosshair x"] = point[ax_x]
+        want[f"{name} crosshair y"] = point[ax_y]
+    got = {k: v[0] if k.endswith(" x") else v[1] for k, v in shapes.items()}
+    assert got == want, f"crosshair lines {got}, expected through {point}: {want}"
+
+
+def click_mri_panel(page, panel: str, point: tuple[int, int, int], side: int) -> tuple[int, int, int]:
+    """Click ``panel`` at a click-grid point away from the crosshair (its pixel from plotly's axes);
+    the caption and the crosshair lines must move to the voxel under it. Returns that voxel."""
+    ax_x, ax_y = PANEL_AXES[panel]
+    grid = page.evaluate(MRI_STATE, [panel, None])["grid"]
+    target = page.evaluate(MRI_STATE, [panel, far_grid_point(grid, point[ax_x], point[ax_y], side)])["target"]
+    expected = list(point)
+    expected[ax_x], expected[ax_y] = target["gx"], target["gy"]
+    expected = tuple(expected)
+    assert expected != point and expected[ax_x] != point[ax_x] and expected[ax_y] != point[ax_y]
+    page.mouse.move(target["x"], target["y"])
+    page.wait_for_timeout(300)
+    page.mouse.click(target["x"], target["y"])
+    page.wait_for_function(
+        "w => [...document.querySelectorAll(\"[data-testid='stCaptionContainer']\")]"
+        ".some(c => c.innerText.includes(w))",
+        arg="Crosshair at voxel ({}, {}, {})".format(*expected),
+        timeout=30_000,
+    )
+    page.wait_for_timeout(500)
+    assert mri_caption(page)[0] == expected
+    assert_crosshair(page.evaluate(MRI_STATE, [panel, None])["shapes"], expected)
+    return expected
+
+
+def test_mri_viewer_click_moves_the_crosshair(mri_server):
+    """Attention page of the MRI + WSI run: the voxel overlay is drawn, a click on the axial and
+    then on the sagittal panel moves the crosshair to the voxel under it (caption and the six
+    crosshair lines; the sagittal click keeps the axial click's i), no error anywhere."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 2600})
+            page.goto(f"{mri_server}/attention", wait_until="domcontentloaded")
+            wait_ready(page)
+            page.wait_for_function(f"() => ({MRI_STATE})(['axial', null]) !== null", timeout=120_000)
+            page.wait_for_timeout(500)
+            assert_no_error(page, "attention (MRI run)")
+            state = page.evaluate(MRI_STATE, ["axial", None])
+            overlays = {o["name"]: o for o in state["overlays"]}
+            assert set(overlays) == {"axial overlay", "coronal overlay", "sagittal overlay"}
+            assert all(o["visible"] is True and o["opacity"] == 0.5 for o in overlays.values())
+            assert sum(o["finite"] for o in overlays.values()) > 0, f"the overlay is all NaN: {overlays}"
+            assert state["images"] >= 6, f"{state['images']} heatmaps drawn, expected 3 images + 3 overlays"
+            point, side = mri_caption(page)
+            assert_crosshair(state["shapes"], point)
+            page.screenshot(path=str(ARTIFACTS / "mri-viewer.png"), full_page=True)
+
+            moved = click_mri_panel(page, "axial", point, side)
+            assert moved[2] == point[2]  # the axial slice (k) stays
+            again = click_mri_panel(page, "sagittal", moved, side)
+            assert again[0] == moved[0]  # the sagittal slice (i) stays
+            state = page.evaluate(MRI_STATE, ["axial", None])
+            assert sum(o["finite"] for o in state["overlays"]) > 0
+            page.screenshot(path=str(ARTIFACTS / "mri-viewer-clicked.png"), full_page=True)
+            assert_no_error(page, "attention (MRI run) after two clicks")
         finally:
             browser.close()
