@@ -15,6 +15,18 @@ thread per core. Figures (printed, not asserted):
   crop, normalize, network, atomic ``.h5``), after one warm-up patient;
 - ``preprocess_s_per_patient``: :func:`~deref.prepare.mri.preprocess_case` alone;
 - ``network_s_per_patient``: :func:`~deref.prepare.mri.mri_features` alone (5 cubes).
+
+On the MRI + WSI demo (the one the tests build under ``.cache/test-demos/mri-full`` when it is
+there, else a small one built in a temporary folder: 20 patients, 24 x 24 x 20 volumes, 1
+epoch; ``--demo PATH`` names another built demo folder, ``--no-demo`` skips these):
+
+- ``voxel_attr_s``: :func:`deref.explain.mri.explain_voxels`, gradient x input of the
+  MRI-specific feature for one patient (cubes rebuilt from the files, backbone rebuilt,
+  forward and backward through five 32^3 cubes), median of 2 after one warm-up; target <= 3 s;
+- ``voxel_ig32_s``: the same with Integrated Gradients, 32 points; target <= 60 s;
+- ``epoch_s``: one training epoch of the frozen-vector DeReF (the demo's model and schedule)
+  over fold 0's training patients (``epoch_patients``), the second of two epochs (the first
+  fills the bag cache).
 """
 
 from __future__ import annotations
@@ -70,11 +82,75 @@ def write_patient(folder: Path, seed: int) -> dict:
     return {"sequences": seqs, "mask": mask_path}
 
 
+def _demo_dir(args, tmp: Path) -> tuple[Path, str]:
+    """A built MRI demo folder and where it came from (the tests' cache, ``--demo``, or a small
+    one built now into ``tmp``)."""
+    from deref.demo import build_mri_demo, mri_demo_is_built
+
+    if args.demo is not None:
+        if not mri_demo_is_built(args.demo):
+            raise SystemExit(
+                f"bench_mri: {args.demo}: not a built MRI demo (no run.json / demo.json / recipe)"
+            )
+        return Path(args.demo), "given"
+    cached = Path(__file__).resolve().parents[1] / ".cache" / "test-demos" / "mri-full"
+    if mri_demo_is_built(cached):
+        return cached, "tests' full demo"
+    print("building a small MRI demo (20 patients) for the attribution and epoch figures", file=sys.stderr)
+    build_mri_demo(tmp / "demo", n_patients=20, epochs=1, shape=(24, 24, 20), slide_size=(1024, 1024))
+    return tmp / "demo", "small demo built now"
+
+
+def demo_figures(args, tmp: Path) -> dict:
+    """``voxel_attr_s``, ``voxel_ig32_s`` and ``epoch_s`` on the MRI demo (see the module notes)."""
+    from deref.data.splits import read_mcat_splits
+    from deref.demo import MRI_DEMO_TRAIN
+    from deref.explain.mri import explain_voxels
+    from deref.inference import Predictor
+    from deref.model import ModelConfig
+    from deref.training import CohortTrainer, TrainConfig
+
+    folder, origin = _demo_dir(args, tmp)
+    pred = Predictor.from_run(folder / "run", device="cpu")
+    cohort = pred.load_cohort()
+    case = cohort.case_ids[0]
+    res: dict = {"demo": origin, "demo_patients": len(cohort.case_ids)}
+    explain_voxels(pred, cohort, case, "specific_mri", "grad")  # warm-up: MONAI import, allocator
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        att = explain_voxels(pred, cohort, case, "specific_mri", "grad")
+        times.append(time.perf_counter() - t0)
+    res["voxel_grid"] = int(att.cubes.shape[-1])
+    res["voxel_attr_s"] = round(statistics.median(times), 2)
+    print(f"voxel attribution (gradient x input): {res['voxel_attr_s']:.2f} s", file=sys.stderr)
+    t0 = time.perf_counter()
+    att = explain_voxels(pred, cohort, case, "specific_mri", "ig", steps=32)
+    res["voxel_ig32_s"] = round(time.perf_counter() - t0, 2)
+    res["voxel_ig32_delta"] = float(f"{att.convergence_delta:.3g}")
+    print(f"voxel attribution (IG, 32 points): {res['voxel_ig32_s']:.2f} s", file=sys.stderr)
+    fold = read_mcat_splits(folder / "run" / "splits")[0]
+    mcfg = ModelConfig.from_dict(pred.run.info.model.to_dict())
+    tcfg = TrainConfig(**dict(MRI_DEMO_TRAIN, epochs=2, seed=0, device="cpu"))
+    result = CohortTrainer(cohort, mcfg, tcfg).train_fold(fold)
+    res["epoch_s"] = round(float(result.info.history[-1]["seconds"]), 2)
+    res["epoch_patients"] = len(fold.train)
+    print(
+        f"one epoch, frozen-vector DeReF: {res['epoch_s']:.2f} s ({len(fold.train)} patients)",
+        file=sys.stderr,
+    )
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--patients", type=int, default=3, help="timed patients (plus one warm-up)")
     ap.add_argument("--grid", type=int, default=64, help="cube size in voxels")
+    ap.add_argument(
+        "--demo", type=Path, default=None, help="a built MRI demo folder (default: the tests' cache)"
+    )
+    ap.add_argument("--no-demo", action="store_true", help="skip the attribution and epoch figures")
     args = ap.parse_args(argv)
 
     import torch
@@ -133,12 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         res["feature_shape"] = list(feats.shape)
         res["preprocess_s_per_patient"] = round(statistics.median(pre), 3)
         res["network_s_per_patient"] = round(statistics.median(net), 3)
+        if not args.no_demo:
+            res.update(demo_figures(args, tmp))
     print(
         f"deref mri: {res['mri_patients_per_s']:.3f} patients/s ({res['mri_s_per_patient']:.2f} s each: "
         f"preprocessing {res['preprocess_s_per_patient']:.2f} s, network {res['network_s_per_patient']:.2f} s "
         f"for {len(SEQUENCES)} cubes of {args.grid}^3 on {cores} threads)",
         file=sys.stderr,
     )
+    res["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
     if args.json:
         print(json.dumps(res))
     else:

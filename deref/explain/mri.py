@@ -27,6 +27,8 @@ Layer 5 (beside :mod:`deref.explain.attribution`); torch, nibabel and MONAI load
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +136,28 @@ def mri_inputs(cohort, case_id: str, *, atol: float = 1e-3) -> MriInputs:
     return MriInputs(case_id, sequences, vol.data, vol.inside, float(vol.spacing_mm), backbone, stored)
 
 
+_INPUTS: OrderedDict[tuple[str, str], MriInputs] = OrderedDict()
+_INPUTS_LOCK = threading.Lock()
+_INPUTS_KEEP = 8
+
+
+def _cached_inputs(cohort, case_id: str) -> MriInputs:
+    """:func:`mri_inputs` of the last few patients (rebuilding a patient's cubes and backbone and
+    checking its vectors costs seconds; every target and method of that patient reuses them)."""
+    key = (cohort.fingerprint, case_id)
+    with _INPUTS_LOCK:
+        hit = _INPUTS.get(key)
+        if hit is not None:
+            _INPUTS.move_to_end(key)
+            return hit
+    found = mri_inputs(cohort, case_id)
+    with _INPUTS_LOCK:
+        _INPUTS[key] = found
+        while len(_INPUTS) > _INPUTS_KEEP:
+            _INPUTS.popitem(last=False)
+    return found
+
+
 def _m1_from_cubes(cubes: torch.Tensor, backbone, pre, sequences: list[str]) -> list[torch.Tensor]:
     """Differentiable ``cube -> backbone -> the fold's standardization`` per sequence: (1, 2048) each."""
     feats = backbone(cubes[:, None])  # (S, 2048)
@@ -184,7 +208,7 @@ def explain_voxels(
     model = predictor.fold(k).model
     _check_model(model)
     (target,) = _check_targets((target,), model.config)
-    mri = mri_inputs(cohort, case_id)
+    mri = _cached_inputs(cohort, case_id)
     pre = predictor.fold(k).preprocessing
     inputs = predictor.inputs(cohort, [case_id], k)
     x = torch.from_numpy(mri.cubes).float()
