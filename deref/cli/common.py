@@ -65,18 +65,72 @@ def load_cohort_from_args(args: argparse.Namespace):
     )
 
 
-def parse_overrides(items: list[str] | None) -> dict:
-    """``key=value`` pairs; values parsed as Python literals when possible (ints, lists, ...)."""
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _typed(value: str, type_name: str, key: str, flag: str):
+    """``value`` (the text after ``=``) as the field's declared type (``bool``, ``int``, ``float``,
+    ``str``, optional numbers, tuples); a value that is not of that type is a ConfigError."""
+    text = value.strip()
+    optional = type_name.replace(" ", "").endswith("|None")
+    base = type_name.replace(" ", "").removesuffix("|None")
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    try:
+        if base == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError
+        if base == "int":
+            return int(text)
+        if base == "float":
+            return float(text)
+        if base == "str":
+            return text
+        parsed = ast.literal_eval(text)
+        return tuple(parsed) if base.startswith("tuple") and isinstance(parsed, (list, tuple)) else parsed
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"{flag} {key}={value!r}: expected a value of type {type_name}") from None
+
+
+def typed_overrides(items: list[str] | None, *classes, flag: str = "--set") -> dict:
+    """``key=value`` pairs of the dataclass fields of ``classes``, each value parsed as its field's
+    declared type (``decouple=false`` is ``False``, not the string ``"false"``); an unknown key or
+    a value of the wrong type is a ConfigError naming it."""
+    import dataclasses
+
+    types = {f.name: str(f.type) for cls in classes for f in dataclasses.fields(cls)}
     out = {}
+    for key, value in _split_pairs(items, flag):
+        if key not in types:
+            raise ConfigError(f"{flag} {key}: unknown setting; known: {', '.join(sorted(types))}")
+        out[key] = _typed(value, types[key], key, flag)
+    return out
+
+
+def typed_grid(items: list[str] | None, *classes) -> dict[str, list]:
+    """``--grid key=v1,v2``: each value of the list parsed as the field's declared type."""
+    import dataclasses
+
+    types = {f.name: str(f.type) for cls in classes for f in dataclasses.fields(cls)}
+    out: dict[str, list] = {}
+    for key, value in _split_pairs(items, "--grid"):
+        if key not in types:
+            raise ConfigError(f"--grid {key}: unknown setting; known: {', '.join(sorted(types))}")
+        out[key] = [_typed(v, types[key], key, "--grid") for v in value.split(",")]
+    return out
+
+
+def _split_pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
+    pairs = []
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
+            raise ConfigError(f"{flag} {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value
-    return out
+        pairs.append((key.strip(), value))
+    return pairs
 
 
 class BarProgress:

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from deref.cli.common import BarProgress, add_cohort_args, load_cohort_from_args, parse_overrides
+from deref.cli.common import BarProgress, add_cohort_args, load_cohort_from_args, typed_grid, typed_overrides
 from deref.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def _model_config(args: argparse.Namespace, cohort):
     from deref.model import ModelConfig
     from deref.runs import GENOMIC_ONLY_MODELS
 
-    overrides = parse_overrides(args.set)
+    overrides = typed_overrides(args.set, ModelConfig)
     overrides.setdefault("model_type", args.model)
     if args.bags and "wsi_dim" not in overrides and args.model not in GENOMIC_ONLY_MODELS:
         for case in cohort.case_ids:
@@ -159,6 +159,7 @@ def _model_config(args: argparse.Namespace, cohort):
 
 
 def _train_config(args: argparse.Namespace):
+    from deref.model import ModelConfig
     from deref.training import TrainConfig
 
     return TrainConfig(
@@ -180,9 +181,7 @@ def _train_config(args: argparse.Namespace):
         patience=args.patience,
         recalibration=args.recalibration,
         n_bins=args.bins,
-        grid={
-            k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in parse_overrides(args.grid).items()
-        },
+        grid=typed_grid(args.grid, TrainConfig, ModelConfig),
     )
 
 
