@@ -922,22 +922,36 @@ def _init_worker(seed: int, wsi_dim: int, slides_dir: str, bags_dir: str) -> Non
     )
 
 
-def _pool(workers: int, initargs: tuple) -> ProcessPoolExecutor:
-    """A process pool for rendering.
+def render_pool(workers: int, initializer: Callable, initargs: tuple) -> ProcessPoolExecutor:
+    """A process pool for rendering (this demo's and :mod:`deref.data.synthetic_mri`'s).
 
     "fork" where the platform has it: workers start at once and re-import nothing (a "spawn"
     worker re-runs the caller's ``__main__``, which fails for ``python -`` or a notebook). The
-    workers only use numpy, imagecodecs, tifffile and h5py, never torch, so state inherited
-    from a caller that has torch threads running is not touched. Elsewhere "spawn". A worker
-    that dies raises ``BrokenProcessPool`` instead of hanging.
+    workers only use numpy, imagecodecs, tifffile, h5py and nibabel, never torch, so state
+    inherited from a caller that has torch threads running is not touched. Elsewhere "spawn". A
+    worker that dies raises ``BrokenProcessPool`` instead of hanging.
     """
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context(method),
-        initializer=_init_worker,
+        initializer=initializer,
         initargs=initargs,
     )
+
+
+def run_in_pool(pool: ProcessPoolExecutor, fn: Callable, items, on_done: Callable[[], None]) -> None:
+    """``fn(item)`` for every item in ``pool``; ``on_done()`` after each one finishes. A worker's
+    error cancels what has not started and is re-raised."""
+    futures = [pool.submit(fn, item) for item in items]
+    try:
+        for fut in as_completed(futures):
+            fut.result()  # re-raises a worker's error
+            on_done()
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
 
 
 def _render_one(layout: SlideLayout) -> int:
@@ -1070,18 +1084,16 @@ def _render_slides(
             if progress is not None:
                 progress(done, total)
         return
-    with _pool(min(workers, total), (sim.seed, wsi_dim, str(slides_dir), str(bags_dir))) as pool:
-        futures = [pool.submit(_render_one, lay) for lay in sim.layouts]
-        try:
-            for fut in as_completed(futures):
-                fut.result()  # re-raises a worker's error
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    counter = iter(range(1, total + 1))
+
+    def tick() -> None:
+        n = next(counter)
+        if progress is not None:
+            progress(n, total)
+
+    initargs = (sim.seed, wsi_dim, str(slides_dir), str(bags_dir))
+    with render_pool(min(workers, total), _init_worker, initargs) as pool:
+        run_in_pool(pool, _render_one, sim.layouts, tick)
 
 
 def _demo_meta(sim: DemoSimulation, wsi_dim: int) -> dict:

@@ -35,11 +35,9 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import multiprocessing
 import os
 import re
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -761,17 +759,6 @@ def _run_task(task) -> int:
     )
 
 
-def _pool(workers: int, initargs: tuple) -> ProcessPoolExecutor:
-    """A process pool ("fork" where available, as :mod:`deref.data.synthetic` explains)."""
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context(method),
-        initializer=_init_worker,
-        initargs=initargs,
-    )
-
-
 def _render_all(sim: MriDemoSimulation, wsi_dim: int, out: Path, workers: int, progress) -> None:
     """Write every volume set, slide and bag, in this process or in ``workers`` processes."""
     tasks = [("slide", lay) for lay in sim.layouts] + [("mri", c) for c in sim.cases]
@@ -792,18 +779,15 @@ def _render_all(sim: MriDemoSimulation, wsi_dim: int, out: Path, workers: int, p
             _WORKER.clear()
             _WORKER.update(saved)
         return
-    with _pool(min(workers, total), initargs) as pool:
-        futures = [pool.submit(_run_task, t) for t in tasks]
-        try:
-            for fut in as_completed(futures):
-                fut.result()  # re-raises a worker's error
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    counter = iter(range(1, total + 1))
+
+    def tick() -> None:
+        n = next(counter)
+        if progress is not None:
+            progress(n, total)
+
+    with wsi.render_pool(min(workers, total), _init_worker, initargs) as pool:
+        wsi.run_in_pool(pool, _run_task, tasks, tick)
 
 
 # --------------------------------------------------------------------------- the cohort

@@ -113,10 +113,7 @@ def mri_inputs(cohort, case_id: str, *, atol: float = 1e-3) -> MriInputs:
     manifest = cohort.mri
     if case_id not in manifest.files:
         raise DataError(f"{manifest.path}: patient {case_id} has no row")
-    cfg = json.loads(attrs["preprocess"])
-    cfg = {k: v for k, v in cfg.items() if v is not None}
-    cfg["clip_percentiles"] = tuple(cfg.get("clip_percentiles", (0.5, 99.5)))
-    config = MriConfig(**cfg)
+    config = MriConfig.from_json(attrs["preprocess"])
     sequences = json.loads(attrs["sequences"])
     case = MriCase(case_id, {s: manifest.files[case_id][s] for s in sequences}, manifest.masks.get(case_id))
     vol = preprocess_case(case, config)

@@ -79,6 +79,20 @@ class MriConfig:
         if self.norm not in ("zscore", "minmax", "none"):
             raise DataError(f"normalization {self.norm!r}: expected zscore, minmax or none")
 
+    def to_json(self) -> str:
+        """The settings a feature file records (``attrs["preprocess"]``); run-time switches
+        (``overwrite``, ``device``) are left out."""
+        return json.dumps(asdict(self) | {"overwrite": None, "device": None})
+
+    @classmethod
+    def from_json(cls, text: str | bytes, **changes) -> MriConfig:
+        """The settings a feature file was made with (:meth:`to_json`), optionally changed."""
+        raw = json.loads(text.decode() if isinstance(text, bytes) else text)
+        cfg = {k: v for k, v in raw.items() if v is not None}
+        if "clip_percentiles" in cfg:
+            cfg["clip_percentiles"] = tuple(cfg["clip_percentiles"])
+        return cls(**(cfg | changes))
+
 
 @dataclass
 class MriCase:
@@ -629,7 +643,7 @@ def process_case(
         "center_ras_mm": vol.center_ras_mm,
         "grid_of": vol.notes.get("grid_of", ""),
         "resampled_sequences": json.dumps(vol.notes.get("resampled_sequences", [])),
-        "preprocess": json.dumps(asdict(config) | {"overwrite": None, "device": None}),
+        "preprocess": config.to_json(),
     }
     if save_crops:
         import nibabel as nib

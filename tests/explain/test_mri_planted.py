@@ -58,14 +58,9 @@ def planted_on_cube(cohort, case_id: str) -> tuple[np.ndarray, np.ndarray]:
 
     with h5py.File(Path(cohort.mri_features) / f"{case_id}.h5", "r") as f:
         raw = f.attrs["preprocess"]
-    cfg = {
-        k: v for k, v in json.loads(raw.decode() if isinstance(raw, bytes) else raw).items() if v is not None
-    }
-    cfg["clip_percentiles"] = tuple(cfg.get("clip_percentiles", (0.5, 99.5)))
-    cfg["norm"] = "none"
     planted = Path(cohort.mri.files[case_id][PLANTED_SEQUENCE]).parent / "planted.nii.gz"
     case = MriCase(case_id, {"planted": planted}, cohort.mri.masks[case_id])
-    vol = preprocess_case(case, MriConfig(**cfg))
+    vol = preprocess_case(case, MriConfig.from_json(raw, norm="none"))
     return vol.data[0] > 0.5, vol.inside
 
 
