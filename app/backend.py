@@ -435,11 +435,26 @@ def cohort_table(run_dir: str, table: str | None, bag_dir: str | None) -> pd.Dat
             m.append(f"WSI×{int(mods.at[case, 'n_bags'])}" if "n_bags" in mods else "WSI")
         present.append(", ".join(m) or "none")
     out["modalities"] = present
+    if co.allow_missing:
+        out["missing"] = [
+            ", ".join("WSI" if m == "wsi" else m for m in co.missing_inputs(c)) for c in out.index
+        ]
     out["n_slides"] = pts["n_slides"].astype(int)
     clinical = [c for c in pts.columns if c not in ("time", "censorship", "event", "n_slides")]
     for c in clinical:
         out[c] = pts[c]
     return out
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def missing_inputs(run_dir: str, table: str | None, bag_dir: str | None) -> dict[str, list[str]]:
+    """``{case_id: [missing input, ...]}`` of the patients that lack one (cohorts loaded with
+    ``allow_missing``); empty otherwise."""
+    co = cohort(run_dir, table, bag_dir)
+    if not co.allow_missing:
+        return {}
+    out = {str(c): co.missing_inputs(c) for c in co.case_ids}
+    return {c: ["WSI" if m == "wsi" else m for m in v] for c, v in out.items() if v}
 
 
 @st.cache_data(show_spinner="Computing per-fold metrics (Harrell, Uno, td-AUC, IBS)…", max_entries=16)

@@ -414,3 +414,19 @@ def page_header(title: str, source: Source | None) -> None:
         st.caption(
             f"run **{backend.run_name(source.run_dir)}** · cohort **{backend.cohort_name(source)}** · `{Path(source.run_dir)}`"
         )
+        _missing_note(source)
+
+
+def _missing_note(source: Source) -> None:
+    """Every page says when patients lack an input (cohorts loaded with ``--allow-missing``)."""
+    try:
+        missing = backend.missing_inputs(*source.key)
+    except DeRefError:
+        return  # the page's own guard reports a cohort that does not load
+    if missing:
+        shown = ", ".join(f"{c} ({', '.join(m)})" for c, m in list(missing.items())[:5])
+        st.warning(
+            f"{len(missing)} patient(s) lack an input: {shown}{' …' if len(missing) > 5 else ''}. Their "
+            "predictions put the training fold's mean token in its place (column **missing** on the Cohort page).",
+            icon=":material/report:",
+        )

@@ -33,7 +33,12 @@ def _viewer(src: backend.Source, case: str, method: str) -> None:
         "Attribution of", _targets(src), format_func=lambda t: FEATURE_TARGETS.get(t, t), key="mri_target"
     )
     att = backend.voxel_attribution(*src.key, case, target, method)
-    sequence = c[1].selectbox("Sequence", att.sequences, key="mri_sequence")
+    present = [s for s in att.sequences if s not in att.missing_sequences]
+    sequence = c[1].selectbox("Sequence", present, key="mri_sequence")
+    if att.missing_sequences:
+        st.caption(
+            f"No {', '.join(att.missing_sequences)} for {case} (a missing input: the fold's mean token)."
+        )
     view = backend.mri_view(*src.key, case, sequence, target, method)
     preset = c[2].selectbox("Window", list(view.presets), key="mri_window")
     opacity = c[3].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="mri_opacity")

@@ -183,6 +183,7 @@ def build_mri_recipe() -> dict:
         "pair": "mri-wsi",
         "generator_version": MRI_DEMO_VERSION,
         "mri_grid": MRI_DEMO_GRID,
+        "mri_cubes": True,
         "model": dict(MRI_DEMO_MODEL),
         "train": dict(MRI_DEMO_TRAIN),
     }
@@ -197,7 +198,8 @@ def mri_demo_features(
     cohort_dir: Path, progress: Callable[[str, int, int], None] | None = None, *, overwrite: bool = False
 ) -> Path:
     """``deref mri --per-sequence --random-weights --grid MRI_DEMO_GRID`` over the demo's manifest,
-    into ``cohort_dir/mri_features`` (resumable: finished patients are kept). Random weights are
+    into ``cohort_dir/mri_features``, and the same ROI cubes (``deref mri --cubes``) into
+    ``cohort_dir/mri_cubes`` for end-to-end training (resumable: finished patients are kept). Random weights are
     marked unusable for science in every file: the demo shows the workflow, not MedicalNet.
     ``overwrite`` recomputes every patient (a regenerated cohort)."""
     from deref.errors import DataError
@@ -218,10 +220,11 @@ def mri_demo_features(
         build_mri_backbone(1, random_weights=True),
         MriConfig(grid=MRI_DEMO_GRID, per_sequence=True, overwrite=overwrite),
         on_result=on_result,
+        cubes_dir=cohort_dir / "mri_cubes",
     )
     failed = [r for r in rows if r.status == "failed"]
     if failed:
-        raise DataError(f"MRI demo: {len(failed)} patient(s) failed: {failed[0].message}")
+        raise DataError(f"MRI demo: {len(failed)} patient(s) failed: {failed[0].error}")
     return out
 
 

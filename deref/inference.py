@@ -78,7 +78,9 @@ class BagStore:
         return bag
 
     def size(self, case_id: str) -> int:
-        """Number of patches (reads the bag header on first use)."""
+        """Number of patches (reads the bag header on first use; 1 for a missing slide)."""
+        if case_id not in self._sizes and "wsi" in self.cohort.missing_inputs(case_id):
+            self._sizes[case_id] = 1
         if case_id not in self._sizes:
             from deref.data.bags import find_bag, peek_bag_shape
 
@@ -110,7 +112,8 @@ class PatientInputs:
 
 
 def m1_matrix(cohort: Cohort, pre: Preprocessing, case_ids: Sequence[str]) -> list[np.ndarray]:
-    """Standardized modality-1 arrays, one ``(n, d_g)`` per gene family, rows in ``case_ids`` order.
+    """Modality-1 arrays, one ``(n, d_g)`` per group, rows in ``case_ids`` order: standardized
+    frame columns (gene families, MRI vectors), or the ROI cubes of an end-to-end MRI cohort.
 
     The cohort must hold the columns ``pre`` was fitted on: the cohort it was fitted on does,
     and :class:`Predictor` checks another one first (:meth:`Predictor.check_cohort`).
@@ -118,7 +121,7 @@ def m1_matrix(cohort: Cohort, pre: Preprocessing, case_ids: Sequence[str]) -> li
     unknown = [c for c in case_ids if c not in cohort.genomic.index]
     if unknown:
         raise DataError(f"{cohort.source}: case id(s) not in the table: {unknown[:5]}")
-    return pre.transform_m1(cohort.genomic.loc[list(case_ids)])
+    return pre.m1_inputs(cohort, case_ids)
 
 
 def assemble(
@@ -368,6 +371,8 @@ class Predictor:
         out.insert(2, "time", pts["time"].to_numpy())
         out.insert(3, "censorship", pts["censorship"].to_numpy())
         out.insert(4, "event", pts["event"].to_numpy())
+        if self.config.allow_missing or cohort.allow_missing:
+            out["missing"] = [";".join(cohort.missing_inputs(c)) for c in ids]
         return out
 
     def forward_batches(

@@ -358,6 +358,18 @@ class CohortTrainer:
             raise DataError(
                 f"{cohort.source}: model {model_config.model_type!r} needs WSI bags; give a bag folder"
             )
+        if self.needs_wsi and not cohort.allow_missing:
+            no_bag = [c for c in cohort.case_ids if not bool(cohort.modalities.at[c, "wsi"])]
+            if no_bag:
+                shown = ", ".join(f"{c} ({', '.join(cohort.slides[c]) or 'no slide_id'})" for c in no_bag[:5])
+                raise DataError(
+                    f"{cohort.source}: {len(no_bag)} patient(s) have no bag file in {cohort.bag_dir} for every "
+                    f"slide: {shown}{' ...' if len(no_bag) > 5 else ''}; expected a bag per slide "
+                    "(or --allow-missing: the slide is then a missing input, at the training mean token)"
+                )
+        if cohort.allow_missing and not model_config.allow_missing:
+            model_config = model_config.replace(allow_missing=True)
+            self.model_config = model_config
         self.bags = (
             BagStore(cohort, None, max_bytes=train_config.bag_cache_mb << 20) if self.needs_wsi else None
         )
@@ -389,12 +401,16 @@ class CohortTrainer:
         history, kept = self._fit_outer(model, data, fold, seed, cfg, keep)
         if kept is not None:
             model.load_state_dict(kept)
+        if data.config.allow_missing:
+            self._fit_mean_tokens(model, data, train_ids)
         val_pred = self._predict(model, fold.val, data)
         train_pred = self._predict(model, train_ids, data)
         if recal is not None:
             cols = [c for c in val_pred.columns if c.startswith("surv_")]
             val_pred[cols] = recal.apply_survival(val_pred[cols].to_numpy())
         val_pred.insert(1, "fold", fold.index)
+        if data.config.allow_missing:
+            val_pred["missing"] = [";".join(self.cohort.missing_inputs(c)) for c in val_pred["case_id"]]
         if fold_dir is not None:
             extra = {
                 "wsi_mean": None if wsi_mean is None else wsi_mean.tolist(),
@@ -673,9 +689,43 @@ class CohortTrainer:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
+    @torch.no_grad()
+    def _fit_mean_tokens(self, model: torch.nn.Module, data: _FoldData, ids: Sequence[str]) -> None:
+        """Set each missing-input mean token (:class:`deref.model.encoders.MeanToken`) to the exact
+        mean over the fold's training patients that have the input (eval mode), the token
+        prediction then puts in place of a missing sequence or slide."""
+        from deref.model.encoders import MeanToken, missing_rows
+
+        model.eval()
+        m1_enc, wsi_enc = getattr(model, "m1_encoder", None), getattr(model, "wsi_encoder", None)
+        sums: dict[str, list] = {}
+        for s in range(0, len(ids), self.cfg.eval_batch_size):
+            x = assemble(
+                ids[s : s + self.cfg.eval_batch_size], data.m1_all, data.rows, self.bags, self.needs_wsi
+            )
+            x = x.to(self.device)
+            with self._autocast():
+                if isinstance(getattr(m1_enc, "mean_token", None), MeanToken):
+                    tokens, missing = m1_enc.raw_tokens(x.m1)
+                    _add_mean(sums, "m1", tokens.float(), ~missing)
+                if isinstance(getattr(wsi_enc, "mean_token", None), MeanToken) and x.wsi is not None:
+                    cls, _ = wsi_enc._encode(torch.nan_to_num(x.wsi, nan=0.0), x.mask, False)
+                    present = ~missing_rows(torch.where(x.mask.unsqueeze(-1), x.wsi, torch.nan))
+                    _add_mean(sums, "wsi", cls.float().unsqueeze(1), present.unsqueeze(1))
+        for key, enc in (("m1", m1_enc), ("wsi", wsi_enc)):
+            if key in sums:
+                total, count = sums[key]
+                seen = count > 0
+                mean = torch.where(
+                    seen.unsqueeze(-1), total / count.clamp_min(1).unsqueeze(-1), enc.mean_token.value
+                )
+                enc.mean_token.set(mean)
+
     def _mean_patch(self, ids: Sequence[str]) -> np.ndarray:
         total, count = None, 0
         for c in ids:
+            if "wsi" in self.cohort.missing_inputs(c):
+                continue
             f = self.bags.get(c).features
             s = f.sum(axis=0, dtype=np.float64)
             total = s if total is None else total + s
@@ -705,6 +755,18 @@ class CohortTrainer:
         for j, col in enumerate(surv_column_names(s_arr.shape[1])):
             frame[col] = s_arr[:, j]
         return frame.set_index("case_id").loc[ids].reset_index()
+
+
+def _add_mean(sums: dict[str, list], key: str, tokens: torch.Tensor, present: torch.Tensor) -> None:
+    """Accumulate ``sum`` and ``count`` of the present tokens ``(B, G, C)`` per group."""
+    w = present.to(tokens.dtype)
+    total = (tokens * w.unsqueeze(-1)).sum(dim=0).cpu()
+    count = w.sum(dim=0).cpu()
+    if key in sums:
+        sums[key][0] += total
+        sums[key][1] += count
+    else:
+        sums[key] = [total, count]
 
 
 def _summary(protocol: str, values: Sequence[float], nan_aware: bool) -> CIndexSummary:
@@ -747,9 +809,14 @@ def run_metrics(
 
 def _data_info(cohort: Cohort, wsi_dim: int | None, data_info: dict[str, Any] | None) -> DataInfo:
     extra = dict(data_info or {})
+    if cohort.allow_missing:
+        extra["allow_missing"] = True
     if cohort.m1_kind == "mri":  # where modality 1 came from: the run reloads its cohort from these
         extra["mri_manifest"] = str(Path(cohort.mri.path).resolve())
-        extra["mri_features"] = str(Path(cohort.mri_features).resolve())
+        if cohort.mri_cubes is not None:
+            extra["mri_cubes"] = str(Path(cohort.mri_cubes.folder).resolve())
+        else:
+            extra["mri_features"] = str(Path(cohort.mri_features).resolve())
     return DataInfo(
         table=str(Path(cohort.source).resolve()),
         bag_dir=None if cohort.bag_dir is None else str(Path(cohort.bag_dir).resolve()),
@@ -757,7 +824,7 @@ def _data_info(cohort: Cohort, wsi_dim: int | None, data_info: dict[str, Any] | 
         n_patients=len(cohort.case_ids),
         n_events=int(cohort.n_events),
         m1_names=tuple(f.name for f in cohort.families),
-        m1_columns=tuple(tuple(f.columns) for f in cohort.families),
+        m1_columns=() if cohort.mri_cubes is not None else tuple(tuple(f.columns) for f in cohort.families),
         wsi_dim=wsi_dim,
         time_col=str(extra.pop("time_col", None) or DataInfo.time_col),
         extra=extra,

@@ -65,3 +65,50 @@ def load_mri_cohort(root, **kw):
         mri_features=root / "mri_features",
         **kw,
     )
+
+
+def write_cube_cohort(root, n=60, seed=0, grid=16, *, nan_of=None, vectors_of=None, drop_sequence_of=None):
+    """A cohort table, an MRI manifest and ROI cubes (``deref mri --cubes`` layout) whose
+    ``hepatobiliary`` cube holds a dark blob inside the tumour growing with the log-risk (the other
+    sequences: the tumour only), plus small WSI bags without signal. Returns ``(table, risk)``."""
+    from deref.prepare.mri import MriVolume, write_cubes_h5
+
+    table, risk = write_mri_cohort(root, n=n, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    ax = np.arange(grid) - (grid - 1) / 2
+    r = np.sqrt(sum(a**2 for a in np.meshgrid(ax, ax, ax, indexing="ij")))
+    tumour = r < grid * 0.35
+    for i, c in enumerate(table["case_id"]):
+        data = rng.normal(scale=0.3, size=(len(SEQUENCES), grid, grid, grid)).astype(np.float32)
+        data[:, tumour] += 1.0
+        blob = r < grid * (0.12 + 0.07 * np.tanh(risk[i]))
+        data[SEQUENCES.index("hepatobiliary"), blob] -= 1.5
+        if c == nan_of:
+            data[1, 2, 3, 4] = np.nan
+        seqs = [s for s in SEQUENCES if not (c == drop_sequence_of and s == "t2")]
+        vol = MriVolume(
+            data=data[[SEQUENCES.index(s) for s in seqs]],
+            inside=tumour,
+            sequences=seqs,
+            spacing_mm=1.5,
+            center_ras_mm=np.zeros(3),
+            mask_voxels=int(tumour.sum()),
+        )
+        attrs = {"modality": "mri", "patient": c, "sequences": json.dumps(seqs), "spacing_mm": 1.5}
+        if c == vectors_of:
+            write_bag_h5(
+                root / "mri_cubes" / f"{c}.h5", data[:, 0, 0, :2], None, attrs | {"feature_rows": "sequence"}
+            )
+        else:
+            write_cubes_h5(root / "mri_cubes" / f"{c}.h5", vol, attrs)
+    return table, risk
+
+
+def load_cube_cohort(root, **kw):
+    return load_cohort(
+        root / "cohort.csv",
+        bag_dir=root / "bags",
+        mri_manifest=root / "mri_manifest.csv",
+        mri_cubes=root / "mri_cubes",
+        **kw,
+    )

@@ -31,6 +31,7 @@ RANK = {
     "deref.prepare": 3,
     "deref.inference": 4,
     "deref.report": 4,
+    "deref.compare": 4,
     "deref.training": 5,
     "deref.explain": 5,
     "deref.demo": 6,

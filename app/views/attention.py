@@ -188,6 +188,11 @@ with components.guard("Attention"):
     v = backend.patient_view(*src.key, case)
     if v.coords is None:
         st.info("This model or patient has no slide input (no bag with coordinates): nothing to draw.")
+        if backend.run_info(src.run_dir).m1_kind == "mri":
+            from app.mri_viewer import mri_section
+
+            st.subheader("MRI: where the model looked in the tumour")
+            mri_section(src, case, "grad")
         st.stop()
 
     att = None

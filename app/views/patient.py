@@ -171,6 +171,12 @@ with components.guard("Patient"):
         st.info("The cohort has no patient.")
         st.stop()
     row = table.loc[case]
+    if "missing" in row and row["missing"]:
+        st.warning(
+            f"{case} has no {row['missing']}: the model put the training fold's mean token in its place "
+            "(`--allow-missing`); this prediction rests on the other inputs.",
+            icon=":material/report:",
+        )
     rule = st.session_state.get(components.K_RULE, "median")
     try:
         group = str(backend.risk_groups(*src.key, rule).get(case))

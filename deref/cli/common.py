@@ -32,6 +32,13 @@ def add_cohort_args(p: argparse.ArgumentParser, table_required: bool = True) -> 
     fam.add_argument("--families", help="families JSON written by `deref genomics`")
     p.add_argument("--bags", help="folder of WSI bags (<slide stem>.h5 or .pt)")
     add_mri_args(p)
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="keep patients without an MRI sequence or a slide's bag (an error by default): the missing "
+        "input is skipped in training and replaced by the training fold's mean token in prediction; "
+        "predictions.csv flags them (column 'missing')",
+    )
     add_survival_column_args(p)
 
 
@@ -46,7 +53,14 @@ def add_mri_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mri-features",
         metavar="DIR",
-        help="folder of the manifest's per-sequence MRI vectors (`deref mri --per-sequence --out DIR`)",
+        help="folder of the manifest's per-sequence MRI vectors (`deref mri --per-sequence --out DIR`): "
+        "frozen features, the fast mode",
+    )
+    p.add_argument(
+        "--mri-cubes",
+        metavar="DIR",
+        help="instead of --mri-features: folder of the manifest's ROI cubes (`deref mri --cubes --out DIR`); "
+        "a 3D ResNet is then trained from scratch with the model (the paper's end-to-end protocol)",
     )
 
 
@@ -62,6 +76,8 @@ def load_cohort_from_args(args: argparse.Namespace):
         censorship_col=args.censorship_col,
         mri_manifest=getattr(args, "mri_manifest", None),
         mri_features=getattr(args, "mri_features", None),
+        mri_cubes=getattr(args, "mri_cubes", None),
+        allow_missing=bool(getattr(args, "allow_missing", False)),
     )
 
 

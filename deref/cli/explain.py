@@ -25,6 +25,12 @@ Files written to --out (PREFIX = <case>__<method>):
   PREFIX__<target>__<slide>.png  heatmap of --heatmap-target over each slide (blank canvas,
                                  with a warning naming the files looked for, when the slide
                                  file is not found or cannot be read)
+An MRI + WSI run also writes (the families files then hold MRI sequences):
+  PREFIX__voxels.npz    scores__<target> (S, G, G, G) voxel attributions through the 3D encoder
+                        (the run's own 3D ResNet end to end, or the frozen backbone), cubes,
+                        inside (the tumour mask), sequences, spacing_mm
+  PREFIX__<target>__mri.png  --heatmap-target on its top sequence: axial, coronal and sagittal
+                        slices through its strongest voxel, with the tumour contour
 Targets: risk (the model's risk) and each decoupled feature (its first-order contribution to
 the risk); see `deref.explain.attribution`. Results are cached in RUN/explanations/.
 """
@@ -85,8 +91,53 @@ def run(args: argparse.Namespace) -> int:
     _write_tables(attr, prefix)
     slides = [slide_candidates(sid, cohort.bag_dir, args.slides) for sid in attr.slide_ids]
     pngs = _write_heatmaps(attr, args.heatmap_target, prefix, slides)
-    _print_summary(attr, out, prefix, len(pngs))
+    label = "sequences" if pred.run.info.m1_kind == "mri" else "families"
+    _print_summary(attr, out, prefix, len(pngs), label)
+    if pred.run.info.m1_kind == "mri":
+        _write_voxels(pred, cohort, attr, args, prefix)
     return 0
+
+
+def _write_voxels(pred, cohort, attr, args: argparse.Namespace, prefix: Path) -> None:
+    """An MRI run: each target's voxel attribution (``PREFIX__voxels.npz``: ``scores__<target>``
+    (S, G, G, G), ``cubes``, ``inside``, ``sequences``, ``spacing_mm``) and a PNG of
+    ``--heatmap-target`` on its top sequence through its strongest voxel."""
+    import numpy as np
+
+    from deref.explain.mri import explain_voxels
+    from deref.figures import MriView, export_figure, figure_meta, orthogonal_slices_matplotlib
+
+    maps = {
+        t: explain_voxels(pred, cohort, attr.case_id, t, attr.method, fold=attr.fold, steps=args.steps)
+        for t in attr.targets
+    }
+    first = next(iter(maps.values()))
+    arrays = {f"scores__{t}": m.scores for t, m in maps.items()}
+    arrays |= {f"sequence_scores__{t}": m.sequence_scores for t, m in maps.items()}
+    arrays |= {
+        "cubes": first.cubes,
+        "inside": first.inside,
+        "sequences": np.asarray(first.sequences, dtype=str),
+    }
+    np.savez_compressed(f"{prefix}__voxels.npz", spacing_mm=first.spacing_mm, **arrays)
+    att = maps[args.heatmap_target]
+    s = int(np.argmax(np.abs(att.sequence_scores)))
+    point = np.unravel_index(int(np.argmax(np.abs(att.scores[s]))), att.scores[s].shape)
+    view = MriView(
+        att.cubes[s], (att.spacing_mm,) * 3, mask=att.inside, overlay=att.scores[s], sequence=att.sequences[s]
+    )
+    meta = figure_meta(
+        run=pred.run.info.name, case=attr.case_id, target=att.target, method=att.method, fold=att.fold
+    )
+    title = f"{attr.case_id} · {att.target} · {att.method} on {att.sequences[s]} (its top sequence)"
+    fig = orthogonal_slices_matplotlib(view, point, title=title, meta=meta)
+    png = Path(f"{prefix}__{args.heatmap_target}__mri.png")
+    png.write_bytes(export_figure(fig, "png", meta))
+    for t, m in maps.items():
+        delta = "" if m.convergence_delta is None else f", IG delta {m.convergence_delta:+.2e}"
+        bars = ", ".join(f"{n} {v:+.3g}" for n, v in zip(m.sequences, m.sequence_scores))
+        print(f"  voxels {t}: {bars}{delta}")
+    print(f"-> {prefix.name}__voxels.npz, {png.name}")
 
 
 def _targets(args: argparse.Namespace, config) -> list[str] | None:
@@ -176,7 +227,7 @@ def _write_heatmaps(attr, target: str, prefix: Path, candidates: list[list[Path]
     return pngs
 
 
-def _print_summary(attr, out: Path, prefix: Path, n_pngs: int) -> None:
+def _print_summary(attr, out: Path, prefix: Path, n_pngs: int, label: str = "families") -> None:
     import numpy as np
 
     cached = " (cached)" if attr.from_cache else ""
@@ -190,5 +241,5 @@ def _print_summary(attr, out: Path, prefix: Path, n_pngs: int) -> None:
         else:
             top = ", ".join(attr.family_ranking(tgt)[:2])
         delta = "" if attr.convergence_delta is None else f", IG delta {attr.convergence_delta[tgt]:+.2e}"
-        print(f"  {tgt}: value {attr.target_values[tgt]:+.4f}; top families: {top}{delta}")
+        print(f"  {tgt}: value {attr.target_values[tgt]:+.4f}; top {label}: {top}{delta}")
     print(f"-> {out}/ ({prefix.name}__patches.csv, __families.csv, .npz, .json, {n_pngs} heatmap PNG(s))")

@@ -21,12 +21,17 @@ examples:
   # a folder per patient: ROOT/<patient>/<sequence>.nii.gz (or <sequence>/ of DICOM files)
   # and ROOT/<patient>/mask.nii.gz:
   deref mri --root liver/ --sequences art,pv,del,t2,dwi --weights w.pth --out mri/
+  # the ROI cubes for end-to-end training (no network, no weights):
+  deref mri --table mri_manifest.csv --cubes --grid 32 --out mri_cubes/
 
 Each volume is reoriented to RAS, cropped to a cube around the mask (+ --margin-mm), sampled
 on a --grid^3 grid (default 64: under a second per patient on a CPU) and normalized; the
 sequences are stacked as channels through a MONAI 3D ResNet-50 with global average pooling.
 Output: OUT/<patient>.h5 with features (1, 2048), or (S, 2048) with --per-sequence (one row
-per sequence), read by the core as modality 1; OUT/mri_manifest.csv.
+per sequence), read by the core as modality 1 (`deref train --mri-features OUT`); OUT/mri_manifest.csv.
+With --cubes, no network runs: OUT/<patient>.h5 holds the preprocessed cubes (S, G, G, G) and
+the tumour mask on them, cached once for a 3D ResNet trained end to end with DeReF (the paper's
+protocol: `deref train --mri-cubes OUT`).
 The sequences must be CO-REGISTERED BY THE USER (one world space; nothing is registered
 here). Orientation and spacing come from the NIfTI/DICOM headers. A sequence sampled on
 another grid than the mask (shape or affine) is resampled onto the mask's grid in world
@@ -128,6 +133,12 @@ def _add_network_options(p: argparse.ArgumentParser) -> None:
         help="auto (CUDA when present), cpu, cuda (default: %(default)s)",
     )
     p.add_argument(
+        "--cubes",
+        action="store_true",
+        help="write the preprocessed ROI cubes (OUT/<patient>.h5: cubes (S, G, G, G), inside) for a 3D ResNet "
+        "trained end to end (`deref train --mri-cubes OUT`) instead of vectors; no network, no weights",
+    )
+    p.add_argument(
         "--save-crops",
         action="store_true",
         help="also write the preprocessed cubes to OUT/crops/<patient>.nii.gz",
@@ -182,9 +193,13 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
     )
-    if len(n_seq) > 1 and not args.per_sequence:
+    if len(n_seq) > 1 and not (args.per_sequence or args.cubes):
         raise DataError(
             f"patients have different numbers of sequences {sorted(n_seq)}; channels need the same set"
+        )
+    if args.cubes and (args.weights or args.random_weights):
+        raise DataError(
+            "--cubes writes the preprocessed cubes and runs no network: give no --weights/--random-weights"
         )
     if args.random_weights:
         print(
@@ -193,7 +208,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     in_ch = 1 if args.per_sequence else n_seq.pop()
-    model = build_mri_backbone(in_ch, args.weights, random_weights=args.random_weights)
+    model = (
+        None if args.cubes else build_mri_backbone(in_ch, args.weights, random_weights=args.random_weights)
+    )
     out = Path(args.out)
     t0 = time.perf_counter()
     with logging_redirect_tqdm(), tqdm(total=len(cases), unit="patient", desc="mri", disable=None) as bar:
@@ -204,8 +221,9 @@ def run(args: argparse.Namespace) -> int:
                 tqdm.write(f"deref mri: {row.error}", file=sys.stderr)
 
         rows = process_cases(cases, out, model, config, save_crops=args.save_crops, on_result=on_result)
-    manifest = write_manifest(out / MANIFEST_NAME, rows, id_column="patient", count_column="vectors")
+    counted = "cubes" if args.cubes else "vectors"
+    manifest = write_manifest(out / MANIFEST_NAME, rows, id_column="patient", count_column=counted)
     print(
-        f"deref mri: {summarize(rows, noun='patient', counted='vectors')} (wall {time.perf_counter() - t0:.1f} s); manifest {manifest}"
+        f"deref mri: {summarize(rows, noun='patient', counted=counted)} (wall {time.perf_counter() - t0:.1f} s); manifest {manifest}"
     )
     return exit_status(rows)

@@ -34,6 +34,18 @@ examples:
   deref train cohort.csv --signatures sig.csv --bags bags/ --folds 5 --batch-size 8 \\
       --set rca_mode=blocks --set n_experts=8 --out runs/blocks-8experts
 
+  # MRI + WSI, frozen features: per-sequence vectors from `deref mri --per-sequence`
+  deref train cohort.csv --mri-manifest mri_manifest.csv --mri-features mri_features/ \
+      --bags bags/ --folds 5 --out runs/mri-deref
+
+  # MRI + WSI end to end (the paper's protocol): ROI cubes from `deref mri --cubes`, a 3D
+  # ResNet (depth 10/18/34/50, --set resnet3d_depth=18) trained from scratch with DeReF;
+  # and the MRI-only ResNet3D baseline (Table II's first row) on the same cubes
+  deref train cohort.csv --mri-manifest mri_manifest.csv --mri-cubes mri_cubes/ \
+      --bags bags/ --folds 5 --out runs/mri-deref-e2e
+  deref train cohort.csv --mri-manifest mri_manifest.csv --mri-cubes mri_cubes/ \
+      --folds 5 --model resnet3d --out runs/mri-resnet3d
+
 The run directory holds per-fold weights (safetensors) and preprocessing, run.json
 (configs, data fingerprints, per-epoch history, metrics), predictions.csv (out-of-fold)
 and train_risks.csv. The headline C-index is the fixed last epoch's (--selection last, the
@@ -44,7 +56,7 @@ epoch's C-index printed beside it). The best-epoch figure is printed only labell
 optimistic.
 """
 
-MODELS = ("deref", "snn", "snn_transformer", "abmil", "transmil", "concat_mlp")
+MODELS = ("deref", "snn", "snn_transformer", "abmil", "transmil", "concat_mlp", "resnet3d")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -153,7 +165,20 @@ def _model_config(args: argparse.Namespace, cohort):
                 overrides["wsi_dim"] = peek_bag_shape(find_bag(slides[0], cohort.bag_dir))[1]
                 break
     overrides.setdefault("m1_kind", cohort.m1_kind)
-    overrides.setdefault("m1_sizes", tuple(f.size for f in cohort.families))
+    if cohort.mri_cubes is not None:  # end to end: the 3D ResNet reads the cubes
+        if (
+            overrides.get("mri_encoder", "resnet3d") != "resnet3d"
+            or overrides.get("mri_grid", cohort.mri_cubes.grid) != cohort.mri_cubes.grid
+        ):
+            raise ConfigError(
+                f"--mri-cubes gives {cohort.mri_cubes.grid}^3 ROI cubes for a 3D ResNet; --set mri_encoder / "
+                "mri_grid cannot change that (use --mri-features for frozen vectors)"
+            )
+        overrides["mri_encoder"] = "resnet3d"
+        overrides["mri_grid"] = cohort.mri_cubes.grid
+    overrides.setdefault("m1_sizes", cohort.m1_sizes)
+    if cohort.allow_missing:
+        overrides["allow_missing"] = True
     overrides.setdefault("m1_names", tuple(f.name for f in cohort.families))
     return ModelConfig(**overrides)
 

@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", metavar="RUN_DIR", help="run folder with run.json to check the data against")
     p.add_argument("--wsi-dim", metavar="D", type=int, help="expected width of the bag features")
     add_mri_args(p)
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="a patient without an MRI sequence or a slide's bag is listed as a missing input, not a problem "
+        "(as `deref train --allow-missing` treats it)",
+    )
     add_survival_column_args(p)
     p.set_defaults(func=run)
 
@@ -73,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class _Report:
     problems: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # missing inputs, with --allow-missing
 
     def add(self, item: Problem | str) -> None:
         self.problems.append(str(item))
@@ -108,7 +115,7 @@ def _check_table(args: argparse.Namespace, rep: _Report) -> _Table:
         info.path,
         args.time_col,
         args.censorship_col,
-        require_genomic=not (args.mri_manifest or args.mri_features),
+        require_genomic=not (args.mri_manifest or args.mri_features or args.mri_cubes),
     )
     for p in problems:
         rep.add(p)
@@ -144,24 +151,41 @@ def _check_table(args: argparse.Namespace, rep: _Report) -> _Table:
 def _mri_groups(args: argparse.Namespace, table: _Table, rep: _Report) -> list[GeneFamily] | None:
     """The MRI cohort's groups (one per sequence) after checking the manifest and every patient's
     feature file; every problem is reported."""
-    from deref.data.mri import mri_groups, read_mri_manifest
+    from deref.data.mri import mri_groups, read_mri_cubes, read_mri_manifest
 
-    if not (args.mri_manifest and args.mri_features):
-        rep.add("--mri-manifest and --mri-features go together (the manifest and its `deref mri` features)")
+    if args.mri_features and args.mri_cubes:
+        rep.add("--mri-features (frozen vectors) or --mri-cubes (ROI cubes, end to end), not both")
+        return None
+    if not (args.mri_manifest and (args.mri_features or args.mri_cubes)):
+        rep.add(
+            "--mri-manifest and --mri-features (or --mri-cubes) go together (the manifest and its `deref mri` output)"
+        )
         return None
     if args.signatures or args.families:
         rep.add("an MRI cohort's modality 1 is the MRI: give no --signatures / --families")
         return None
     try:
-        manifest = read_mri_manifest(args.mri_manifest)
-        return mri_groups(manifest, args.mri_features, table.case_ids)[1]
+        allow = bool(args.allow_missing)
+        manifest = read_mri_manifest(args.mri_manifest, allow_missing=allow)
+        if args.mri_cubes:
+            cubes = read_mri_cubes(manifest, args.mri_cubes, table.case_ids, allow_missing=allow)
+            args._mri_cubes = cubes  # for the run fit check
+            for g, name in enumerate(cubes.sequences):
+                for i in np.flatnonzero(np.isnan(cubes.data[:, g, 0])) if cubes.size else []:
+                    rep.missing.append(f"case {cubes.case_ids[i]}: no {name} cube (a missing sequence)")
+            return [GeneFamily(name=s, columns=[], n_values=cubes.size) for s in manifest.sequences]
+        frame, groups = mri_groups(manifest, args.mri_features, table.case_ids, allow_missing=allow)
+        for g in groups:
+            for case in frame.index[frame[g.columns].isna().all(axis=1)]:
+                rep.missing.append(f"case {case}: no {g.name} vector (a missing sequence)")
+        return groups
     except DeRefError as exc:
         rep.add_error(exc)
         return None
 
 
 def _families(args: argparse.Namespace, table: _Table, rep: _Report) -> list[GeneFamily] | None:
-    if args.mri_manifest or args.mri_features:
+    if args.mri_manifest or args.mri_features or args.mri_cubes:
         return _mri_groups(args, table, rep)
     columns = [] if table.df is None else [str(c) for c in table.df.columns]
     if args.signatures:
@@ -205,6 +229,9 @@ def _check_bags(
         )
         return stats
     for case, line in table.no_slide:
+        if args.allow_missing:
+            rep.missing.append(f"case {case}: no slide_id (a missing slide)")
+            continue
         rep.add(
             Problem(
                 str(table.path),
@@ -226,6 +253,9 @@ def _check_bags(
         try:
             path = find_bag(slide, bag_dir)
         except DeRefError as exc:
+            if args.allow_missing:
+                rep.missing.append(f"case {case}: {exc} (a missing slide)")
+                continue
             rep.add(
                 Problem(str(table.path), line, "slide_id", f"case {case}: {exc}", "one bag file per slide")
             )
@@ -307,6 +337,15 @@ def _check_run(
         families=families,
         check_bags=False,
     )
+    if args.mri_manifest and families is not None:  # vectors or cubes, as the run reads them
+        from types import SimpleNamespace
+
+        from deref.runs.fit import m1_source_problems
+
+        cohort = SimpleNamespace(
+            m1_kind="mri", mri_cubes=getattr(args, "_mri_cubes", None), source=table.path
+        )
+        problems = m1_source_problems(info, cohort, run_json) + problems
     for p in problems:
         rep.add(p)
     return info
@@ -361,4 +400,8 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(
         table, families, info, bag_stats, folds, "MRI sequences" if args.mri_manifest else "families"
     )
+    if rep.missing:
+        print(f"  missing inputs (--allow-missing): {len(rep.missing)}")
+        for line in rep.missing[:10]:
+            print(f"    {line}")
     return 0

@@ -250,6 +250,9 @@ class GeneFamily:
         Distinct genes of the family with no column in the table.
     n_duplicates
         Entries of the family that repeat a gene already listed (counted once).
+    n_values
+        Input width of a group that has no table columns (an MRI sequence's ROI cube: ``G**3``
+        voxels), else None.
     """
 
     name: str
@@ -257,11 +260,12 @@ class GeneFamily:
     genes_mapped: list[str] = field(default_factory=list)
     genes_unmapped: list[str] = field(default_factory=list)
     n_duplicates: int = 0
+    n_values: int | None = None
 
     @property
     def size(self) -> int:
-        """Number of columns ``d_g``."""
-        return len(self.columns)
+        """Input width ``d_g``: the number of columns (or :attr:`n_values`)."""
+        return len(self.columns) if self.n_values is None else self.n_values
 
 
 def read_signatures(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -748,6 +752,10 @@ class Cohort:
         The MRI manifest (:class:`deref.data.mri.MriManifest`) of an MRI cohort, else None.
     mri_features
         The folder of MRI feature files (``deref mri --per-sequence`` output), else None.
+    mri_cubes
+        End-to-end MRI cohorts: the ROI cubes (:class:`deref.data.mri.MriCubes`, ``deref mri
+        --cubes`` output) modality 1 is read from, for a 3D ResNet trained with the model; then
+        ``genomic`` has no column and ``families`` one (column-less) group per sequence.
     """
 
     patients: pd.DataFrame
@@ -761,6 +769,27 @@ class Cohort:
     m1_kind: str = "genomic"
     mri: Any = None
     mri_features: Path | None = None
+    mri_cubes: Any = None
+    allow_missing: bool = False
+    missing: pd.DataFrame | None = None
+
+    def missing_inputs(self, case_id: str) -> list[str]:
+        """The inputs ``case_id`` lacks (group names, ``"wsi"``), in column order; [] when none."""
+        if self.missing is None or case_id not in self.missing.index:
+            return []
+        row = self.missing.loc[case_id]
+        return [str(c) for c in row.index[row.to_numpy(dtype=bool)]]
+
+    @property
+    def m1_sizes(self) -> tuple[int, ...]:
+        """Input width of each modality-1 group: a family's columns, or a cube's ``G**3`` voxels."""
+        return tuple(f.size for f in self.families)
+
+    @property
+    def mri_encoder(self) -> str:
+        """How the model reads this cohort's MRI (``ModelConfig.mri_encoder``): ``"resnet3d"`` for
+        ROI cubes, ``"vectors"`` otherwise."""
+        return "resnet3d" if self.mri_cubes is not None else "vectors"
 
     @property
     def m1(self) -> pd.DataFrame:
@@ -794,6 +823,14 @@ class Cohort:
             raise DataError(f"{self.source}: no bag folder was given for this cohort")
         if case_id not in self.slides:
             raise DataError(f"{self.source}: case {case_id!r} is not in the table")
+        if self.allow_missing and self.missing is not None and bool(self.missing.at[case_id, "wsi"]):
+            if expected_dim is None:
+                raise DataError(f"{self.source}: patient {case_id} has no slide and no bag width is known")
+            return Bag(
+                features=np.full((1, int(expected_dim)), np.nan, np.float32),
+                coords=None,
+                attrs={"missing": True},
+            )
         return load_patient_bag(self.slides[case_id], self.bag_dir, expected_dim)
 
 
@@ -897,15 +934,68 @@ def _modalities(
     )
 
 
-def _mri_m1(patients: pd.DataFrame, manifest_path, feature_dir, table_fingerprint: str):
-    """An MRI cohort's modality 1: ``(frame, groups, manifest, fingerprint)``; the fingerprint
-    covers the table, the manifest and the feature folder (the modality-1 values come from it)."""
-    from deref.data.mri import mri_groups, read_mri_manifest
+def _mri_m1(
+    patients: pd.DataFrame,
+    manifest_path,
+    feature_dir,
+    cube_dir,
+    table_fingerprint: str,
+    allow_missing: bool = False,
+):
+    """An MRI cohort's modality 1: ``(frame, groups, manifest, cubes, fingerprint)``; the fingerprint
+    covers the table, the manifest and the feature (or cube) folder the modality-1 values come from."""
+    from deref.data.mri import mri_groups, read_mri_cubes, read_mri_manifest
 
-    mri = read_mri_manifest(manifest_path)
-    frame, groups = mri_groups(mri, feature_dir, list(patients.index))
-    key = f"{table_fingerprint}:{mri.fingerprint}:{Path(feature_dir).resolve()}"
-    return frame, groups, mri, hashlib.sha256(key.encode()).hexdigest()
+    mri = read_mri_manifest(manifest_path, allow_missing=allow_missing)
+    ids = list(patients.index)
+    cubes = None
+    if cube_dir is not None:
+        cubes = read_mri_cubes(mri, cube_dir, ids, allow_missing=allow_missing)
+        frame = pd.DataFrame(index=pd.Index(ids, name="case_id"), dtype=np.float32)
+        groups = [GeneFamily(name=s, columns=[], n_values=cubes.size) for s in mri.sequences]
+        source = f"cubes:{Path(cube_dir).resolve()}"
+    else:
+        frame, groups = mri_groups(mri, feature_dir, ids, allow_missing=allow_missing)
+        source = str(Path(feature_dir).resolve())
+    key = f"{table_fingerprint}:{mri.fingerprint}:{source}"
+    return frame, groups, mri, cubes, hashlib.sha256(key.encode()).hexdigest()
+
+
+def _missing_frame(families, genomic: pd.DataFrame, cubes, modalities: pd.DataFrame, bag_dir) -> pd.DataFrame:
+    """One bool column per modality-1 group (all of its values NaN) and ``wsi`` (no bag)."""
+    cols = {}
+    for g, fam in enumerate(families):
+        if cubes is not None:
+            cols[fam.name] = (
+                np.isnan(cubes.data[:, g, :1]).all(axis=1) if cubes.size else np.zeros(len(genomic), bool)
+            )
+        elif fam.columns:
+            cols[fam.name] = genomic[fam.columns].isna().all(axis=1).to_numpy()
+        else:
+            cols[fam.name] = np.zeros(len(genomic), bool)
+    cols["wsi"] = ~modalities["wsi"].to_numpy() if bag_dir is not None else np.zeros(len(genomic), bool)
+    return pd.DataFrame(cols, index=genomic.index)
+
+
+def _check_sources(signatures, families_json, mri_manifest, mri_features, mri_cubes) -> bool:
+    """Whether the arguments of :func:`load_cohort` name an MRI cohort (raising ConfigError for a
+    combination that does not make sense)."""
+    if signatures is not None and families_json is not None:
+        raise ConfigError("give either signatures or families_json, not both")
+    is_mri = mri_manifest is not None or mri_features is not None or mri_cubes is not None
+    if mri_features is not None and mri_cubes is not None:
+        raise ConfigError(
+            "give the MRI as frozen vectors (mri_features) or as ROI cubes for end-to-end training "
+            "(mri_cubes), not both"
+        )
+    if is_mri and (mri_manifest is None or (mri_features is None and mri_cubes is None)):
+        raise ConfigError(
+            "an MRI cohort needs both the MRI manifest and the folder of its `deref mri` features "
+            "(or of its `deref mri --cubes` cubes)"
+        )
+    if is_mri and (signatures is not None or families_json is not None):
+        raise ConfigError("an MRI cohort's modality 1 is the MRI: give no signatures or families JSON")
+    return is_mri
 
 
 def load_cohort(
@@ -918,6 +1008,8 @@ def load_cohort(
     *,
     mri_manifest: str | os.PathLike | None = None,
     mri_features: str | os.PathLike | None = None,
+    mri_cubes: str | os.PathLike | None = None,
+    allow_missing: bool = False,
 ) -> Cohort:
     """Read and check a cohort table and aggregate its per-slide rows to patients.
 
@@ -939,10 +1031,11 @@ def load_cohort(
         folder of its per-sequence feature files (``deref mri --per-sequence``). Modality 1 is
         then the MRI (one group per sequence) instead of genomics; the table needs no genomic
         column. Both or neither; not with ``signatures`` / ``families_json``.
-
-    Returns
-    -------
-    Cohort
+    mri_cubes
+        Instead of ``mri_features``: ROI cubes (``deref mri --cubes``) for end-to-end training.
+    allow_missing
+        Keep a patient without an MRI sequence or a slide's bag (flagged in :attr:`Cohort.missing`)
+        instead of failing. Genomic values stay required.
 
     Raises
     ------
@@ -952,15 +1045,7 @@ def load_cohort(
     ConfigError
         Both ``signatures`` and ``families_json`` given.
     """
-    if signatures is not None and families_json is not None:
-        raise ConfigError("give either signatures or families_json, not both")
-    is_mri = mri_manifest is not None or mri_features is not None
-    if is_mri and (mri_manifest is None or mri_features is None):
-        raise ConfigError(
-            "an MRI cohort needs both the MRI manifest and the folder of its `deref mri` features"
-        )
-    if is_mri and (signatures is not None or families_json is not None):
-        raise ConfigError("an MRI cohort's modality 1 is the MRI: give no signatures or families JSON")
+    is_mri = _check_sources(signatures, families_json, mri_manifest, mri_features, mri_cubes)
     path = Path(table)
     df, fingerprint = _load_table_bytes(path, dtype=_ID_DTYPES)
     problems = check_table(df, path, time_col, censorship_col, require_genomic=not is_mri)
@@ -976,10 +1061,12 @@ def load_cohort(
         raise DataError(f"{bags_path}: bag folder not found")
     modalities = _modalities(patients, slides, bags_path, path)
     if is_mri:
-        genomic, families, mri, fingerprint = _mri_m1(patients, mri_manifest, mri_features, fingerprint)
+        genomic, families, mri, cubes, fingerprint = _mri_m1(
+            patients, mri_manifest, mri_features, mri_cubes, fingerprint, allow_missing
+        )
         modalities = modalities.rename(columns={"genomic": "mri"})
     else:
-        mri = None
+        mri = cubes = None
         genomic = first[gcols].astype(np.float32)
         genomic.index.name = "case_id"
         families = _cohort_families(signatures, families_json, gcols, path)
@@ -1004,6 +1091,9 @@ def load_cohort(
         m1_kind="mri" if is_mri else "genomic",
         mri=mri,
         mri_features=None if mri_features is None else Path(mri_features),
+        mri_cubes=cubes,
+        allow_missing=allow_missing,
+        missing=_missing_frame(families, genomic, cubes, modalities, bags_path),
     )
 
 

@@ -31,7 +31,15 @@ from deref.data.cohort import GeneFamily, Problem, raise_problems
 from deref.errors import DataError, one_line
 from deref.fileio import file_sha256
 
-__all__ = ["MriManifest", "read_mri_manifest", "mri_groups", "mri_column", "MANIFEST_ID_COLUMNS"]
+__all__ = [
+    "MriManifest",
+    "MriCubes",
+    "read_mri_manifest",
+    "read_mri_cubes",
+    "mri_groups",
+    "mri_column",
+    "MANIFEST_ID_COLUMNS",
+]
 
 #: Accepted names of the manifest's patient column, in order of preference.
 MANIFEST_ID_COLUMNS = ("case_id", "patient", "patient_id")
@@ -82,14 +90,18 @@ def _manifest_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def read_mri_manifest(
-    path: str | os.PathLike, sequences: tuple[str, ...] | list[str] | None = None
+    path: str | os.PathLike,
+    sequences: tuple[str, ...] | list[str] | None = None,
+    *,
+    allow_missing: bool = False,
 ) -> MriManifest:
     """Read and check an MRI manifest (see the module notes).
 
     ``sequences`` picks and orders the sequence columns (default: every column but the patient
     and mask columns, in file order). Every problem is reported at once, each naming the file,
     the line, the patient and the column: no patient column, a missing sequence column, a blank
-    cell, a patient listed twice. Paths are not opened here (``deref mri`` reads them).
+    cell, a patient listed twice. Paths are not opened here (``deref mri`` reads them). With
+    ``allow_missing`` a blank sequence cell is a missing sequence (absent from ``files[case]``).
     """
     path = Path(path)
     if not path.is_file():
@@ -128,7 +140,7 @@ def read_mri_manifest(
             problems.append(Problem(src, line, id_col, f"patient {pid} listed twice", "one row per patient"))
             continue
         blank = [c for c in seqs if not (r.get(c) or "").strip()]
-        for c in blank:
+        for c in [] if allow_missing else blank:
             problems.append(
                 Problem(src, line, c, f"patient {pid}: blank sequence path", "a NIfTI file or DICOM folder")
             )
@@ -146,6 +158,11 @@ def _read_vectors(path: Path) -> tuple[np.ndarray, list[str] | None]:
 
     try:
         with h5py.File(path, "r") as f:
+            if "cubes" in f and "features" not in f:
+                raise DataError(
+                    f"{path}: holds ROI cubes (`deref mri --cubes`), not vectors; pass its folder as the MRI "
+                    "cubes (--mri-cubes) to train the 3D ResNet end to end"
+                )
             feats = np.asarray(f["features"][()], dtype=np.float32)
             raw = f.attrs.get("sequences")
     except (OSError, KeyError) as exc:
@@ -157,12 +174,15 @@ def _read_vectors(path: Path) -> tuple[np.ndarray, list[str] | None]:
 
 
 def _patient_vectors(
-    case_id: str, feature_dir: Path, sequences: tuple[str, ...]
+    case_id: str, feature_dir: Path, sequences: tuple[str, ...], allow_missing: bool = False
 ) -> tuple[np.ndarray | None, Problem | None]:
-    """``(S, D)`` vectors of one patient in ``sequences`` order, or the problem that prevents it."""
+    """``(S, D)`` vectors of one patient in ``sequences`` order (NaN rows for missing sequences
+    with ``allow_missing``; None for a patient without a file), or the problem that prevents it."""
     path = feature_dir / f"{case_id}.h5"
     src = str(path)
     if not path.is_file():
+        if allow_missing:
+            return None, None
         return None, Problem(src, None, None, f"patient {case_id}: no MRI feature file", "`deref mri` output")
     try:
         feats, names = _read_vectors(path)
@@ -183,16 +203,19 @@ def _patient_vectors(
             "one row per sequence: rerun `deref mri --per-sequence`",
         )
     absent = [s for s in sequences if s not in names]
-    if absent:
+    if absent and not allow_missing:
         return None, Problem(
             src,
             None,
             "sequences",
             f"patient {case_id}: no vector for sequence(s) {absent} (has {names})",
-            "every sequence of the manifest",
+            "every sequence of the manifest (or --allow-missing)",
         )
-    out = feats[[names.index(s) for s in sequences]]
-    bad = [s for s, row in zip(sequences, out) if not np.isfinite(row).all()]
+    out = np.full((len(sequences), feats.shape[1]), np.nan, np.float32)
+    for i, s in enumerate(sequences):
+        if s in names:
+            out[i] = feats[names.index(s)]
+    bad = [s for s, row in zip(sequences, out) if s in names and not np.isfinite(row).all()]
     if bad:
         return None, Problem(
             src, None, "features", f"patient {case_id}: non-finite values in {bad}", "finite numbers"
@@ -201,7 +224,7 @@ def _patient_vectors(
 
 
 def mri_groups(
-    manifest: MriManifest, feature_dir: str | os.PathLike, case_ids: list[str]
+    manifest: MriManifest, feature_dir: str | os.PathLike, case_ids: list[str], *, allow_missing: bool = False
 ) -> tuple[pd.DataFrame, list[GeneFamily]]:
     """The cohort's modality-1 frame from the MRI feature files of ``case_ids``.
 
@@ -214,7 +237,9 @@ def mri_groups(
     DataError
         Every patient of ``case_ids`` missing from the manifest, without a feature file, or
         whose file lacks a sequence, has non-finite values or another width — all listed at once,
-        naming the patient, the sequence and the file.
+        naming the patient, the sequence and the file. With ``allow_missing``, a patient without
+        a feature file, a manifest row or a sequence's vector is not an error: those groups are
+        NaN in the frame (a missing input; :attr:`deref.data.cohort.Cohort.missing`).
     """
     feature_dir = Path(feature_dir)
     if not feature_dir.is_dir():
@@ -225,20 +250,21 @@ def mri_groups(
     rows: dict[str, np.ndarray] = {}
     for c in case_ids:
         if c not in manifest.files:
-            problems.append(
-                Problem(
-                    str(manifest.path),
-                    None,
-                    None,
-                    f"patient {c} has no row",
-                    "a row per patient of the cohort table",
+            if not allow_missing:
+                problems.append(
+                    Problem(
+                        str(manifest.path),
+                        None,
+                        None,
+                        f"patient {c} has no row",
+                        "a row per patient of the cohort table",
+                    )
                 )
-            )
             continue
-        vec, problem = _patient_vectors(c, feature_dir, manifest.sequences)
+        vec, problem = _patient_vectors(c, feature_dir, manifest.sequences, allow_missing)
         if problem is not None:
             problems.append(problem)
-        else:
+        elif vec is not None:
             rows[c] = vec
     widths = {v.shape[1] for v in rows.values()}
     if len(widths) > 1:
@@ -254,11 +280,180 @@ def mri_groups(
     raise_problems(problems, f"MRI features in {feature_dir}")
     dim = widths.pop() if widths else 0
     cols = [mri_column(s, j) for s in manifest.sequences for j in range(dim)]
+    absent = np.full((len(manifest.sequences), dim), np.nan, np.float32)
     data = (
-        np.stack([rows[c].reshape(-1) for c in case_ids])
+        np.stack([rows.get(c, absent).reshape(-1) for c in case_ids])
         if case_ids
         else np.zeros((0, len(cols)), np.float32)
     )
     frame = pd.DataFrame(data, index=pd.Index(case_ids, name="case_id"), columns=cols, dtype=np.float32)
     groups = [GeneFamily(name=s, columns=[mri_column(s, j) for j in range(dim)]) for s in manifest.sequences]
     return frame, groups
+
+
+# ------------------------------------------------------------------------------- ROI cubes
+@dataclass(frozen=True)
+class MriCubes:
+    """The ROI cubes of an MRI cohort (``deref mri --cubes``), read once into memory.
+
+    ``data`` ``(n_patients, S, G**3)`` float32 (each sequence's cube flattened C-order, the
+    model's modality-1 input in end-to-end mode), rows in ``case_ids`` order; ``inside``
+    ``(n_patients, G**3)`` bool (the tumour mask on each cube); ``spacing_mm`` per patient.
+    """
+
+    folder: Path
+    sequences: tuple[str, ...]
+    grid: int
+    case_ids: tuple[str, ...]
+    data: np.ndarray
+    inside: np.ndarray
+    spacing_mm: dict[str, float]
+    center_ras_mm: dict[str, tuple[float, float, float]]
+
+    @property
+    def size(self) -> int:
+        """Values per sequence cube, ``G**3``."""
+        return self.grid**3
+
+    def rows(self, case_ids: list[str] | tuple[str, ...]) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.case_ids)}
+        missing = [c for c in case_ids if c not in index]
+        if missing:
+            raise DataError(f"MRI cubes in {self.folder}: no cubes for patient(s) {missing[:5]}")
+        return np.asarray([index[c] for c in case_ids], dtype=np.int64)
+
+    def groups(self, case_ids: list[str] | tuple[str, ...]) -> list[np.ndarray]:
+        """One ``(n, G**3)`` float32 array per sequence for ``case_ids`` (the model's ``m1``); views
+        of :attr:`data` (no copy) when ``case_ids`` is the cohort's order, as training and the
+        predictor ask (they copy the rows of each batch)."""
+        rows = self.rows(case_ids)
+        block = self.data if np.array_equal(rows, np.arange(len(self.case_ids))) else self.data[rows]
+        return [block[:, s] for s in range(len(self.sequences))]
+
+    def cube(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(cubes (S, G, G, G), inside (G, G, G))`` of one patient."""
+        i = int(self.rows([case_id])[0])
+        g = self.grid
+        return self.data[i].reshape(len(self.sequences), g, g, g), self.inside[i].reshape(g, g, g)
+
+
+def _patient_cubes(case_id: str, folder: Path, sequences: tuple[str, ...], allow_missing: bool = False):
+    """``(cubes (S, G**3), inside (G**3,), attrs)`` of one patient (NaN rows for missing sequences
+    with ``allow_missing``; None without a file), or the problem preventing it."""
+    import h5py
+
+    path = folder / f"{case_id}.h5"
+    src = str(path)
+    if not path.is_file():
+        if allow_missing:
+            return None, None
+        return None, Problem(
+            src, None, None, f"patient {case_id}: no MRI cube file", "`deref mri --cubes` output"
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            if "cubes" not in f:
+                what = "vectors (`deref mri --per-sequence`)" if "features" in f else "no 'cubes' dataset"
+                return None, Problem(
+                    src,
+                    None,
+                    "cubes",
+                    f"patient {case_id}: holds {what}",
+                    "ROI cubes from `deref mri --cubes`",
+                )
+            cubes = np.asarray(f["cubes"][()], dtype=np.float32)
+            inside = (
+                np.asarray(f["inside"][()], dtype=bool) if "inside" in f else np.ones(cubes.shape[1:], bool)
+            )
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except OSError as exc:
+        return None, Problem(
+            src, None, None, f"patient {case_id}: {one_line(exc)}", "an HDF5 file of `deref mri --cubes`"
+        )
+    names = json.loads(attrs.get("sequences", "[]"))
+    if cubes.ndim != 4 or len(set(cubes.shape[1:])) != 1 or cubes.shape[0] != len(names):
+        return None, Problem(
+            src,
+            None,
+            "cubes",
+            f"patient {case_id}: shape {cubes.shape} for sequences {names}",
+            "(S, G, G, G)",
+        )
+    absent = [s for s in sequences if s not in names]
+    if absent and not allow_missing:
+        return None, Problem(
+            src,
+            None,
+            "sequences",
+            f"patient {case_id}: no cube for sequence(s) {absent} (has {names})",
+            "every sequence of the manifest (or --allow-missing)",
+        )
+    out = np.full((len(sequences), int(np.prod(cubes.shape[1:]))), np.nan, np.float32)
+    for i, s in enumerate(sequences):
+        if s in names:
+            out[i] = cubes[names.index(s)].reshape(-1)
+    bad = [s for s, row in zip(sequences, out) if s in names and not np.isfinite(row).all()]
+    if bad:
+        return None, Problem(
+            src, None, "cubes", f"patient {case_id}: non-finite voxels in {bad}", "finite numbers"
+        )
+    return (out, inside.reshape(-1), attrs), None
+
+
+def read_mri_cubes(
+    manifest: MriManifest, folder: str | os.PathLike, case_ids: list[str], *, allow_missing: bool = False
+) -> MriCubes:
+    """The ROI cubes of ``case_ids`` from ``folder`` (``deref mri --cubes`` output).
+
+    Raises
+    ------
+    DataError
+        Every patient missing from the manifest, without a cube file, whose file holds vectors,
+        lacks a sequence or has non-finite voxels, and cubes of different sizes — all listed at
+        once, naming the patient, the sequence and the file. With ``allow_missing``, a patient
+        without a row, a file or a sequence's cube gets NaN cubes there (a missing input).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"MRI cube folder {folder}: not found (run `deref mri --cubes --out` first)")
+    problems: list[Problem] = []
+    found: dict[str, tuple] = {}
+    for c in case_ids:
+        if c not in manifest.files:
+            if not allow_missing:
+                problems.append(
+                    Problem(
+                        str(manifest.path),
+                        None,
+                        None,
+                        f"patient {c} has no row",
+                        "a row per patient of the cohort table",
+                    )
+                )
+            continue
+        got, problem = _patient_cubes(c, folder, manifest.sequences, allow_missing)
+        if problem is not None:
+            problems.append(problem)
+        elif got is not None:
+            found[c] = got
+    sizes = {v[0].shape[1] for v in found.values()}
+    if len(sizes) > 1:
+        grids = sorted(round(s ** (1 / 3)) for s in sizes)
+        problems.append(
+            Problem(str(folder), None, None, f"cube sizes differ between patients: {grids}", "one --grid")
+        )
+    raise_problems(problems, f"MRI cubes in {folder}")
+    size = sizes.pop() if sizes else 0
+    grid = round(size ** (1 / 3))
+    ids = tuple(case_ids)
+    n_seq = len(manifest.sequences)
+    absent = (np.full((n_seq, size), np.nan, np.float32), np.zeros(size, bool), {})
+    got = [found.get(c, absent) for c in ids]
+    data = np.stack([g[0] for g in got]) if ids else np.zeros((0, n_seq, 0), np.float32)
+    inside = np.stack([g[1] for g in got]) if ids else np.zeros((0, 0), bool)
+    spacing = {c: float(g[2].get("spacing_mm", 1.0)) for c, g in zip(ids, got)}
+    center = {
+        c: tuple(float(x) for x in np.ravel(g[2].get("center_ras_mm", (0.0, 0.0, 0.0))))
+        for c, g in zip(ids, got)
+    }
+    return MriCubes(folder, manifest.sequences, grid, ids, data, inside, spacing, center)

@@ -125,8 +125,11 @@ class Standardizer:
     std_: np.ndarray | None = None
     columns: list[str] | None = None
 
-    def fit(self, x: np.ndarray | pd.DataFrame) -> Standardizer:
-        """Fit on ``x`` ``(n, d)``; returns ``self``."""
+    def fit(self, x: np.ndarray | pd.DataFrame, *, allow_nan: bool = False) -> Standardizer:
+        """Fit on ``x`` ``(n, d)``; returns ``self``. ``allow_nan``: NaN marks a missing value
+        (a missing input of ``load_cohort(allow_missing=True)``), left out of each column's
+        statistics (a column with no value gets mean 0, std 1); NaN stays NaN in
+        :meth:`transform`."""
         if isinstance(x, pd.DataFrame):
             self.columns = [str(c) for c in x.columns]
             arr = x.to_numpy(dtype=np.float64)
@@ -137,10 +140,19 @@ class Standardizer:
             raise DataError(
                 f"cannot fit a standardizer on an array of shape {arr.shape}; expected (n >= 1, d)"
             )
-        if not np.isfinite(arr).all():
+        bad = ~np.isfinite(arr) & ~(np.isnan(arr) if allow_nan else False)
+        if bad.any():
             raise DataError("values to standardize hold NaN or Inf; expected finite numbers")
-        self.mean_ = arr.mean(axis=0)
-        std = arr.std(axis=0)
+        if allow_nan and np.isnan(arr).any():
+            present = ~np.isnan(arr)
+            count = present.sum(axis=0)
+            filled = np.where(present, arr, 0.0)
+            self.mean_ = filled.sum(axis=0) / np.maximum(count, 1)
+            var = (np.where(present, arr - self.mean_, 0.0) ** 2).sum(axis=0) / np.maximum(count, 1)
+            std = np.sqrt(var)
+        else:
+            self.mean_ = arr.mean(axis=0)
+            std = arr.std(axis=0)
         std[~(std > 0)] = 1.0
         self.std_ = std
         return self
@@ -198,23 +210,29 @@ class Preprocessing:
     bin_edges
         ``(n_bins + 1,)`` time-bin edges (:func:`fit_bins`).
     standardizer
-        Fitted on the training patients' values of every column of ``m1_columns``.
+        Fitted on the training patients' values of every column of ``m1_columns``; None for
+        ROI cubes (``cube_grid``), which ``deref mri`` already z-scored within the tumour.
     m1_columns
-        Column names per modality-1 token (gene family), in model input order.
+        Column names per modality-1 token (gene family), in model input order (empty lists for
+        cubes).
     m1_names
         Family names, one per group.
     wsi_dim
         Width ``D`` of the WSI bags, or None when unknown.
     table_fingerprint
         SHA-256 of the cohort table it was fitted on, or None.
+    cube_grid
+        End-to-end MRI: the side ``G`` of the ROI cubes (one ``G**3`` group per sequence in
+        ``m1_names``), else None.
     """
 
     bin_edges: np.ndarray
-    standardizer: Standardizer
+    standardizer: Standardizer | None
     m1_columns: list[list[str]]
     m1_names: list[str] = field(default_factory=list)
     wsi_dim: int | None = None
     table_fingerprint: str | None = None
+    cube_grid: int | None = None
 
     @property
     def n_bins(self) -> int:
@@ -223,11 +241,32 @@ class Preprocessing:
     @property
     def m1_sizes(self) -> tuple[int, ...]:
         """``d_g`` per group (the model config's ``m1_sizes``)."""
+        if self.cube_grid is not None:
+            return (self.cube_grid**3,) * len(self.m1_names)
         return tuple(len(c) for c in self.m1_columns)
 
     def bins(self, times: np.ndarray) -> np.ndarray:
         """Bin labels ``(n,)`` of ``times`` (see :func:`assign_bins`)."""
         return assign_bins(times, self.bin_edges)
+
+    def m1_inputs(self, cohort: Cohort, case_ids: Sequence[str]) -> list[np.ndarray]:
+        """The model's modality-1 inputs of ``case_ids``: one float32 ``(n, d_g)`` array per group
+        (standardized frame columns, or the ROI cubes of an end-to-end MRI cohort)."""
+        ids = list(case_ids)
+        if self.cube_grid is None:
+            return self.transform_m1(cohort.genomic.loc[ids])
+        cubes = cohort.mri_cubes
+        if cubes is None:
+            raise DataError(
+                f"{cohort.source}: this fold reads MRI ROI cubes ({self.cube_grid}^3); the cohort has none "
+                "(load it with the cube folder, --mri-cubes)"
+            )
+        if cubes.grid != self.cube_grid or list(cubes.sequences) != list(self.m1_names):
+            raise DataError(
+                f"MRI cubes in {cubes.folder}: {cubes.grid}^3 cubes of {list(cubes.sequences)}; this fold "
+                f"was trained on {self.cube_grid}^3 cubes of {list(self.m1_names)}"
+            )
+        return cubes.groups(ids)
 
     def transform_m1(self, genomic: pd.DataFrame) -> list[np.ndarray]:
         """Standardized modality-1 inputs from a ``(n, columns)`` frame (e.g. ``Cohort.genomic``).
@@ -244,18 +283,21 @@ class Preprocessing:
         return {
             "n_bins": self.n_bins,
             "bin_edges": [_edge_to_json(x) for x in self.bin_edges.tolist()],
-            "standardizer": self.standardizer.to_dict(),
+            "standardizer": None if self.standardizer is None else self.standardizer.to_dict(),
             "m1_names": list(self.m1_names),
             "m1_columns": [list(c) for c in self.m1_columns],
             "wsi_dim": self.wsi_dim,
             "table_fingerprint": self.table_fingerprint,
+            "cube_grid": self.cube_grid,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         try:
             edges = np.asarray([float(x) for x in data["bin_edges"]], dtype=np.float64)
-            std = Standardizer.from_dict(data["standardizer"])
+            cube_grid = None if data.get("cube_grid") is None else int(data["cube_grid"])
+            raw = data["standardizer"]
+            std = None if raw is None and cube_grid is not None else Standardizer.from_dict(raw)
             m1_columns = [[str(c) for c in group] for group in data["m1_columns"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"preprocessing: missing or malformed field ({exc!r})") from exc
@@ -263,7 +305,7 @@ class Preprocessing:
             raise ConfigError(f"preprocessing: bin_edges {edges.tolist()}; expected >= 2 increasing edges")
         if "n_bins" in data and int(data["n_bins"]) != len(edges) - 1:
             raise ConfigError(f"preprocessing: n_bins {data['n_bins']} but {len(edges)} bin edges")
-        if std.columns is not None:
+        if std is not None and std.columns is not None:
             missing = sorted({c for g in m1_columns for c in g} - set(std.columns))
             if missing:
                 raise ConfigError(f"preprocessing: m1 column(s) {missing[:5]} are not standardized")
@@ -276,6 +318,7 @@ class Preprocessing:
             m1_names=names,
             wsi_dim=None if wsi_dim is None else int(wsi_dim),
             table_fingerprint=data.get("table_fingerprint"),
+            cube_grid=cube_grid,
         )
 
 
@@ -316,11 +359,16 @@ def fit_preprocessing(
         raise DataError("empty training fold; expected training patients")
     pts = cohort.patients.loc[train_ids]
     edges = fit_bins(pts["time"].to_numpy(), pts["censorship"].to_numpy(), n_bins)
-    columns = list(dict.fromkeys(c for f in families for c in f.columns))
-    missing = [c for c in columns if c not in cohort.genomic.columns]
-    if missing:
-        raise DataError(f"{cohort.source}: family column(s) not in the table: {missing[:5]}")
-    standardizer = Standardizer().fit(cohort.genomic.loc[train_ids, columns])
+    cubes = getattr(cohort, "mri_cubes", None)
+    if cubes is not None:
+        standardizer = None
+    else:
+        columns = list(dict.fromkeys(c for f in families for c in f.columns))
+        missing = [c for c in columns if c not in cohort.genomic.columns]
+        if missing:
+            raise DataError(f"{cohort.source}: family column(s) not in the table: {missing[:5]}")
+        allow_nan = bool(getattr(cohort, "allow_missing", False))
+        standardizer = Standardizer().fit(cohort.genomic.loc[train_ids, columns], allow_nan=allow_nan)
     if wsi_dim is None and cohort.bag_dir is not None:
         for c in train_ids:
             for s in cohort.slides.get(c, []):
@@ -338,6 +386,7 @@ def fit_preprocessing(
         m1_names=[f.name for f in families],
         wsi_dim=wsi_dim,
         table_fingerprint=cohort.fingerprint,
+        cube_grid=None if cubes is None else cubes.grid,
     )
 
 

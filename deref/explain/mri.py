@@ -1,7 +1,9 @@
 """Voxel attributions of an MRI + WSI run: which voxels of which sequence move the risk or a
 decoupled feature.
 
-An MRI run in frozen-feature mode reads, per sequence, the 2048-d vector that ``deref mri``
+An MRI run trained end to end (``mri_encoder="resnet3d"``) reads the ROI cubes themselves (the
+cohort's :class:`deref.data.mri.MriCubes`): the pipeline *cube -> 3D ResNet -> DeReF* is one model,
+differentiated as is. An MRI run in frozen-feature mode reads, per sequence, the 2048-d vector that ``deref mri``
 computed from the ROI cube with a 3D ResNet-50. To attribute to voxels, the cube is rebuilt from
 the files exactly as ``deref mri`` built it (the preprocessing settings are stored in the feature
 file), the backbone is rebuilt from the stored provenance (the weights file, or the seeded random
@@ -50,8 +52,8 @@ class MriInputs:
     cubes: np.ndarray  # (S, G, G, G) float32, z-scored
     inside: np.ndarray  # (G, G, G) bool: the tumour mask on the cube
     spacing_mm: float
-    backbone: torch.nn.Module
-    stored: np.ndarray  # (S, 2048) the feature file's vectors
+    backbone: torch.nn.Module | None  # None: the run's own 3D ResNet reads the cubes (end to end)
+    stored: np.ndarray | None  # (S, 2048) the feature file's vectors (frozen mode)
 
 
 @dataclass
@@ -76,6 +78,7 @@ class VoxelAttribution:
     spacing_mm: float
     baseline: str = "the all-zero cube (every voxel at the tumour's mean intensity after z-scoring)"
     convergence_delta: float | None = None
+    missing_sequences: tuple[str, ...] = ()  # absent (``allow_missing``): zero cube and scores
 
 
 def _feature_attrs(cohort, case_id: str) -> dict:
@@ -109,6 +112,11 @@ def mri_inputs(cohort, case_id: str, *, atol: float = 1e-3) -> MriInputs:
     """
     from deref.prepare.mri import MriCase, MriConfig, build_mri_backbone, preprocess_case
 
+    if getattr(cohort, "mri_cubes", None) is not None:  # end to end: the cached cubes are the input
+        cubes, inside = cohort.mri_cubes.cube(case_id)
+        seqs = list(cohort.mri_cubes.sequences)
+        spacing = cohort.mri_cubes.spacing_mm.get(case_id, 1.0)
+        return MriInputs(case_id, seqs, cubes, inside, float(spacing), None, None)
     attrs = _feature_attrs(cohort, case_id)
     manifest = cohort.mri
     if case_id not in manifest.files:
@@ -156,7 +164,14 @@ def _cached_inputs(cohort, case_id: str) -> MriInputs:
 
 
 def _m1_from_cubes(cubes: torch.Tensor, backbone, pre, sequences: list[str]) -> list[torch.Tensor]:
-    """Differentiable ``cube -> backbone -> the fold's standardization`` per sequence: (1, 2048) each."""
+    """Differentiable ``cube -> backbone -> the fold's standardization`` per sequence: (1, 2048)
+    each; without a backbone (end to end) the flattened cubes themselves, (1, G**3) each."""
+    if backbone is None:
+        if list(pre.m1_names) != list(sequences):
+            raise DataError(
+                f"the fold's modality-1 groups {list(pre.m1_names)} differ from the cubes' {sequences}"
+            )
+        return [cubes[s].reshape(1, -1) for s in range(cubes.shape[0])]
     feats = backbone(cubes[:, None])  # (S, 2048)
     std = pre.standardizer
     index = {c: i for i, c in enumerate(std.columns)}
@@ -233,16 +248,19 @@ def explain_voxels(
         scores = (x * total).numpy()
         base_value = value_and_grad(torch.zeros_like(x))[0]
         delta = float(scores.sum() - (value - base_value))
+    absent = tuple(s for s, c in zip(mri.sequences, mri.cubes) if np.isnan(c).all())
+    scores = np.nan_to_num(scores, nan=0.0)
     return VoxelAttribution(
         case_id=case_id,
         fold=k,
         target=target,
         method=method,
         sequences=mri.sequences,
-        cubes=mri.cubes,
+        cubes=np.nan_to_num(mri.cubes, nan=0.0) if absent else mri.cubes,
         inside=mri.inside,
         scores=scores.astype(np.float32),
         sequence_scores=scores.reshape(len(mri.sequences), -1).sum(axis=1),
+        missing_sequences=absent,
         target_value=value,
         spacing_mm=mri.spacing_mm,
         convergence_delta=delta,

@@ -39,7 +39,7 @@ import plotly.graph_objects as go
 
 from deref.errors import ConfigError, DataError
 from deref.figures.patient import signed_colors
-from deref.figures.style import FONT_FAMILY, OKABE_ITO
+from deref.figures.style import FONT_FAMILY, OKABE_ITO, caption_text, mpl_figure
 
 __all__ = [
     "MRI_VIEWS",
@@ -51,6 +51,7 @@ __all__ = [
     "point_from_click",
     "clicked_voxel",
     "orthogonal_slices_figure",
+    "orthogonal_slices_matplotlib",
     "sequence_attribution_bar",
 ]
 
@@ -716,6 +717,96 @@ def orthogonal_slices_figure(
         uirevision=view.sequence or "mri",
     )
     fig = go.Figure(data=grids + panels, layout=layout)
+    return fig
+
+
+def orthogonal_slices_matplotlib(
+    view: MriView,
+    point: Sequence[int],
+    *,
+    window: tuple[float, float] | None = None,
+    overlay_opacity: float = 0.5,
+    overlay_threshold: float = 0.2,
+    title: str | None = None,
+    meta=None,
+    width: float = 9.0,
+):
+    """Static version of :func:`orthogonal_slices_figure` (for ``deref explain`` and the viewer's
+    download): the same three radiological panels, window, mask contour, crosshair and heat layer
+    (same threshold and symmetric scale), with orientation letters and a colour bar.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three image axes (axial, coronal, sagittal; titles say which), a colour-bar axis when
+        there is an overlay, a caption with ``meta`` (:func:`deref.figures.style.figure_meta`).
+    """
+    from matplotlib.colors import LinearSegmentedColormap
+
+    shape = view.shape
+    pt = tuple(int(p) for p in point)
+    if len(pt) != 3 or not all(0 <= p < n for p, n in zip(pt, shape)):
+        raise ConfigError(f"MRI viewer ({view.sequence}): point {tuple(point)} is outside the volume {shape}")
+    center, wid = window if window is not None else view.presets["auto (1–99%)"]
+    has_overlay = view.overlay is not None and view.overlay_max > 0
+    fig = mpl_figure(figsize=(width, width / 3 + 0.9), facecolor="white")
+    ratios = [1.0, 1.0, 1.0] + ([0.06] if has_overlay else [])
+    gs = fig.add_gridspec(1, len(ratios), width_ratios=ratios, left=0.02, right=0.94, top=0.82, bottom=0.12)
+    signed = view.overlay_signed
+    cmap = (
+        LinearSegmentedColormap.from_list("attr", [OKABE_ITO["blue"], "#f7f7f7", OKABE_ITO["vermillion"]])
+        if signed
+        else "hot"
+    )
+    vmax = view.overlay_max
+    image = None
+    for n, name in enumerate(MRI_VIEWS):
+        ax = fig.add_subplot(gs[0, n])
+        _, xa, ya, _, sides = _GEOMETRY[name]
+        aspect = view.spacing[ya] / view.spacing[xa]
+        grey = apply_window(_slice(view.volume, name, pt), center, wid)
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect, interpolation="nearest")
+        if has_overlay:
+            vals = _slice(view.overlay, name, pt).astype(np.float32)
+            vals = np.ma.masked_where(np.abs(vals) < overlay_threshold * vmax, vals)
+            image = ax.imshow(
+                vals,
+                cmap=cmap,
+                vmin=-vmax if signed else 0.0,
+                vmax=vmax,
+                alpha=overlay_opacity,
+                origin="lower",
+                aspect=aspect,
+                interpolation="nearest",
+            )
+        if view.mask is not None:
+            for loop in mask_contours(_slice(view.mask, name, pt)):
+                ax.plot(loop[:, 1], loop[:, 0], color=_MASK_COLOR, lw=1.0)
+        ax.axvline(pt[xa], color=_CROSS_COLOR, lw=0.6, alpha=0.8)
+        ax.axhline(pt[ya], color=_CROSS_COLOR, lw=0.6, alpha=0.8)
+        ax.set_xlim(shape[xa] - 0.5, -0.5)  # radiological: high i (patient's Right) on the left
+        ax.set_ylim(-0.5, shape[ya] - 0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name, fontsize=9)
+        for text, (x, y, ha, va) in zip(
+            sides,
+            (
+                (0.02, 0.5, "left", "center"),
+                (0.98, 0.5, "right", "center"),
+                (0.5, 0.98, "center", "top"),
+                (0.5, 0.02, "center", "bottom"),
+            ),
+        ):
+            ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, color="white", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, cax=fig.add_subplot(gs[0, 3]), label="attribution")
+    head = title or (f"{view.sequence} · voxel ({pt[0]}, {pt[1]}, {pt[2]})" if view.sequence else "")
+    if head:
+        fig.suptitle(head, fontsize=10)
+    caption = caption_text(meta)
+    if caption:
+        fig.text(0.02, 0.02, caption, fontsize=6.5, color="#555555")
     return fig
 
 

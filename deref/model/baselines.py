@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from deref.errors import InputError
 from deref.model.config import ModelConfig
 from deref.model.deref import SurvivalOutput, check_inputs, survival_from_logits
 from deref.model.encoders import M1Encoder, SNNBlock, WSIEncoder
@@ -46,6 +47,22 @@ class _Baseline(nn.Module):
                 wsi_mask if "wsi" in self.modalities else None,
             )
 
+    def _filled(self, m1: list[Tensor]) -> list[Tensor]:
+        """Modality 1 with a missing group (a NaN row, ``allow_missing``) at its training mean: zero
+        after the fold's standardization (vectors) or ``deref mri``'s z-scoring (cubes)."""
+        return [torch.nan_to_num(x, nan=0.0) for x in m1] if self.config.allow_missing else list(m1)
+
+    def _no_missing_slide(self, wsi: Tensor, wsi_mask: Tensor | None) -> None:
+        if not self.config.allow_missing:
+            return
+        nan = torch.isnan(wsi).all(dim=2)
+        missing = (nan | ~wsi_mask).all(dim=1) if wsi_mask is not None else nan.all(dim=1)
+        if bool(missing.any()):
+            raise InputError(
+                f"patient {int(missing.nonzero()[0])}: no slide (a missing input); the {self.config.model_type} "
+                "baseline reads only the slide and cannot score a patient without one"
+            )
+
 
 class SNN(_Baseline):
     """All genomic columns concatenated -> 2 SNN layers (256) -> bins."""
@@ -59,7 +76,7 @@ class SNN(_Baseline):
 
     def forward(self, m1, wsi=None, wsi_mask=None, *, validate: bool = True, **_) -> SurvivalOutput:
         self._check(m1, wsi, wsi_mask, validate)
-        h = self.snn(torch.cat(list(m1), dim=1))
+        h = self.snn(torch.cat(self._filled(m1), dim=1))
         return _output(self.head(h), cls_m1=h)
 
 
@@ -96,6 +113,7 @@ class ABMIL(_Baseline):
 
     def forward(self, m1=None, wsi=None, wsi_mask=None, *, validate: bool = True, **_) -> SurvivalOutput:
         self._check(m1, wsi, wsi_mask, validate)
+        self._no_missing_slide(wsi, wsi_mask)
         h = self.fc(wsi)  # (B, N, d)
         scores = self.attn_c(torch.tanh(self.attn_a(h)) * torch.sigmoid(self.attn_b(h))).squeeze(-1)
         if wsi_mask is not None:
@@ -174,7 +192,7 @@ class ResNet3D(_Baseline):
 
     def forward(self, m1, wsi=None, wsi_mask=None, *, validate: bool = True, **_) -> SurvivalOutput:
         self._check(m1, wsi, wsi_mask, validate)
-        x = torch.cat([cubes(v, self.config.mri_grid) for v in m1], dim=1)  # (B, S, G, G, G)
+        x = torch.cat([cubes(v, self.config.mri_grid) for v in self._filled(m1)], dim=1)  # (B, S, G, G, G)
         h = self.proj(self.backbone(x))
         return _output(self.head(h), cls_m1=h)
 

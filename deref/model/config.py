@@ -100,6 +100,10 @@ class ModelConfig:
     resnet3d_width: int = 32
     resnet3d_shared: bool = True
     mri_grid: int = 32
+    # Missing inputs (``deref train --allow-missing``): a modality-1 group or a slide given as
+    # NaN is missing; DeReF puts the training fold's mean token in its place (see ``missing``
+    # in :mod:`deref.model.encoders`), the baselines the group's training mean.
+    allow_missing: bool = False
 
     def __post_init__(self) -> None:
         self.m1_sizes = tuple(int(s) for s in self.m1_sizes)

@@ -96,11 +96,14 @@ def check_inputs(
                     f"modality-1 group {g} ({cfg.m1_names[g]}) has shape {tuple(x.shape)}; expected (B, {d})"
                 )
             bad = ~torch.isfinite(x).all(dim=1)
+            if cfg.allow_missing:  # a row entirely NaN is a missing group, not bad values
+                bad &= ~torch.isnan(x).all(dim=1)
             if bad.any():
                 i = int(bad.nonzero()[0])
                 raise InputError(
                     f"patient {i}: modality-1 group {g} ({cfg.m1_names[g]}) has NaN or infinite values; "
                     "expected finite numbers"
+                    + (" (or all NaN: a missing input)" if cfg.allow_missing else "")
                 )
     if wsi is not None:
         if wsi.dim() != 3:
@@ -127,6 +130,9 @@ def check_inputs(
         row_ok = torch.isfinite(wsi.sum(dim=2))
         if wsi_mask is not None:
             row_ok = row_ok | ~wsi_mask
+        if cfg.allow_missing:  # a bag of NaN patches only is a missing slide
+            nan = torch.isnan(wsi).all(dim=2) | (~wsi_mask if wsi_mask is not None else False)
+            row_ok = row_ok | nan.all(dim=1, keepdim=True)
         if not bool(row_ok.all()):
             finite = torch.isfinite(wsi).all(dim=2)
             if wsi_mask is not None:

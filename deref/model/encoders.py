@@ -15,6 +15,56 @@ from deref.model.config import ModelConfig
 from deref.model.nystrom import NystromAttention
 from deref.model.resnet3d import ResNet3d, cubes, resnet3d_out_dim
 
+#: Momentum of the running mean token while training (as BatchNorm's running statistics).
+MEAN_TOKEN_MOMENTUM = 0.1
+
+
+def missing_rows(x: Tensor) -> Tensor:
+    """``(B,)`` bool: rows of ``x`` ``(B, ...)`` given entirely as NaN (a missing input)."""
+    return torch.isnan(x).flatten(1).all(dim=1)
+
+
+class MeanToken(nn.Module):
+    """The training mean of ``G`` tokens ``(G, C)`` that may be missing, put in their place.
+
+    ``substitute(tokens (B, G, C), missing (B, G))`` returns the tokens with each missing one
+    replaced by the mean. While training, the mean is a running mean (momentum
+    :data:`MEAN_TOKEN_MOMENTUM`) of the present tokens of each batch, detached: a missing input
+    contributes nothing and receives no gradient. After a fold's training the trainer sets it to the
+    exact mean over the fold's training patients (:meth:`set`), which prediction then uses. A
+    buffer: it is saved with the checkpoint.
+    """
+
+    def __init__(self, n: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("value", torch.zeros(n, dim))
+        self.register_buffer("started", torch.zeros(n, dtype=torch.bool))
+
+    @torch.no_grad()
+    def _update(self, tokens: Tensor, present: Tensor) -> None:
+        w = present.to(tokens.dtype).unsqueeze(-1)  # (B, G, 1)
+        count = w.sum(dim=0)  # (G, 1)
+        seen = count.squeeze(-1) > 0
+        if not bool(seen.any()):
+            return
+        mean = (tokens.detach() * w).sum(dim=0) / count.clamp_min(1)
+        m = torch.where(self.started, MEAN_TOKEN_MOMENTUM, 1.0).unsqueeze(-1).to(mean.dtype)
+        new = (1 - m) * self.value.to(mean.dtype) + m * mean
+        self.value.copy_(torch.where(seen.unsqueeze(-1), new, self.value.to(mean.dtype)))
+        self.started |= seen
+
+    def substitute(self, tokens: Tensor, missing: Tensor) -> Tensor:
+        if self.training:
+            self._update(tokens, ~missing)
+        if not bool(missing.any()):
+            return tokens
+        return torch.where(missing.unsqueeze(-1), self.value.to(tokens.dtype).expand_as(tokens), tokens)
+
+    @torch.no_grad()
+    def set(self, value: Tensor) -> None:
+        self.value.copy_(value.to(self.value))
+        self.started.fill_(True)
+
 
 def init_snn_(module: nn.Module) -> None:
     """Self-normalizing init (MCAT's ``init_max_weights``): N(0, 1/fan_in) weights, zero bias."""
@@ -142,12 +192,23 @@ class M1Encoder(nn.Module):
                 for d in cfg.m1_sizes
             )
         self.encoder = TokenEncoder(cfg)
+        self.mean_token = MeanToken(len(cfg.m1_sizes), cfg.c1) if cfg.allow_missing else None
+
+    def raw_tokens(self, m1: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """``(tokens (B, k, C), missing (B, k) or None)``: a missing group (a NaN row, with
+        ``allow_missing``) is encoded from zeros here; :meth:`tokens` replaces its token."""
+        missing = None
+        if self.mean_token is not None:
+            missing = torch.stack([missing_rows(x) for x in m1], dim=1)
+            m1 = [torch.nan_to_num(x, nan=0.0) for x in m1]
+        if self.cube_tokens is not None:
+            return self.cube_tokens(m1), missing
+        return torch.stack([net(x) for net, x in zip(self.token_nets, m1)], dim=1), missing
 
     def tokens(self, m1: list[Tensor]) -> Tensor:
-        """(B, k, C): one token per group."""
-        if self.cube_tokens is not None:
-            return self.cube_tokens(m1)
-        return torch.stack([net(x) for net, x in zip(self.token_nets, m1)], dim=1)
+        """(B, k, C): one token per group (a missing group's: the training mean token)."""
+        tokens, missing = self.raw_tokens(m1)
+        return tokens if missing is None else self.mean_token.substitute(tokens, missing)
 
     def forward(self, m1: list[Tensor]) -> Tensor:
         return self.encoder(self.tokens(m1))
@@ -202,6 +263,7 @@ class WSIEncoder(nn.Module):
         self.pos_layer = PPEG(cfg.c1)
         self.layer2 = TransLayer(cfg)
         self.norm = nn.LayerNorm(cfg.c1)
+        self.mean_token = MeanToken(1, cfg.c1) if cfg.allow_missing else None
 
     def mlp(self, x: Tensor) -> Tensor:
         return self.drop2(F.relu(self.fc2(self.drop1(F.relu(self.fc1(x))))))
@@ -214,8 +276,22 @@ class WSIEncoder(nn.Module):
         Returns the class token (B, C) and, with ``return_attention``, the class token's
         attention over the original patches in each Nystrom layer, ``(B, 2, N)`` (mean over
         heads; attention on a repeated square-completion token is added to the patch it
-        copies; zero at masked positions).
+        copies; zero at masked positions). With ``allow_missing``, a patient whose patches are
+        all NaN has no slide: its class token is the training mean token (zero attention).
         """
+        if self.mean_token is None:
+            return self._encode(wsi, mask, return_attention)
+        nan = torch.isnan(wsi).all(dim=2)
+        missing = (nan | ~mask).all(dim=1) if mask is not None else nan.all(dim=1)
+        cls, attn = self._encode(torch.nan_to_num(wsi, nan=0.0), mask, return_attention)
+        cls = self.mean_token.substitute(cls.unsqueeze(1), missing.unsqueeze(1)).squeeze(1)
+        if attn is not None and bool(missing.any()):
+            attn = attn.masked_fill(missing.view(-1, 1, 1), 0.0)
+        return cls, attn
+
+    def _encode(
+        self, wsi: Tensor, mask: Tensor | None, return_attention: bool
+    ) -> tuple[Tensor, Tensor | None]:
         b, n_max, _ = wsi.shape
         dev = wsi.device
         if mask is None:

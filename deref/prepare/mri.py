@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MANIFEST_NAME = "mri_manifest.csv"
 MRI_FEATURE_DIM = 2048
+#: ``attrs["content"]`` of a file ``deref mri`` writes: per-sequence vectors, or ROI cubes.
+VECTORS, CUBES = "vectors", "cubes"
 
 
 @dataclass(frozen=True)
@@ -618,24 +620,13 @@ def output_path(patient: str, out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / f"{patient}.h5"
 
 
-def process_case(
-    case: MriCase, out_dir: str | os.PathLike, model, config: MriConfig, save_crops: bool = False
-) -> Path:
-    """Preprocess ``case``, compute its vector(s) and write ``<out>/<patient>.h5`` atomically.
-
-    The bag's attributes record the provenance of the weights, the files, the crop
-    (``spacing_mm``, ``center_ras_mm``), ``grid_of`` and ``resampled_sequences`` (JSON list).
-    """
-    from deref.data.bags import write_bag_h5
-
-    vol = preprocess_case(case, config)
-    feats = mri_features(vol, model, config)
-    attrs = {
-        **model.provenance,
+def _volume_attrs(case: MriCase, vol: MriVolume, config: MriConfig) -> dict:
+    """What every MRI file records: the files, the crop (``spacing_mm``, ``center_ras_mm``),
+    ``grid_of``, ``resampled_sequences`` (JSON list) and the preprocessing settings."""
+    return {
         "modality": "mri",
         "patient": case.patient,
         "sequences": json.dumps(vol.sequences),
-        "feature_rows": "sequence" if config.per_sequence else "patient",
         "sequence_files": json.dumps({k: str(Path(v).resolve()) for k, v in case.sequences.items()}),
         "mask_file": str(Path(case.mask).resolve()) if case.mask else "",
         "mask_voxels": vol.mask_voxels,
@@ -644,6 +635,60 @@ def process_case(
         "grid_of": vol.notes.get("grid_of", ""),
         "resampled_sequences": json.dumps(vol.notes.get("resampled_sequences", [])),
         "preprocess": config.to_json(),
+    }
+
+
+def write_cubes_h5(path: str | os.PathLike, vol: MriVolume, attrs: dict) -> Path:
+    """Write one patient's ROI cubes atomically: ``cubes`` (S, G, G, G) float32 (one per
+    sequence, in ``attrs["sequences"]`` order), ``inside`` (G, G, G) uint8 (the tumour mask on
+    the cube), ``attrs["content"] = "cubes"``. :func:`deref.data.mri.read_mri_cubes` reads them."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("cubes", data=np.ascontiguousarray(vol.data, dtype=np.float32))
+            f.create_dataset("inside", data=vol.inside.astype(np.uint8))
+            for k, v in (attrs | {"content": CUBES, "grid": int(vol.data.shape[-1])}).items():
+                f.attrs[k] = v
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def process_case(
+    case: MriCase,
+    out_dir: str | os.PathLike,
+    model,
+    config: MriConfig,
+    save_crops: bool = False,
+    *,
+    cubes_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Preprocess ``case`` and write ``<out>/<patient>.h5`` atomically: its vector(s) through
+    ``model``, or with ``model=None`` its ROI cubes (:func:`write_cubes_h5`, for a 3D ResNet
+    trained end to end). ``cubes_dir`` also writes the cubes there beside the vectors.
+
+    The file's attributes record the provenance of the weights (vectors), the files, the crop
+    (``spacing_mm``, ``center_ras_mm``), ``grid_of`` and ``resampled_sequences`` (JSON list).
+    """
+    from deref.data.bags import write_bag_h5
+
+    vol = preprocess_case(case, config)
+    base = _volume_attrs(case, vol, config)
+    if model is None:
+        return write_cubes_h5(output_path(case.patient, out_dir), vol, base)
+    if cubes_dir is not None:
+        write_cubes_h5(output_path(case.patient, cubes_dir), vol, base)
+    feats = mri_features(vol, model, config)
+    attrs = {
+        **model.provenance,
+        **base,
+        "content": VECTORS,
+        "feature_rows": "sequence" if config.per_sequence else "patient",
     }
     if save_crops:
         import nibabel as nib
@@ -661,12 +706,12 @@ def process_case(
     return write_bag_h5(output_path(case.patient, out_dir), feats, None, attrs)
 
 
-def _finished(path: Path) -> int | None:
+def _finished(path: Path, dataset: str = "features") -> int | None:
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return int(f["features"].shape[0])
+            return int(f[dataset].shape[0])
     except Exception:  # noqa: BLE001
         return None
 
@@ -679,13 +724,17 @@ def process_cases(
     *,
     save_crops: bool = False,
     on_result: Callable[[ManifestRow], None] | None = None,
+    cubes_dir: str | os.PathLike | None = None,
 ) -> list[ManifestRow]:
-    """Process every case; one manifest row each (``patches`` = vectors written), never
-    raising for a bad case. Patients whose bag exists are skipped unless ``config.overwrite``."""
+    """Process every case; one manifest row each (``patches`` = vectors, or cubes with
+    ``model=None``, written), never raising for a bad case. Patients whose file exists are
+    skipped unless ``config.overwrite``; ``cubes_dir`` also writes the cubes (see
+    :func:`process_case`)."""
     config = config or MriConfig()
     from deref.prepare.extract import resolve_device
 
-    model = model.to(resolve_device(config.device))
+    if model is not None:
+        model = model.to(resolve_device(config.device))
     seen: set[str] = set()
     rows = []
     for case in cases:
@@ -695,14 +744,21 @@ def process_cases(
             if case.patient in seen:
                 raise DataError(f"patient {case.patient} listed twice")
             seen.add(case.patient)
-            n = None if config.overwrite or not out.exists() else _finished(out)
+            dataset = "features" if model is not None else "cubes"
+            n = None if config.overwrite or not out.exists() else _finished(out, dataset)
             if n is not None:
                 row = ManifestRow(case.patient, "skipped", n, 0.0, "", str(out))
             else:
-                process_case(case, out_dir, model, config, save_crops)
-                n = len(case.sequences) if config.per_sequence else 1
+                process_case(case, out_dir, model, config, save_crops, cubes_dir=cubes_dir)
+                n = len(case.sequences) if config.per_sequence or model is None else 1
                 row = ManifestRow(case.patient, "ok", n, time.perf_counter() - t0, "", str(out))
-                log.info("patient %s: %d vector(s) in %.2f s", case.patient, n, row.seconds)
+                log.info(
+                    "patient %s: %d %s in %.2f s",
+                    case.patient,
+                    n,
+                    "cube(s)" if model is None else "vector(s)",
+                    row.seconds,
+                )
         except DataError as exc:
             row = ManifestRow(case.patient, "failed", 0, time.perf_counter() - t0, one_line(exc), "")
         except Exception as exc:  # noqa: BLE001 - one bad patient must not stop the batch

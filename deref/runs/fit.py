@@ -54,6 +54,8 @@ def run_consistency_problems(info: RunInfo, run_json: str) -> list[Problem]:
 def _family_problems(info: RunInfo, families: Sequence, run_json: str) -> list[Problem]:
     run_cols = info.data.m1_columns
     names = info.data.m1_names or info.model.m1_names
+    if info.model.mri_encoder == "resnet3d":  # ROI cubes: checked by m1_source_problems
+        return []
     if not run_cols:
         sizes = tuple(f.size for f in families)
         if info.model.model_type != "snn" and sizes != tuple(info.model.m1_sizes):
@@ -207,9 +209,63 @@ def run_fit_problems(
     return problems
 
 
+def m1_source_problems(info: RunInfo, cohort, run_json: str) -> list[Problem]:
+    """Modality 1 of the run against the cohort's: genomics or MRI, vectors or ROI cubes (grid,
+    sequences)."""
+    cfg, src = info.model, str(cohort.source)
+    kind = getattr(cohort, "m1_kind", "genomic")
+    if cfg.m1_kind != kind:
+        return [
+            Problem(
+                src,
+                None,
+                None,
+                f"the cohort's modality 1 is {kind}",
+                f"{cfg.m1_kind}, as the run ({run_json})",
+            )
+        ]
+    if kind != "mri":
+        return []
+    cubes = getattr(cohort, "mri_cubes", None)
+    if cfg.mri_encoder != "resnet3d":
+        if cubes is not None:
+            return [
+                Problem(
+                    str(cubes.folder),
+                    None,
+                    None,
+                    "the cohort gives MRI ROI cubes",
+                    f"the frozen per-sequence vectors the run reads (--mri-features; {run_json})",
+                )
+            ]
+        return []
+    if cubes is None:
+        return [
+            Problem(
+                src,
+                None,
+                None,
+                "the cohort gives frozen MRI vectors",
+                f"the {cfg.mri_grid}^3 ROI cubes the run's 3D ResNet reads (--mri-cubes; {run_json})",
+            )
+        ]
+    if cubes.grid != cfg.mri_grid or tuple(cubes.sequences) != tuple(cfg.m1_names):
+        return [
+            Problem(
+                str(cubes.folder),
+                None,
+                None,
+                f"{cubes.grid}^3 cubes of sequences {list(cubes.sequences)}",
+                f"{cfg.mri_grid}^3 cubes of {list(cfg.m1_names)}, as the run was trained ({run_json})",
+            )
+        ]
+    return []
+
+
 def cohort_fit_problems(info: RunInfo, cohort, *, run_json: str, check_bags: bool = True) -> list[Problem]:
-    """:func:`run_fit_problems` for a loaded :class:`~deref.data.cohort.Cohort`."""
-    return run_fit_problems(
+    """:func:`run_fit_problems` for a loaded :class:`~deref.data.cohort.Cohort`, and its modality 1
+    against the run's (:func:`m1_source_problems`)."""
+    return m1_source_problems(info, cohort, run_json) + run_fit_problems(
         info,
         run_json=run_json,
         table=str(cohort.source),
@@ -241,11 +297,16 @@ def load_run_cohort(
     families = data.extra.get("families_json")
     if data.extra.get("mri_manifest"):  # an MRI cohort: modality 1 from the manifest's features
         kwargs["mri_manifest"] = data.extra["mri_manifest"]
-        kwargs["mri_features"] = data.extra.get("mri_features")
+        if data.extra.get("mri_cubes"):  # end to end: the ROI cubes
+            kwargs["mri_cubes"] = data.extra["mri_cubes"]
+        else:
+            kwargs["mri_features"] = data.extra.get("mri_features")
     elif families and Path(families).exists():
         kwargs["families_json"] = families
     elif data.extra.get("signatures"):
         kwargs["signatures"] = data.extra["signatures"]
+    if info.model.allow_missing or data.extra.get("allow_missing"):
+        kwargs["allow_missing"] = True
     return load_cohort(
         table,
         bag_dir=bag_dir if bag_dir is not None else data.bag_dir,

@@ -414,3 +414,44 @@ def test_outside_a_resampled_field_of_view_does_not_spread_into_the_cube():
     assert np.isnan(y[:8]).all() and np.abs(y[8:] - 5.0).max() < 1e-5  # neither NaN nor a pull to 0
     ramp = np.broadcast_to(np.arange(20, dtype=np.float32)[None, None, :], (20, 20, 20)).copy()
     assert np.allclose(_smooth(ramp, [0.0, 0.0, 0.0]), ramp)
+
+
+def test_cubes_mode_caches_the_preprocessed_cubes_and_fails_bad_patients_alone(bad_cohort, tmp_path, capsys):
+    """``deref mri --cubes``: no network; each good patient's file holds exactly the cubes
+    ``preprocess_case`` gives (NIfTI and DICOM alike), each bad input one line, resumable."""
+    out = tmp_path / "cubes"
+    argv = [
+        "mri",
+        "--table",
+        str(bad_cohort),
+        "--cubes",
+        "--grid",
+        "32",
+        "--margin-mm",
+        "6",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 3
+    with open(out / "mri_manifest.csv", newline="") as fh:
+        rows = {r["patient"]: (r["status"], r["error"]) for r in csv.DictReader(fh)}
+    assert {p for p, (s, _) in rows.items() if s == "ok"} == set(GOOD)
+    for p, parts in EXPECTED_ERRORS.items():
+        assert rows[p][0] == "failed" and all(part in rows[p][1] for part in parts), (p, rows[p])
+    assert sorted(f.name for f in out.iterdir() if f.suffix == ".h5") == sorted(f"{p}.h5" for p in GOOD)
+    cases = {c.patient: c for c in cases_from_table(bad_cohort)}
+    cubes = {}
+    for p in GOOD:
+        with h5py.File(out / f"{p}.h5") as f:
+            assert f.attrs["content"] == "cubes" and f.attrs["grid"] == 32 and "features" not in f
+            cubes[p] = f["cubes"][()]
+            inside = f["inside"][()].astype(bool)
+        vol = preprocess_case(cases[p], SMALL)
+        np.testing.assert_array_equal(cubes[p], vol.data)
+        np.testing.assert_array_equal(inside, vol.inside)
+    assert np.abs(cubes["dicom"] - cubes["good"]).max() < 1e-5
+    capsys.readouterr()
+    assert main(argv) == 3  # a rerun skips the finished patients
+    assert "3 skipped" in capsys.readouterr().out
+    assert main([*argv, "--random-weights"]) == 1  # cubes run no network: weights make no sense
+    assert "--cubes writes the preprocessed cubes" in capsys.readouterr().err

@@ -35,6 +35,7 @@ def test_run_json_round_trips_through_the_typed_model(small_demo, tmp_path):
                 "resnet3d_width",
                 "resnet3d_shared",
                 "mri_grid",
+                "allow_missing",
             ), key
             raw["model"][key] = value
     info = RunInfo.from_dict(raw)
