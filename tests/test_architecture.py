@@ -139,7 +139,7 @@ def test_only_deref_runs_reads_run_json():
             "deref.figures",
             ("torch", "deref.runs"),
         ),
-        ("deref.runs deref.model deref.data.cohort", ("torch",)),
+        ("deref.runs deref.model deref.data.cohort deref.compare", ("torch",)),
     ],
 )
 def test_light_modules_stay_light(modules, forbidden):

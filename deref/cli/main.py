@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "predict",
     "evaluate",
+    "compare",
     "tile",
     "extract",
     "mri",

@@ -1,0 +1,306 @@
+"""Figures and tables of a comparison of runs (``deref compare``): the forest plot of the paired
+differences in C-index and the table in the paper's Table III layout (one row per run, mean ± std
+over folds per metric, the best honest figure in bold) as Markdown and LaTeX.
+
+Builders take the plain frames :class:`deref.compare.Comparison` gives (``pairs_frame()``,
+``runs_frame()``) and return a figure object or text; they never write files.
+
+The optimistic best-epoch column (the epoch chosen on the validation fold itself) is shown only
+labelled so, and is never bolded: the best of a column is decided on the honest headline alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from deref.figures.style import FONT_FAMILY, OKABE_ITO, caption_text, format_p, mpl_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "COMPARISON_METRICS",
+    "forest_figure_plotly",
+    "forest_figure_matplotlib",
+    "best_runs",
+    "comparison_display_table",
+    "comparison_markdown",
+    "comparison_latex",
+    "latex_escape",
+]
+
+#: Table columns: metric key in ``runs_frame()`` -> (label, higher is better).
+COMPARISON_METRICS: dict[str, tuple[str, bool]] = {
+    "harrell": ("Harrell C", True),
+    "uno": ("Uno C", True),
+    "td_auc": ("td-AUC", True),
+    "ibs": ("IBS", False),
+}
+_DIGITS = 3
+
+
+# --------------------------------------------------------------------------------------------
+# forest plot
+# --------------------------------------------------------------------------------------------
+def _pair_label(row: Mapping[str, Any]) -> str:
+    return (
+        f"{row['delta_c']:+.3f} [{row['delta_c_ci_low']:+.3f}, {row['delta_c_ci_high']:+.3f}]"
+        f"  wins {row['reference_wins']:.0%}  Holm {format_p(row['p_holm'])}"
+    )
+
+
+def _forest_title(reference: str, level: float) -> str:
+    return f"Pooled out-of-fold C-index: {reference} minus each run ({level:.0%} paired bootstrap CI)"
+
+
+def forest_figure_plotly(
+    pairs: pd.DataFrame, reference: str, *, level: float = 0.95, meta: Mapping[str, Any] | None = None
+) -> go.Figure:
+    """Forest plot of ``delta_c`` with its CI, one row per compared run (first run on top).
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        ``Comparison.pairs_frame()``: ``other, delta_c, delta_c_ci_low, delta_c_ci_high,
+        reference_wins, p_holm``.
+    reference : str
+        The reference run (positive differences: the reference is better).
+    level : float
+        The CI's level, for the title.
+    meta : mapping, optional
+        Provenance (:func:`~deref.figures.figure_meta`); shown as a caption, kept in ``layout.meta``.
+    """
+    names = list(pairs["other"])
+    d = pairs["delta_c"].to_numpy(float)
+    lo, hi = pairs["delta_c_ci_low"].to_numpy(float), pairs["delta_c_ci_high"].to_numpy(float)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=d,
+            y=names,
+            mode="markers",
+            marker={"size": 10, "color": OKABE_ITO["blue"], "symbol": "square"},
+            error_x={"type": "data", "symmetric": False, "array": hi - d, "arrayminus": d - lo},
+            text=[_pair_label(r) for r in pairs.to_dict("records")],
+            hovertemplate="%{y}: ΔC %{text}<extra></extra>",
+            name="ΔC",
+        )
+    )
+    fig.add_vline(x=0, line={"dash": "dash", "color": "#777777"})
+    caption = caption_text(meta)
+    fig.update_layout(
+        template="simple_white",
+        font={"family": FONT_FAMILY, "size": 13},
+        title={"text": _forest_title(reference, level), "x": 0.01, "font": {"size": 14}},
+        xaxis_title=f"ΔC ({reference} − run); > 0: {reference} better",
+        yaxis={"autorange": "reversed", "title": None},
+        showlegend=False,
+        height=max(260, 80 + 46 * len(names)),
+        margin={"l": 20, "r": 20, "t": 60, "b": 90 if caption else 50},
+        annotations=[
+            {"text": caption, "xref": "paper", "yref": "paper", "x": 0, "y": -0.32, "showarrow": False}
+        ]
+        if caption
+        else [],
+        meta=dict(meta or {}),
+    )
+    return fig
+
+
+def forest_figure_matplotlib(
+    pairs: pd.DataFrame,
+    reference: str,
+    *,
+    level: float = 0.95,
+    meta: Mapping[str, Any] | None = None,
+    width: float = 7.5,
+) -> Figure:
+    """The forest plot of :func:`forest_figure_plotly` for files (:func:`export_figure`)."""
+    n = len(pairs)
+    fig = mpl_figure(figsize=(width, 1.3 + 0.42 * max(n, 1)), facecolor="white")
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(n)[::-1]
+    d = pairs["delta_c"].to_numpy(float)
+    lo, hi = pairs["delta_c_ci_low"].to_numpy(float), pairs["delta_c_ci_high"].to_numpy(float)
+    ax.errorbar(
+        d,
+        y,
+        xerr=[d - lo, hi - d],
+        fmt="s",
+        color=OKABE_ITO["blue"],
+        ecolor=OKABE_ITO["blue"],
+        capsize=3,
+        ms=5,
+    )
+    ax.axvline(0, color="#777777", ls="--", lw=1)
+    ax.set_yticks(y)
+    ax.set_yticklabels(list(pairs["other"]), fontsize=9)
+    ax.set_ylim(-0.7, n - 0.3)
+    for yi, row in zip(y, pairs.to_dict("records")):
+        ax.annotate(_pair_label(row), (1.02, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.set_xlabel(f"ΔC ({reference} − run); > 0: {reference} better", fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(_forest_title(reference, level), fontsize=10, loc="left")
+    caption = caption_text(meta)
+    if caption:
+        fig.text(0.01, 0.005, caption, fontsize=6.5, color="#555555", ha="left", va="bottom")
+    fig.subplots_adjust(left=0.22, right=0.62, top=0.85, bottom=0.3 if n < 3 else 0.2)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# the table (paper's Table III layout)
+# --------------------------------------------------------------------------------------------
+def best_runs(runs: pd.DataFrame) -> dict[str, set[str]]:
+    """metric -> the runs with the best honest mean, compared as displayed (3 decimals): ties
+    share the bold. The optimistic column has no best."""
+    out = {}
+    for m, (_, higher) in COMPARISON_METRICS.items():
+        vals = runs[f"{m}_mean"].to_numpy(float).round(_DIGITS)
+        ok = np.isfinite(vals)
+        if not ok.any():
+            out[m] = set()
+            continue
+        best = np.nanmax(vals) if higher else np.nanmin(vals)
+        out[m] = {str(r) for r, v in zip(runs["run"], vals) if np.isfinite(v) and v == best}
+    return out
+
+
+def _pm(mean: float, std: float) -> tuple[str, str]:
+    if not np.isfinite(mean):
+        return "n/a", ""
+    return f"{mean:.{_DIGITS}f}", f"{std:.{_DIGITS}f}" if np.isfinite(std) else "n/a"
+
+
+def _has_optimistic(runs: pd.DataFrame) -> bool:
+    return bool(np.isfinite(runs["optimistic_harrell_mean"].to_numpy(float)).any())
+
+
+def _delta(row: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    if not np.isfinite(row["delta_c"]):
+        return None
+    return tuple(f"{row[k]:+.{_DIGITS}f}" for k in ("delta_c", "delta_c_ci_low", "delta_c_ci_high"))
+
+
+def _header(runs: pd.DataFrame, reference: str) -> list[str]:
+    cols = ["Run", *(label for label, _ in COMPARISON_METRICS.values()), "pooled C"]
+    cols.append(f"ΔC vs {reference} [95% CI]")
+    if _has_optimistic(runs):
+        cols.append("Harrell C, best epoch (optimistic)")
+    return cols
+
+
+def comparison_display_table(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The table as plain text cells (``mean ± std``), one row per run, in the column order of
+    the Markdown and LaTeX tables (no bold)."""
+    rows = []
+    for row in runs.to_dict("records"):
+        cells = [str(row["run"])]
+        for m in COMPARISON_METRICS:
+            mean, std = _pm(row[f"{m}_mean"], row[f"{m}_std"])
+            cells.append(f"{mean} ± {std}" if std else mean)
+        cells.append(f"{row['pooled_harrell']:.{_DIGITS}f}")
+        delta = _delta(row)
+        cells.append("reference" if delta is None else f"{delta[0]} [{delta[1]}, {delta[2]}]")
+        if _has_optimistic(runs):
+            mean, std = _pm(row["optimistic_harrell_mean"], row["optimistic_harrell_std"])
+            cells.append(f"{mean} ± {std}" if std else mean)
+        rows.append(cells)
+    return pd.DataFrame(rows, columns=_header(runs, reference))
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def comparison_markdown(runs: pd.DataFrame, reference: str) -> str:
+    """The table in Markdown (GitHub pipe table): best honest mean per metric in ``**bold**``."""
+    best = best_runs(runs)
+    table = comparison_display_table(runs, reference)
+    lines = [
+        "| " + " | ".join(_md_escape(c) for c in table.columns) + " |",
+        "|" + "|".join([":---", *["---:"] * (len(table.columns) - 1)]) + "|",
+    ]
+    for name, cells in zip(runs["run"], table.itertuples(index=False)):
+        out = [_md_escape(c) for c in cells]
+        for j, m in enumerate(COMPARISON_METRICS, start=1):
+            if str(name) in best[m]:
+                out[j] = f"**{out[j]}**"
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text safe inside a LaTeX table cell."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _latex_pm(mean: float, std: float) -> str:
+    m, s = _pm(mean, std)
+    if m == "n/a":
+        return "n/a"
+    return f"{m} $\\pm$ {s}" if s else m
+
+
+def comparison_latex(
+    runs: pd.DataFrame, reference: str, *, caption: str | None = None, label: str = "tab:comparison"
+) -> str:
+    """The table in LaTeX (``booktabs``), one row per run, mean ± std; the best honest mean per
+    metric in ``\\textbf`` (never the optimistic column)."""
+    best = best_runs(runs)
+    opt = _has_optimistic(runs)
+    head = [latex_escape(c) for c in _header(runs, reference)]
+    head = [h.replace("ΔC", "$\\Delta C$") for h in head]
+    body = []
+    for row in runs.to_dict("records"):
+        cells = [latex_escape(row["run"])]
+        for m in COMPARISON_METRICS:
+            cell = _latex_pm(row[f"{m}_mean"], row[f"{m}_std"])
+            cells.append(f"\\textbf{{{cell}}}" if str(row["run"]) in best[m] else cell)
+        cells.append(f"{row['pooled_harrell']:.{_DIGITS}f}")
+        delta = _delta(row)
+        cells.append("reference" if delta is None else f"${delta[0]}$ [${delta[1]}$, ${delta[2]}$]")
+        if opt:
+            cells.append(_latex_pm(row["optimistic_harrell_mean"], row["optimistic_harrell_std"]))
+        body.append(" & ".join(cells) + r" \\")
+    cap = caption or (
+        "Out-of-fold metrics, mean $\\pm$ std over folds (best honest figure in bold); "
+        f"$\\Delta C$: pooled out-of-fold Harrell C of {latex_escape(reference)} minus the run's, "
+        "with its paired bootstrap 95\\% CI."
+    )
+    return "\n".join(
+        [
+            r"\begin{table}[t]",
+            r"\centering",
+            f"\\caption{{{cap}}}",
+            f"\\label{{{label}}}",
+            f"\\begin{{tabular}}{{l{'c' * (len(head) - 1)}}}",
+            r"\toprule",
+            " & ".join(head) + r" \\",
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\end{table}",
+            "",
+        ]
+    )
