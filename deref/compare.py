@@ -50,6 +50,7 @@ __all__ = [
     "PairComparison",
     "Comparison",
     "run_inputs",
+    "environment_differences",
     "pair_runs",
     "score_run",
     "bootstrap_indices",
@@ -115,6 +116,38 @@ class RunInputs:
     fingerprint: str | None = None
     protocol: str = ""
     optimistic: dict[int, float] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+#: Manifest entries that differ between runs by nature (not a reproducibility difference).
+_EXPECTED_TO_DIFFER = ("seeds.",)
+
+
+def environment_differences(runs: Sequence[RunInputs]) -> dict[str, dict[str, Any]]:
+    """Where the runs' reproducibility manifests (``RunInfo.environment``) differ: ``{entry:
+    {run: value}}`` for every entry (``code.git_commit``, ``dependencies.torch``, ``device``,
+    ``dtype``, ``splits.splits_0.csv``, ``features.bags``, ...) whose value is not the same in all
+    runs; a run written before the manifest existed shows None everywhere."""
+    flat = {r.name: _flatten(r.environment) for r in runs}
+    keys = sorted({k for f in flat.values() for k in f})
+    out = {}
+    for k in keys:
+        if k.startswith(_EXPECTED_TO_DIFFER):
+            continue
+        values = {name: f.get(k) for name, f in flat.items()}
+        if len({repr(v) for v in values.values()}) > 1:
+            out[k] = values
+    return out
 
 
 def run_inputs(run: RunDir | str | os.PathLike, name: str | None = None) -> RunInputs:
@@ -137,6 +170,7 @@ def run_inputs(run: RunDir | str | os.PathLike, name: str | None = None) -> RunI
         fingerprint=info.data.fingerprint,
         protocol=head.protocol if head is not None else "",
         optimistic=optimistic,
+        environment=dict(info.environment),
     )
 
 
@@ -816,6 +850,8 @@ def _notes(
     for s in scores:
         if "pooled cohort" in s.ipcw_note:
             notes.append(f"{s.name}: {s.ipcw_note}")
+    for key, values in environment_differences(runs).items():
+        notes.append(f"the runs differ in {key}: " + ", ".join(f"{n}={v}" for n, v in values.items()))
     for p in pairs:
         if p.n_valid < p.n_resamples:
             notes.append(

@@ -757,6 +757,92 @@ class CohortTrainer:
         return frame.set_index("case_id").loc[ids].reset_index()
 
 
+#: Packages whose exact versions every run records.
+MANIFEST_PACKAGES = (
+    "torch",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "scikit-survival",
+    "lifelines",
+    "h5py",
+    "safetensors",
+    "monai",
+    "nibabel",
+    "pydicom",
+    "openslide-python",
+)
+
+
+def _code_version() -> dict[str, Any]:
+    """The package version, and the git commit (plus whether the tree had changes) when the
+    package runs from a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out: dict[str, Any] = {"package_version": __version__, "git_commit": None, "git_dirty": None}
+    if not (root / ".git").exists():
+        return out
+    try:
+        run = {"cwd": root, "capture_output": True, "text": True, "timeout": 10, "check": True}
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout
+        out["git_dirty"] = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def _folder_fingerprint(folder: Path | None, suffixes: tuple[str, ...] = (".h5", ".pt")) -> str | None:
+    """SHA-256 over the sorted names and sizes of a folder's feature files (not their bytes: a
+    cohort's bags can be terabytes), or None without a folder."""
+    import hashlib
+
+    if folder is None or not Path(folder).is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).iterdir() if p.suffix in suffixes):
+        h.update(f"{f.name}:{f.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def reproducibility_manifest(
+    cohort: Cohort, cfg: TrainConfig, device: torch.device, folds: Sequence[FoldResult], out: Path
+) -> dict[str, Any]:
+    """What a run needs to be reproduced, recorded in ``run.json`` (``RunInfo.environment``): the
+    code version, exact dependency versions, Python and platform, device, dtype and threads, the
+    seed of every fold, the SHA-256 of the run's split files and fingerprints of the table and the
+    feature folders. ``deref compare`` lists where two runs differ in any of them."""
+    import platform
+    from importlib import metadata
+
+    from deref.fileio import file_sha256
+
+    deps = {}
+    for name in MANIFEST_PACKAGES:
+        try:
+            deps[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            deps[name] = None
+    features = {"table": cohort.fingerprint, "bags": _folder_fingerprint(cohort.bag_dir)}
+    if cohort.m1_kind == "mri":
+        source = cohort.mri_cubes.folder if cohort.mri_cubes is not None else cohort.mri_features
+        features["mri"] = _folder_fingerprint(Path(source), (".h5",))
+    return {
+        "code": _code_version(),
+        "dependencies": deps,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "dtype": "bfloat16 autocast" if cfg.bf16 else "float32",
+        "torch_threads": torch.get_num_threads(),
+        "seeds": {str(f.index): f.info.seed for f in folds},
+        "splits": {p.name: file_sha256(p) for p in sorted((out / "splits").glob("*.csv"))},
+        "features": features,
+    }
+
+
 def _add_mean(sums: dict[str, list], key: str, tokens: torch.Tensor, present: torch.Tensor) -> None:
     """Accumulate ``sum`` and ``count`` of the present tokens ``(B, G, C)`` per group."""
     w = present.to(tokens.dtype)
@@ -886,6 +972,7 @@ def train_cross_validation(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         package_version=__version__,
         torch_version=torch.__version__,
+        environment=reproducibility_manifest(cohort, train_config, trainer.device, results, out),
     )
     write_run_info(out, info)
     return RunResult(path=out, info=info, folds=results, predictions=preds)

@@ -327,3 +327,25 @@ def test_cli_compare_end_to_end(runs, tmp_path, capsys):
     flipped = json.loads((other_ref / "comparison.json").read_text())
     assert flipped["reference"] == "snn-c"
     assert flipped["pairs"][0]["delta_c"] == pytest.approx(-res["pairs"][1]["delta_c"], abs=1e-12)
+
+
+def test_every_run_records_a_reproducibility_manifest_and_compare_lists_differences(runs):
+    import dataclasses as dc
+
+    from deref.compare import environment_differences, run_inputs
+    from deref.fileio import file_sha256
+
+    info = RunDir(runs["snn-a"]).info
+    env = info.environment
+    assert env["code"]["package_version"] and env["dependencies"]["torch"] == __import__("torch").__version__
+    assert env["device"] == "cpu" and env["dtype"] == "float32"
+    assert env["seeds"] == {str(f.index): f.seed for f in info.folds}
+    split = runs["snn-a"] / "splits" / "splits_0.csv"
+    assert env["splits"]["splits_0.csv"] == file_sha256(split)
+    assert env["features"]["table"] == info.data.fingerprint
+    a, b = run_inputs(runs["snn-a"]), run_inputs(runs["snn-b"])
+    assert environment_differences([a, b]) == {}  # same code, folds and data; seeds differ by design
+    b = dc.replace(b, environment={**b.environment, "dtype": "bfloat16 autocast"})
+    assert environment_differences([a, b]) == {"dtype": {"snn-a": "float32", "snn-b": "bfloat16 autocast"}}
+    old = dc.replace(b, environment={})  # a run written before the manifest existed
+    assert environment_differences([a, old])["device"] == {"snn-a": "cpu", "snn-b": None}

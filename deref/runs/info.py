@@ -301,6 +301,10 @@ class RunInfo:
     package_version: str | None = None
     torch_version: str | None = None
     format: str = RUN_FORMAT
+    #: The reproducibility manifest (``deref.training.reproducibility_manifest``): code version,
+    #: dependency versions, seeds, split-file and feature fingerprints, device and dtype; empty for
+    #: runs written before it was recorded.
+    environment: Mapping[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- derived facts
     @property
@@ -431,6 +435,7 @@ class RunInfo:
             package_version=d.get("package_version"),
             torch_version=d.get("torch_version"),
             format=str(fmt),
+            environment=dict(d.get("environment") or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -445,4 +450,5 @@ class RunInfo:
             "data": self.data.to_dict(),
             "folds": [f.to_dict() for f in self.folds],
             "metrics": self.metrics.to_dict(),
+            "environment": dict(self.environment),
         }
