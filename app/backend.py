@@ -900,3 +900,31 @@ def overlay_image(
         smooth_sigma=smooth_sigma,
     )
     return res.rgba[..., :3], res
+
+
+# ------------------------------------------------------------------------------------ compare
+def comparison_dir() -> Path:
+    """Where the demo's comparison runs live (``deref ablate`` output): ``<demo>/comparison``."""
+    return demo_dir() / "comparison"
+
+
+def comparison_runs() -> list[str]:
+    """The demo comparison's finished runs (every ``run.json`` under :func:`comparison_dir`)."""
+    root = comparison_dir()
+    if not root.is_dir():
+        return []
+    return [str(p.parent.resolve()) for p in sorted(root.glob("*/run.json"))]
+
+
+@st.cache_data(show_spinner="Comparing runs (paired bootstrap over patients)…", max_entries=8)
+def comparison(run_dirs: tuple[str, ...], reference: str, n_resamples: int = 2000):
+    """``deref.compare.Comparison`` of ``run_dirs`` against ``reference`` (seed 0, recorded)."""
+    from deref.compare import compare_runs
+
+    return compare_runs(list(run_dirs), reference=reference, n_resamples=n_resamples, seed=0)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def comparison_files(run_dirs: tuple[str, ...], reference: str, n_resamples: int = 2000) -> dict[str, bytes]:
+    """The files ``deref compare`` writes (table CSV/Markdown/LaTeX, forest PNG/SVG/PDF, JSON)."""
+    return comparison(run_dirs, reference, n_resamples).files()

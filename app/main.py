@@ -46,6 +46,7 @@ PAGES = {
     ),
     "attention": st.Page("views/attention.py", title="Attention", icon=":material/biotech:"),
     "model": st.Page("views/model.py", title="Model", icon=":material/model_training:"),
+    "compare": st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
 }
 page = st.navigation(list(PAGES.values()))
 if new_patient_link and page.url_path == PAGES["cohort"].url_path and source is not None:

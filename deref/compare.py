@@ -531,6 +531,46 @@ class Comparison:
     seed: int
     level: float
     notes: tuple[str, ...] = ()
+    paired: PairedCohort | None = None
+
+    def fold_frame(self, metric: str = "harrell") -> pd.DataFrame:
+        """Long table ``run, fold, value`` of one metric (:data:`METRICS`) per run and fold."""
+        rows = [
+            {"run": r.name, "fold": int(k), "value": float(v)}
+            for r in self.runs
+            for k, v in zip(r.folds, r.per_fold[metric])
+        ]
+        return pd.DataFrame(rows, columns=["run", "fold", "value"])
+
+    def risks_frame(self) -> pd.DataFrame:
+        """One row per patient: ``case_id, fold, time, event`` and each run's held-out risk (a
+        column per run name); empty without the paired cohort."""
+        if self.paired is None:
+            return pd.DataFrame()
+        p = self.paired
+        out = pd.DataFrame({"case_id": list(p.case_ids), "fold": p.folds, "time": p.time, "event": p.event})
+        for name, risk in zip(p.names, p.risks):
+            out[name] = risk
+        return out
+
+    def disagreements(self, a: str, b: str, k: int = 10) -> pd.DataFrame:
+        """The ``k`` patients on whom runs ``a`` and ``b`` disagree most: ``case_id, fold, time,
+        event, risk_a, risk_b, pct_a, pct_b, gap`` where ``pct`` is the risk's percentile among
+        the cohort's held-out risks of that run (0-100, ties averaged) and ``gap = pct_a - pct_b``;
+        sorted by ``|gap|``, largest first."""
+        df = self.risks_frame()
+        for name in (a, b):
+            if name not in df.columns:
+                raise DataError(
+                    f"compare: no run {name!r} in this comparison (runs: {list(self.paired.names)})"
+                )
+        out = df[["case_id", "fold", "time", "event"]].copy()
+        out["risk_a"], out["risk_b"] = df[a].to_numpy(), df[b].to_numpy()
+        out["pct_a"] = df[a].rank(pct=True).to_numpy() * 100
+        out["pct_b"] = df[b].rank(pct=True).to_numpy() * 100
+        out["gap"] = out["pct_a"] - out["pct_b"]
+        order = np.argsort(-np.abs(out["gap"].to_numpy()), kind="stable")
+        return out.iloc[order[: max(int(k), 0)]].reset_index(drop=True)
 
     @property
     def has_optimistic(self) -> bool:
@@ -897,6 +937,7 @@ def compare(
         seed=int(seed),
         level=float(level),
         notes=tuple(_notes(runs, scores, pairs)),
+        paired=cohort,
     )
 
 

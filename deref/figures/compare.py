@@ -32,6 +32,9 @@ __all__ = [
     "comparison_markdown",
     "comparison_latex",
     "latex_escape",
+    "fold_scores_figure",
+    "km_small_multiples",
+    "risk_scatter_figure",
 ]
 
 #: Table columns: metric key in ``runs_frame()`` -> (label, higher is better).
@@ -304,3 +307,126 @@ def comparison_latex(
             "",
         ]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# the Compare page: per-fold scores, risk groups of every run, two runs' risks
+# --------------------------------------------------------------------------------------------
+def fold_scores_figure(folds: pd.DataFrame, reference: str, metric_label: str = "Harrell C") -> go.Figure:
+    """Per-fold scores of every run, one line per fold across the runs (the folds are paired: a
+    line that falls from the reference to another run is a fold that run lost), the reference
+    first. ``folds``: ``Comparison.fold_frame()`` (``run, fold, value``)."""
+    runs = [reference, *[r for r in dict.fromkeys(folds["run"]) if r != reference]]
+    fig = go.Figure()
+    palette = list(OKABE_ITO.values())
+    for i, (k, part) in enumerate(folds.groupby("fold", sort=True)):
+        part = part.set_index("run").reindex(runs)
+        fig.add_trace(
+            go.Scatter(
+                x=runs,
+                y=part["value"].to_numpy(float),
+                mode="lines+markers",
+                name=f"fold {k}",
+                line={"color": palette[i % len(palette)], "width": 1.5},
+                marker={"size": 8},
+                hovertemplate=f"fold {k} · %{{x}}: %{{y:.3f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        template="simple_white",
+        font={"family": FONT_FAMILY, "size": 13},
+        title={"text": f"{metric_label} per outer fold (held-out patients)", "x": 0.01, "font": {"size": 14}},
+        yaxis_title=metric_label,
+        height=360,
+        margin={"l": 20, "r": 20, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def km_small_multiples(
+    results: Mapping[str, Any], *, columns: int = 3, time_unit: str = "months"
+) -> go.Figure:
+    """Kaplan–Meier curves of each run's risk groups (``deref.stratify.StratificationResult`` per
+    run name), one panel per run, shared axes, the log-rank p-value in each panel's title."""
+    from plotly.subplots import make_subplots
+
+    from deref.figures.style import group_colors
+
+    names = list(results)
+    cols = max(1, min(columns, len(names)))
+    rows = max(1, -(-len(names) // cols))
+    titles = [f"{n} · log-rank {format_p(results[n].logrank.p_value)}" for n in names]
+    fig = make_subplots(rows=rows, cols=cols, shared_xaxes=True, shared_yaxes=True, subplot_titles=titles)
+    for i, name in enumerate(names):
+        res = results[name]
+        colors = group_colors(len(res.groups))
+        for g, color in zip(res.groups, colors):
+            fig.add_trace(
+                go.Scatter(
+                    x=g.km["time"],
+                    y=g.km["survival"],
+                    mode="lines",
+                    line={"shape": "hv", "color": color},
+                    name=g.name,
+                    legendgroup=g.name,
+                    showlegend=i == 0,
+                    hovertemplate=f"{name} · {g.name} (n={g.n}): %{{y:.2f}} at %{{x:.1f}} {time_unit}<extra></extra>",
+                ),
+                row=i // cols + 1,
+                col=i % cols + 1,
+            )
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(
+        template="simple_white",
+        font={"family": FONT_FAMILY, "size": 12},
+        height=280 * rows + 60,
+        margin={"l": 20, "r": 20, "t": 60, "b": 40},
+        title={
+            "text": f"Risk groups of each run (Kaplan–Meier, time in {time_unit})",
+            "x": 0.01,
+            "font": {"size": 14},
+        },
+    )
+    return fig
+
+
+def risk_scatter_figure(risks: pd.DataFrame, a: str, b: str, highlight: list[str] | None = None) -> go.Figure:
+    """Risk percentiles of two runs, one point per patient (held-out risks; events filled,
+    censored open), the patients in ``highlight`` (where they disagree most) marked and labelled.
+    Points carry their case id in ``customdata`` (a click opens that patient)."""
+    pa = risks[a].rank(pct=True).to_numpy() * 100
+    pb = risks[b].rank(pct=True).to_numpy() * 100
+    ids = risks["case_id"].astype(str).to_numpy()
+    event = risks["event"].to_numpy(bool)
+    hot = np.isin(ids, list(highlight or []))
+    fig = go.Figure()
+    for mask, name, symbol, color in (
+        (event & ~hot, "event", "circle", OKABE_ITO["blue"]),
+        (~event & ~hot, "censored", "circle-open", OKABE_ITO["blue"]),
+        (hot, "largest disagreement", "diamond", OKABE_ITO["vermillion"]),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=pa[mask],
+                y=pb[mask],
+                mode="markers+text" if name == "largest disagreement" else "markers",
+                text=ids[mask] if name == "largest disagreement" else None,
+                textposition="top center",
+                customdata=ids[mask],
+                marker={"symbol": symbol, "size": 9 if name == "largest disagreement" else 7, "color": color},
+                name=name,
+                hovertemplate=f"%{{customdata}}: {a} %{{x:.0f}}th, {b} %{{y:.0f}}th percentile<extra></extra>",
+            )
+        )
+    fig.add_shape(type="line", x0=0, y0=0, x1=100, y1=100, line={"dash": "dot", "color": "#999999"})
+    fig.update_layout(
+        template="simple_white",
+        font={"family": FONT_FAMILY, "size": 13},
+        title={"text": f"Held-out risk percentile: {a} vs {b}", "x": 0.01, "font": {"size": 14}},
+        xaxis={"title": f"{a} (percentile)", "range": [-2, 102]},
+        yaxis={"title": f"{b} (percentile)", "range": [-2, 102]},
+        height=480,
+        clickmode="event+select",
+        margin={"l": 20, "r": 20, "t": 50, "b": 40},
+    )
+    return fig

@@ -1,0 +1,69 @@
+"""The Compare page: runs on the demo's patients and folds side by side, numbers as the library
+computes them, the two-runs scatter and a refusal of runs on other folds."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.app.test_app_pages import frame, problems
+
+
+@pytest.fixture(scope="module")
+def compare_root(small_demo, tmp_path_factory):
+    """Two SNN baselines trained on the demo run's own folds, in a runs folder; and one on
+    other folds (cannot be paired)."""
+    import torch
+
+    from deref.data.cohort import load_cohort
+    from deref.data.splits import make_folds, read_mcat_splits
+    from deref.model import ModelConfig
+    from deref.training import TrainConfig, train_cross_validation
+
+    torch.set_num_threads(1)
+    c = small_demo / "cohort"
+    cohort = load_cohort(c / "cohort.csv", signatures=c / "signatures.csv")
+    folds = read_mcat_splits(small_demo / "run" / "splits")
+    cfg = ModelConfig(model_type="snn", m1_sizes=tuple(f.size for f in cohort.families))
+    root = tmp_path_factory.mktemp("runs")
+    for name, epochs in (("snn-3", 3), ("snn-1", 1)):
+        train_cross_validation(cohort, folds, cfg, TrainConfig(epochs=epochs, batch_size=8), root / name)
+    other = make_folds(cohort.patients, k=5, seed=7)
+    train_cross_validation(cohort, other, cfg, TrainConfig(epochs=1, batch_size=8), root / "snn-other-folds")
+    return root
+
+
+def test_compare_page_on_the_demo_run_and_two_baselines(make_app, app_env, small_demo, compare_root):
+    from deref.compare import compare_runs
+
+    app_env(DEREF_RUNS_ROOT=compare_root)
+    at = make_app("views/compare.py")
+    assert not problems(at)
+    assert any("Pick two or more runs" in str(i.value) for i in at.info)
+    demo = str((small_demo / "run").resolve())
+    runs = [demo, str((compare_root / "snn-3").resolve()), str((compare_root / "snn-1").resolve())]
+    at.multiselect(key="compare_runs").set_value(runs).run()
+    assert not problems(at)
+    expected = compare_runs(runs, reference=demo, n_resamples=2000, seed=0)
+    table = frame(at, "Run", "pooled C")
+    assert len(table) == 3
+    (delta_col,) = [c for c in table.columns if c.startswith("ΔC vs")]
+    shown = {p.other: p for p in expected.pairs}
+    assert set(shown) <= set(table["Run"])
+    for row in table.to_dict("records"):
+        if row["Run"] in shown:
+            assert f"{shown[row['Run']].delta_c:+.3f}" in str(row[delta_col])
+    charts = {c.proto.id.rsplit("-", 1)[-1] for c in at.get("plotly_chart")}
+    for key in ("compare_forest", "compare_folds", "compare_km", "compare_scatter"):
+        assert any(key in c for c in charts), (key, charts)
+    worst = frame(at, "gap", "pct_a", "pct_b")
+    assert len(worst) == 10 and (worst["gap"].abs().diff().dropna() <= 1e-9).all()  # largest first
+    assert {b.proto.label for b in at.get("download_button")} >= {
+        "comparison.csv",
+        "comparison.tex",
+        "forest.png",
+    }
+    # a run on other folds is refused, naming the first patient whose fold differs
+    at.multiselect(key="compare_runs").set_value(
+        [demo, str((compare_root / "snn-other-folds").resolve())]
+    ).run()
+    assert any("fold" in e and "patient" in e for e in problems(at)), problems(at)
