@@ -32,6 +32,7 @@ RANK = {
     "deref.inference": 4,
     "deref.report": 4,
     "deref.compare": 4,
+    "deref.ablate": 5,
     "deref.training": 5,
     "deref.explain": 5,
     "deref.demo": 6,

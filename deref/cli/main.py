@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "predict",
     "evaluate",
     "compare",
+    "ablate",
     "tile",
     "extract",
     "mri",
