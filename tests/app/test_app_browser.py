@@ -342,3 +342,60 @@ def test_mri_viewer_click_moves_the_crosshair(mri_server):
             assert_no_error(page, "attention (MRI run) after two clicks")
         finally:
             browser.close()
+
+
+# ----------------------------------------------------------------------------- the Compare page
+@pytest.fixture
+def compare_server(small_demo: Path, compare_root: Path, tmp_path: Path):
+    """A demo folder whose ``comparison/`` holds the demo run and two baselines on its folds."""
+    demo = tmp_path / "demo"
+    (demo / "comparison").mkdir(parents=True)
+    for name in ("cohort", "run", "demo_summary.json"):
+        if (small_demo / name).exists():
+            (demo / name).symlink_to(small_demo / name)
+    (demo / "comparison" / "deref").symlink_to(small_demo / "run")
+    for name in ("snn-3", "snn-1"):
+        (demo / "comparison" / name).symlink_to(compare_root / name)
+    with serve(DEREF_DEMO_DIR=str(demo), DEREF_RUNS_ROOT=str(demo / "no-runs-here")) as url:
+        yield url
+
+
+#: The screen pixel of the first "largest disagreement" point of the Compare page's scatter, and
+#: its case id (null when the figure is not drawn yet).
+SCATTER_POINT = """() => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(
+      g => g._fullData && g._fullData.some(t => t.name === 'largest disagreement'));
+  if (!gd) return null;
+  gd.scrollIntoView({block: 'center'});
+  const t = gd._fullData.find(t => t.name === 'largest disagreement');
+  const xa = gd._fullLayout[t.xaxis.replace('x', 'xaxis')], ya = gd._fullLayout[t.yaxis.replace('y', 'yaxis')];
+  const bb = gd.getBoundingClientRect();
+  return {x: bb.left + xa._offset + xa.d2p(t.x[0]), y: bb.top + ya._offset + ya.d2p(t.y[0]), id: t.customdata[0]};
+}"""
+
+
+def test_compare_page_in_a_real_browser(compare_server):
+    """The demo comparison is drawn (table, forest plot, per-fold, KM small multiples, scatter) and
+    a click on the patient the runs disagree on most opens that patient's page."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 3200})
+            page.goto(f"{compare_server}/compare", wait_until="domcontentloaded")
+            wait_ready(page)
+            page.wait_for_function(f"({SCATTER_POINT})() !== null", timeout=120_000)
+            assert page.locator(".js-plotly-plot").count() >= 4
+            assert "paired by patient and fold" in page.inner_text("body")
+            page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+            assert_no_error(page, "compare")
+            point = page.evaluate(SCATTER_POINT)
+            page.mouse.click(point["x"], point["y"])
+            page.get_by_role("heading", name="Patient").first.wait_for(timeout=120_000)
+            page.wait_for_selector("[data-testid='stMetric']", timeout=120_000)
+            wait_ready(page)
+            assert point["id"] in page.inner_text("body")
+            assert_no_error(page, "patient from compare")
+        finally:
+            browser.close()

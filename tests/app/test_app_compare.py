@@ -3,33 +3,7 @@ computes them, the two-runs scatter and a refusal of runs on other folds."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.app.test_app_pages import frame, problems
-
-
-@pytest.fixture(scope="module")
-def compare_root(small_demo, tmp_path_factory):
-    """Two SNN baselines trained on the demo run's own folds, in a runs folder; and one on
-    other folds (cannot be paired)."""
-    import torch
-
-    from deref.data.cohort import load_cohort
-    from deref.data.splits import make_folds, read_mcat_splits
-    from deref.model import ModelConfig
-    from deref.training import TrainConfig, train_cross_validation
-
-    torch.set_num_threads(1)
-    c = small_demo / "cohort"
-    cohort = load_cohort(c / "cohort.csv", signatures=c / "signatures.csv")
-    folds = read_mcat_splits(small_demo / "run" / "splits")
-    cfg = ModelConfig(model_type="snn", m1_sizes=tuple(f.size for f in cohort.families))
-    root = tmp_path_factory.mktemp("runs")
-    for name, epochs in (("snn-3", 3), ("snn-1", 1)):
-        train_cross_validation(cohort, folds, cfg, TrainConfig(epochs=epochs, batch_size=8), root / name)
-    other = make_folds(cohort.patients, k=5, seed=7)
-    train_cross_validation(cohort, other, cfg, TrainConfig(epochs=1, batch_size=8), root / "snn-other-folds")
-    return root
 
 
 def test_compare_page_on_the_demo_run_and_two_baselines(make_app, app_env, small_demo, compare_root):
