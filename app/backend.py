@@ -908,6 +908,16 @@ def comparison_dir() -> Path:
     return demo_dir() / "comparison"
 
 
+def build_demo_comparison(progress: Callable[[str, int, int], None] | None = None) -> None:
+    """Train the demo comparison once per process (``deref.demo.build_demo_comparison``: DeReF,
+    three ablations, two baselines on the demo's folds; resumable)."""
+    import deref.demo
+
+    with _demo_lock():
+        deref.demo.build_demo_comparison(demo_dir(), progress=progress)
+    comparison.clear()
+
+
 def comparison_runs() -> list[str]:
     """The demo comparison's finished runs (every ``run.json`` under :func:`comparison_dir`)."""
     root = comparison_dir()

@@ -149,6 +149,25 @@ def mri_demo_button() -> None:
     open_source(new)
 
 
+def demo_comparison_button() -> None:
+    """On the Compare page: train the demo comparison (first time only, with progress), then rerun."""
+    if not (backend.demo_dir() / "run" / "run.json").exists() or backend.comparison_runs()[1:]:
+        return
+    if st.button(
+        "Build the demo comparison",
+        key="build_comparison",
+        icon=":material/compare_arrows:",
+        help="first time only: `deref ablate` trains DeReF without V_explore, without decoupling and without the "
+        "MoE, and the SNN and ABMIL baselines, on the demo's folds (a few minutes on a laptop)",
+    ):
+        _progress_status(
+            f"Training the demo comparison in {backend.comparison_dir()} (first time only)…",
+            backend.build_demo_comparison,
+        )
+        st.session_state["compare_pick_demo"] = True  # the page's run picker takes the new runs
+        st.rerun()
+
+
 def build_demo_with_progress() -> None:
     """Build the default demo (first start on a fresh machine), showing its progress."""
     _progress_status(

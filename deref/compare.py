@@ -137,8 +137,9 @@ def environment_differences(runs: Sequence[RunInputs]) -> dict[str, dict[str, An
     """Where the runs' reproducibility manifests (``RunInfo.environment``) differ: ``{entry:
     {run: value}}`` for every entry (``code.git_commit``, ``dependencies.torch``, ``device``,
     ``dtype``, ``splits.splits_0.csv``, ``features.bags``, ...) whose value is not the same in all
-    runs; a run written before the manifest existed shows None everywhere."""
-    flat = {r.name: _flatten(r.environment) for r in runs}
+    runs that record a manifest (a run written before the manifest existed is left out: the
+    comparison's notes name it)."""
+    flat = {r.name: _flatten(r.environment) for r in runs if r.environment}
     keys = sorted({k for f in flat.values() for k in f})
     out = {}
     for k in keys:
@@ -890,6 +891,9 @@ def _notes(
     for s in scores:
         if "pooled cohort" in s.ipcw_note:
             notes.append(f"{s.name}: {s.ipcw_note}")
+    bare = [r.name for r in runs if not r.environment]
+    if bare and len(bare) < len(runs):
+        notes.append(f"no reproducibility manifest in {', '.join(bare)} (written before runs recorded one)")
     for key, values in environment_differences(runs).items():
         notes.append(f"the runs differ in {key}: " + ", ".join(f"{n}={v}" for n, v in values.items()))
     for p in pairs:

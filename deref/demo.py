@@ -164,6 +164,65 @@ def _train_demo_run(
 
 
 # --------------------------------------------------------------------------------------------
+# the demo comparison (the Compare page)
+# --------------------------------------------------------------------------------------------
+#: What the dashboard's demo comparison trains with ``deref ablate`` on the demo's cohort and
+#: folds: DeReF (the demo run itself, kept), three ablations that remove fusion capacity, and two
+#: baselines (the genomic SNN and the slide-only ABMIL).
+DEMO_COMPARISON = {
+    "deref": {},
+    "no_explore": {"use_explore": False},
+    "no_decoupling": {"decouple": False},
+    "no_moe": {"fusion": "concat"},
+    "snn": {"model_type": "snn"},
+    "abmil": {"model_type": "abmil"},
+}
+
+
+def demo_comparison_dir(demo_dir: str | Path) -> Path:
+    return Path(demo_dir) / "comparison"
+
+
+def build_demo_comparison(demo_dir: str | Path, progress: Callable[[str, int, int], None] | None = None):
+    """Train :data:`DEMO_COMPARISON` on the built demo (``deref ablate``'s code: resumable, one run
+    directory per variant under ``<demo>/comparison``, compared at the end). The demo run is
+    copied in as the ``deref`` variant (same configuration, seed and folds: kept, not retrained).
+    Returns the :class:`deref.ablate.GridResult`."""
+    import shutil
+
+    from deref.ablate import run_grid
+    from deref.data.cohort import load_cohort
+    from deref.data.splits import read_mcat_splits
+    from deref.runs import RunDir
+
+    demo_dir = Path(demo_dir)
+    run = RunDir(demo_dir / "run")
+    info = run.info
+    cohort = load_cohort(
+        info.data.table, signatures=info.data.extra.get("signatures"), bag_dir=info.data.bag_dir
+    )
+    out = demo_comparison_dir(demo_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "deref" / "run.json").exists():
+        shutil.copytree(run.path, out / "deref", dirs_exist_ok=True)
+    from deref.model import ModelConfig
+    from deref.training import TrainConfig
+
+    base = ModelConfig.from_dict(info.model.to_dict())
+    train = TrainConfig.from_dict(dict(info.train))
+    return run_grid(
+        cohort,
+        read_mcat_splits(run.path / "splits"),
+        base,
+        train,
+        out,
+        DEMO_COMPARISON,
+        progress=progress,
+        data_info={"signatures": info.data.extra.get("signatures"), "demo": True},
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # the MRI + WSI demo
 # --------------------------------------------------------------------------------------------
 MRI_DEMO_PATIENTS = 160

@@ -30,6 +30,7 @@ DIST_OF = {
     "skimage": "scikit-image",
     "openslide": "openslide-python",
     "nystrom_attention": "nystrom-attention",
+    "yaml": "pyyaml",
 }
 
 

@@ -37,15 +37,21 @@ def _pick_runs(src) -> tuple[list[str], str | None]:
     demo = backend.comparison_runs()
     options = list(dict.fromkeys([src.run_dir, *demo, *backend.discover_runs()]))
     default = demo or [src.run_dir]
+    if st.session_state.pop("compare_pick_demo", False) and demo:
+        st.session_state["compare_runs"] = demo
     runs = st.multiselect("Runs", options, default=default, format_func=_label, key="compare_runs")
     if len(runs) < 2:
         st.info(
             "Pick two or more runs trained on the same patients and folds (`deref ablate` trains such a set; "
             "`deref train --splits` with the same split files does too)."
         )
+        components.demo_comparison_button()
         return runs, None
     c1, c2 = st.columns([3, 1])
-    reference = c1.selectbox("Reference run", runs, format_func=_label, key="compare_reference")
+    # the full model is the natural reference: the grid's "deref" run, else the run being shown
+    first = next((i for i, r in enumerate(runs) if Path(r).name == "deref"), None)
+    first = first if first is not None else (runs.index(src.run_dir) if src.run_dir in runs else 0)
+    reference = c1.selectbox("Reference run", runs, index=first, format_func=_label, key="compare_reference")
     resamples = c2.select_slider("Bootstrap resamples", [200, 500, 1000, 2000, 5000], 2000, key="compare_B")
     st.session_state["compare_resamples"] = resamples
     return runs, reference

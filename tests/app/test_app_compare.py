@@ -3,6 +3,8 @@ computes them, the two-runs scatter and a refusal of runs on other folds."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.app.test_app_pages import frame, problems
 
 
@@ -41,3 +43,25 @@ def test_compare_page_on_the_demo_run_and_two_baselines(make_app, app_env, small
         [demo, str((compare_root / "snn-other-folds").resolve())]
     ).run()
     assert any("fold" in e and "patient" in e for e in problems(at)), problems(at)
+
+
+@pytest.mark.slow
+def test_the_demo_comparison_is_built_on_first_visit(make_app, app_env, small_demo, tmp_path):
+    """Without a demo comparison the page offers to train it (``deref ablate``'s code on the demo's
+    folds: DeReF, three ablations, two baselines); then it compares them, DeReF the reference."""
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    for name in ("cohort", "run", "demo_summary.json"):
+        (demo / name).symlink_to(small_demo / name)
+    app_env()
+    import os
+
+    os.environ["DEREF_DEMO_DIR"] = str(demo)
+    at = make_app("views/compare.py")
+    assert not problems(at)
+    at.button(key="build_comparison").click().run(timeout=600)
+    assert not problems(at)
+    names = sorted(p.name for p in (demo / "comparison").iterdir() if (p / "run.json").exists())
+    assert names == ["abmil", "deref", "no_decoupling", "no_explore", "no_moe", "snn"]
+    table = frame(at, "Run", "pooled C")
+    assert len(table) == 6 and any(c.startswith("ΔC vs demo-deref") for c in table.columns)

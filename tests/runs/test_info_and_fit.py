@@ -24,6 +24,8 @@ def test_run_json_round_trips_through_the_typed_model(small_demo, tmp_path):
     raw = _raw(small_demo / "run")
     # runs written before data.time_col was recorded read as the default column
     raw["data"].setdefault("time_col", "survival_months")
+    # runs written before the reproducibility manifest read with an empty one
+    raw.setdefault("environment", {})
     # model config fields added since the run was written read as their defaults (today's model)
     from deref.model import ModelConfig
 
