@@ -49,3 +49,26 @@ def test_grid_values_take_the_declared_type():
     assert all(isinstance(v, float) for vs in grid.values() for v in vs)
     with pytest.raises(ConfigError, match="--grid lr='fast'"):
         typed_grid(["lr=fast"], TrainConfig, ModelConfig)
+
+
+def test_the_typed_config_rejects_a_wrong_type_wherever_it_comes_from():
+    """Not only `--set`: a JSON run config (or code) with the string "false" for a switch, a float
+    for a size or a string for a number is refused, naming the field and its declared type."""
+    import json
+
+    import numpy as np
+
+    from deref.errors import ConfigError
+    from deref.model import ModelConfig
+
+    good = ModelConfig().to_dict()
+    for field_, bad in (("decouple", "false"), ("use_explore", 1), ("c1", 256.0), ("snn_dropout", "0.3")):
+        with pytest.raises(ConfigError, match=rf"config field '{field_}' = .*expected "):
+            ModelConfig.from_dict(json.loads(json.dumps({**good, field_: bad})))
+    with pytest.raises(ConfigError, match=r"'m1_sizes'.*expected tuple\[int, \.\.\.\]"):
+        ModelConfig(m1_sizes=(94, "334", 521, 468, 1496, 479))
+    # numpy numbers and JSON lists are the declared types
+    cfg = ModelConfig(
+        c1=np.int64(128), snn_dropout=np.float32(0.5), m1_sizes=[1, 2, 3], m1_names=["a", "b", "c"]
+    )
+    assert cfg.c1 == 128 and cfg.m1_sizes == (1, 2, 3)

@@ -8,6 +8,7 @@ so a checkpoint whose config is inconsistent fails at load time with a named fie
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -106,10 +107,47 @@ class ModelConfig:
     allow_missing: bool = False
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.m1_sizes = tuple(int(s) for s in self.m1_sizes)
         self.m1_names = tuple(str(s) for s in self.m1_names)
         self.segments = tuple(int(s) for s in self.segments)
         self.validate()
+
+    def _check_types(self) -> None:
+        """Every field has its declared type, wherever the value came from (``--set``, a JSON run
+        config, code): ``"false"`` for a bool, ``2.5`` for an int or ``"64"`` for a size is a
+        :class:`ConfigError` naming the field and its type (ints are accepted for floats)."""
+
+        def boolean(value: Any) -> bool:
+            return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's too
+
+        def ok(value: Any, kind: str) -> bool:
+            if kind == "bool":
+                return boolean(value)
+            if kind == "int":  # numpy integers too; bools are not sizes
+                return isinstance(value, numbers.Integral) and not boolean(value)
+            if kind == "float":
+                return isinstance(value, numbers.Real) and not boolean(value)
+            if kind == "str":
+                return isinstance(value, str)
+            return True
+
+        for f in fields(self):
+            kind = str(f.type).replace(" ", "")
+            value = getattr(self, f.name)
+            if kind.endswith("|None"):
+                if value is None:
+                    continue
+                kind = kind[: -len("|None")]
+            if kind.startswith("tuple["):
+                inner = kind[len("tuple[") :].split(",")[0]
+                good = isinstance(value, (tuple, list)) and all(ok(v, inner) for v in value)
+            else:
+                good = ok(value, kind)
+            if not good:
+                raise ConfigError(
+                    f"config field {f.name!r} = {value!r} ({type(value).__name__}); expected {f.type}"
+                )
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
