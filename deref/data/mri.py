@@ -223,6 +223,32 @@ def _patient_vectors(
     return out, None
 
 
+def _each_patient(manifest: MriManifest, case_ids, allow_missing: bool, read, folder: Path):
+    """``({case_id: what read(case_id, folder, sequences, allow_missing) gives}, problems)`` over
+    ``case_ids``; a patient without a manifest row is a problem unless ``allow_missing``."""
+    problems: list[Problem] = []
+    found: dict = {}
+    for c in case_ids:
+        if c not in manifest.files:
+            if not allow_missing:
+                problems.append(
+                    Problem(
+                        str(manifest.path),
+                        None,
+                        None,
+                        f"patient {c} has no row",
+                        "a row per patient of the cohort table",
+                    )
+                )
+            continue
+        got, problem = read(c, folder, manifest.sequences, allow_missing)
+        if problem is not None:
+            problems.append(problem)
+        elif got is not None:
+            found[c] = got
+    return found, problems
+
+
 def mri_groups(
     manifest: MriManifest, feature_dir: str | os.PathLike, case_ids: list[str], *, allow_missing: bool = False
 ) -> tuple[pd.DataFrame, list[GeneFamily]]:
@@ -246,26 +272,7 @@ def mri_groups(
         raise DataError(
             f"MRI feature folder {feature_dir}: not found (run `deref mri --per-sequence --out` first)"
         )
-    problems: list[Problem] = []
-    rows: dict[str, np.ndarray] = {}
-    for c in case_ids:
-        if c not in manifest.files:
-            if not allow_missing:
-                problems.append(
-                    Problem(
-                        str(manifest.path),
-                        None,
-                        None,
-                        f"patient {c} has no row",
-                        "a row per patient of the cohort table",
-                    )
-                )
-            continue
-        vec, problem = _patient_vectors(c, feature_dir, manifest.sequences, allow_missing)
-        if problem is not None:
-            problems.append(problem)
-        elif vec is not None:
-            rows[c] = vec
+    rows, problems = _each_patient(manifest, case_ids, allow_missing, _patient_vectors, feature_dir)
     widths = {v.shape[1] for v in rows.values()}
     if len(widths) > 1:
         problems.append(
@@ -416,26 +423,7 @@ def read_mri_cubes(
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"MRI cube folder {folder}: not found (run `deref mri --cubes --out` first)")
-    problems: list[Problem] = []
-    found: dict[str, tuple] = {}
-    for c in case_ids:
-        if c not in manifest.files:
-            if not allow_missing:
-                problems.append(
-                    Problem(
-                        str(manifest.path),
-                        None,
-                        None,
-                        f"patient {c} has no row",
-                        "a row per patient of the cohort table",
-                    )
-                )
-            continue
-        got, problem = _patient_cubes(c, folder, manifest.sequences, allow_missing)
-        if problem is not None:
-            problems.append(problem)
-        elif got is not None:
-            found[c] = got
+    found, problems = _each_patient(manifest, case_ids, allow_missing, _patient_cubes, folder)
     sizes = {v[0].shape[1] for v in found.values()}
     if len(sizes) > 1:
         grids = sorted(round(s ** (1 / 3)) for s in sizes)

@@ -17,6 +17,7 @@ from deref.data.splits import make_folds
 from deref.errors import DataError
 from deref.inference import Predictor
 from deref.model import ModelConfig, build_model
+from deref.model.config import tiny_mri_config
 from deref.runs import RunDir
 from deref.runs.fit import load_run_cohort
 from deref.training import TrainConfig, train_cross_validation
@@ -56,21 +57,10 @@ def _knock_out(root, vectors: bool = True) -> None:
 
 
 def _config(co, **kw) -> ModelConfig:
-    return ModelConfig(
-        model_type="deref",
-        m1_kind="mri",
-        m1_sizes=co.m1_sizes,
-        m1_names=tuple(f.name for f in co.families),
-        wsi_dim=WSI_DIM,
-        snn_hidden=32,
-        landmarks=8,
-        c1=32,
-        c2=16,
-        heads=4,
-        segments=(2, 4, 8),
-        fixed_segments=4,
-        expert_hidden=16,
-        **kw,
+    """The tiny DeReF of the tests on this cohort's frozen vectors."""
+    names = tuple(f.name for f in co.families)
+    return tiny_mri_config(
+        names, mri_encoder="vectors", m1_sizes=co.m1_sizes, wsi_dim=WSI_DIM, snn_hidden=32, landmarks=8, **kw
     )
 
 

@@ -18,6 +18,7 @@ from deref.errors import ConfigError, DataError
 from deref.inference import Predictor
 from deref.metrics import harrell_c
 from deref.model import ModelConfig
+from deref.model.config import tiny_mri_config
 from deref.runs import RunDir
 from deref.runs.fit import cohort_fit_problems, load_run_cohort
 from deref.training import TrainConfig, train_cross_validation
@@ -27,25 +28,11 @@ GRID = 16
 
 
 def _e2e_config(co, model_type="deref", **kw) -> ModelConfig:
-    base = dict(
-        model_type=model_type,
-        m1_kind="mri",
-        mri_encoder="resnet3d",
-        mri_grid=GRID,
-        m1_sizes=co.m1_sizes,
-        m1_names=tuple(f.name for f in co.families),
-        resnet3d_width=8,
-        wsi_dim=WSI_DIM,
-        c1=32,
-        c2=16,
-        heads=4,
-        segments=(2, 4, 8),
-        fixed_segments=4,
-        expert_hidden=16,
-        snn_hidden=32,
-        landmarks=8,
+    """The tiny end-to-end config (3D ResNet-10 of width 8) on this cohort's 16^3 cubes."""
+    assert co.m1_sizes == (GRID**3,) * len(SEQUENCES)
+    return tiny_mri_config(
+        SEQUENCES, GRID, model_type=model_type, wsi_dim=WSI_DIM, snn_hidden=32, landmarks=8, **kw
     )
-    return ModelConfig(**(base | kw))
 
 
 def test_cube_cohort_reads_one_cube_group_per_sequence(tmp_path):
