@@ -55,7 +55,7 @@ def e2e_missing_run(small_mri_demo, tmp_path_factory):
     cfg = ModelConfig(**model, m1_sizes=co.m1_sizes, m1_names=tuple(f.name for f in co.families))
     train_cross_validation(
         co,
-        make_folds(co.patients, k=5, seed=0),
+        make_folds(co.patients, k=3, seed=0),
         cfg,
         TrainConfig(epochs=1, batch_size=4),
         root.parent / "run",
