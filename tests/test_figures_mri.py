@@ -478,3 +478,36 @@ def test_module_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_static_slices_show_the_same_panels_and_overlay_as_the_viewer():
+    """``orthogonal_slices_matplotlib`` (``deref explain``'s PNG): three panels with the viewer's
+    slices (same flips), the overlay thresholded at the same level on the same symmetric scale, a
+    colour bar, and a PNG export; a point outside the volume is refused."""
+    from deref.figures import export_figure
+    from deref.figures.mri import orthogonal_slices_matplotlib
+
+    shape = (16, 18, 12)
+    rng = np.random.default_rng(3)
+    overlay = rng.normal(size=shape).astype(np.float32)
+    mask = np.zeros(shape, bool)
+    mask[5:10, 6:12, 3:8] = True
+    view = MriView(rng.normal(size=shape), (1.0, 1.0, 2.0), mask=mask, overlay=overlay, sequence="t2")
+    point = (4, 9, 7)
+    fig = orthogonal_slices_matplotlib(view, point, overlay_threshold=0.3)
+    panels = [ax for ax in fig.axes if ax.get_title() in ("axial", "coronal", "sagittal")]
+    assert [ax.get_title() for ax in panels] == ["axial", "coronal", "sagittal"] and len(fig.axes) == 4
+    ref = {"axial": overlay[:, :, 7].T, "coronal": overlay[:, 9, :].T, "sagittal": overlay[4, :, :].T}
+    vmax = float(np.abs(overlay).max())
+    for ax in panels:
+        heat = ax.get_images()[1]
+        np.testing.assert_allclose(heat.get_clim(), (-vmax, vmax), rtol=1e-6)
+        shown = np.ma.getmaskarray(heat.get_array())
+        np.testing.assert_array_equal(shown, np.abs(ref[ax.get_title()]) < 0.3 * vmax)
+        assert ax.get_xlim()[0] > ax.get_xlim()[1]  # radiological: the patient's right on the left
+    axial = panels[0]
+    assert axial.get_images()[0].get_array().shape == (18, 16)
+    assert len(axial.lines) >= 3  # mask contour + crosshair
+    assert export_figure(fig, "png", {"case": "x"})[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="outside the volume"):
+        orthogonal_slices_matplotlib(view, (16, 0, 0))

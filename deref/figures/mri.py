@@ -798,7 +798,17 @@ def orthogonal_slices_matplotlib(
                 (0.5, 0.02, "center", "bottom"),
             ),
         ):
-            ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, color="white", fontsize=8)
+            ax.text(
+                x,
+                y,
+                text,
+                transform=ax.transAxes,
+                ha=ha,
+                va=va,
+                color="white",
+                fontsize=8,
+                bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.5, "edgecolor": "none"},
+            )
     if image is not None:
         fig.colorbar(image, cax=fig.add_subplot(gs[0, 3]), label="attribution")
     head = title or (f"{view.sequence} · voxel ({pt[0]}, {pt[1]}, {pt[2]})" if view.sequence else "")
