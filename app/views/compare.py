@@ -36,7 +36,8 @@ def _label(run_dir: str) -> str:
 def _pick_runs(src) -> tuple[list[str], str | None]:
     demo = backend.comparison_runs()
     options = list(dict.fromkeys([src.run_dir, *demo, *backend.discover_runs()]))
-    default = demo or [src.run_dir]
+    on_demo = Path(src.run_dir).resolve() == (backend.demo_dir() / "run").resolve()
+    default = demo if demo and on_demo else [src.run_dir]  # the demo comparison is the demo's
     if st.session_state.pop("compare_pick_demo", False) and demo:
         st.session_state["compare_runs"] = demo
     runs = st.multiselect("Runs", options, default=default, format_func=_label, key="compare_runs")
