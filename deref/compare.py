@@ -563,7 +563,7 @@ class Comparison:
         for name in (a, b):
             if name not in df.columns:
                 raise DataError(
-                    f"compare: no run {name!r} in this comparison (runs: {list(self.paired.names)})"
+                    f"compare: no run {name!r} in this comparison (runs: {[r.name for r in self.runs]})"
                 )
         out = df[["case_id", "fold", "time", "event"]].copy()
         out["risk_a"], out["risk_b"] = df[a].to_numpy(), df[b].to_numpy()

@@ -193,7 +193,9 @@ def build_demo_comparison(demo_dir: str | Path, progress: Callable[[str, int, in
     from deref.ablate import run_grid
     from deref.data.cohort import load_cohort
     from deref.data.splits import read_mcat_splits
+    from deref.model import ModelConfig
     from deref.runs import RunDir
+    from deref.training import TrainConfig
 
     demo_dir = Path(demo_dir)
     run = RunDir(demo_dir / "run")
@@ -205,9 +207,6 @@ def build_demo_comparison(demo_dir: str | Path, progress: Callable[[str, int, in
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "deref" / "run.json").exists():
         shutil.copytree(run.path, out / "deref", dirs_exist_ok=True)
-    from deref.model import ModelConfig
-    from deref.training import TrainConfig
-
     base = ModelConfig.from_dict(info.model.to_dict())
     train = TrainConfig.from_dict(dict(info.train))
     return run_grid(

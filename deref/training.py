@@ -694,7 +694,7 @@ class CohortTrainer:
         """Set each missing-input mean token (:class:`deref.model.encoders.MeanToken`) to the exact
         mean over the fold's training patients that have the input (eval mode), the token
         prediction then puts in place of a missing sequence or slide."""
-        from deref.model.encoders import MeanToken, missing_rows
+        from deref.model.encoders import MeanToken
 
         model.eval()
         m1_enc, wsi_enc = getattr(model, "m1_encoder", None), getattr(model, "wsi_encoder", None)
@@ -709,9 +709,8 @@ class CohortTrainer:
                     tokens, missing = m1_enc.raw_tokens(x.m1)
                     _add_mean(sums, "m1", tokens.float(), ~missing)
                 if isinstance(getattr(wsi_enc, "mean_token", None), MeanToken) and x.wsi is not None:
-                    cls, _ = wsi_enc._encode(torch.nan_to_num(x.wsi, nan=0.0), x.mask, False)
-                    present = ~missing_rows(torch.where(x.mask.unsqueeze(-1), x.wsi, torch.nan))
-                    _add_mean(sums, "wsi", cls.float().unsqueeze(1), present.unsqueeze(1))
+                    cls, _, missing = wsi_enc.raw_cls(x.wsi, x.mask)
+                    _add_mean(sums, "wsi", cls.float().unsqueeze(1), ~missing.unsqueeze(1))
         for key, enc in (("m1", m1_enc), ("wsi", wsi_enc)):
             if key in sums:
                 total, count = sums[key]

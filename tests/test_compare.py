@@ -349,3 +349,14 @@ def test_every_run_records_a_reproducibility_manifest_and_compare_lists_differen
     assert environment_differences([a, b]) == {"dtype": {"snn-a": "float32", "snn-b": "bfloat16 autocast"}}
     old = dc.replace(b, environment={})  # a run written before the manifest existed: left out
     assert environment_differences([a, old]) == {}
+
+
+def test_a_click_on_the_risk_scatter_names_its_patient():
+    from deref.figures import clicked_case
+
+    assert (
+        clicked_case({"selection": {"points": [{"curve_number": 2, "customdata": "DEMO-0005"}]}})
+        == "DEMO-0005"
+    )
+    assert clicked_case({"selection": {"points": []}}) is None
+    assert clicked_case(None) is None

@@ -11,6 +11,7 @@ import streamlit as st
 
 from app import backend, components
 from deref.figures import (
+    clicked_case,
     comparison_display_table,
     fold_scores_figure,
     forest_figure_plotly,
@@ -90,14 +91,9 @@ def _two_runs(comp, runs: list[str]) -> None:
         f"that patient in {a}."
     )
     st.dataframe(worst, hide_index=True, key="compare_disagree")
-    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else []
-    if not points and hasattr(event, "selection"):
-        points = event.selection.get("points", [])
-    if points:
-        case = points[0].get("customdata")
-        run_a = runs[names.index(a)]
-        if case:
-            st.switch_page("views/patient.py", query_params={"patient": str(case), "run": run_a})
+    case = clicked_case(event)
+    if case is not None:
+        st.switch_page("views/patient.py", query_params={"patient": case, "run": runs[names.index(a)]})
 
 
 src = st.session_state.get(components.K_SOURCE)

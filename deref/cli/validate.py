@@ -338,14 +338,10 @@ def _check_run(
         check_bags=False,
     )
     if args.mri_manifest and families is not None:  # vectors or cubes, as the run reads them
-        from types import SimpleNamespace
-
         from deref.runs.fit import m1_source_problems
 
-        cohort = SimpleNamespace(
-            m1_kind="mri", mri_cubes=getattr(args, "_mri_cubes", None), source=table.path
-        )
-        problems = m1_source_problems(info, cohort, run_json) + problems
+        cubes = getattr(args, "_mri_cubes", None)
+        problems = m1_source_problems(info, "mri", cubes, str(table.path), run_json) + problems
     for p in problems:
         rep.add(p)
     return info

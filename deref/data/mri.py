@@ -173,6 +173,44 @@ def _read_vectors(path: Path) -> tuple[np.ndarray, list[str] | None]:
     return feats, names
 
 
+def _in_order(
+    rows: np.ndarray,
+    names: list[str],
+    sequences: tuple[str, ...],
+    case_id: str,
+    src: str,
+    what: str,
+    allow_missing: bool,
+) -> tuple[np.ndarray | None, Problem | None]:
+    """A file's per-sequence ``rows`` (one per name of ``names``) in the manifest's ``sequences``
+    order, NaN rows for absent sequences (with ``allow_missing``; else a problem), or the problem
+    of a non-finite row."""
+    absent = [s for s in sequences if s not in names]
+    if absent and not allow_missing:
+        return None, Problem(
+            src,
+            None,
+            "sequences",
+            f"patient {case_id}: no {what} for sequence(s) {absent} (has {names})",
+            "every sequence of the manifest (or --allow-missing)",
+        )
+    out = np.full((len(sequences), rows.shape[1]), np.nan, np.float32)
+    for i, s in enumerate(sequences):
+        if s in names:
+            out[i] = rows[names.index(s)]
+    bad = [s for s, row in zip(sequences, out) if s in names and not np.isfinite(row).all()]
+    if bad:
+        kind = "voxels" if what == "cube" else "values"
+        return None, Problem(
+            src,
+            None,
+            f"{what}s" if what == "cube" else "features",
+            f"patient {case_id}: non-finite {kind} in {bad}",
+            "finite numbers",
+        )
+    return out, None
+
+
 def _patient_vectors(
     case_id: str, feature_dir: Path, sequences: tuple[str, ...], allow_missing: bool = False
 ) -> tuple[np.ndarray | None, Problem | None]:
@@ -202,25 +240,7 @@ def _patient_vectors(
             f"patient {case_id}: {feats.shape[0]} row(s) without per-sequence names",
             "one row per sequence: rerun `deref mri --per-sequence`",
         )
-    absent = [s for s in sequences if s not in names]
-    if absent and not allow_missing:
-        return None, Problem(
-            src,
-            None,
-            "sequences",
-            f"patient {case_id}: no vector for sequence(s) {absent} (has {names})",
-            "every sequence of the manifest (or --allow-missing)",
-        )
-    out = np.full((len(sequences), feats.shape[1]), np.nan, np.float32)
-    for i, s in enumerate(sequences):
-        if s in names:
-            out[i] = feats[names.index(s)]
-    bad = [s for s, row in zip(sequences, out) if s in names and not np.isfinite(row).all()]
-    if bad:
-        return None, Problem(
-            src, None, "features", f"patient {case_id}: non-finite values in {bad}", "finite numbers"
-        )
-    return out, None
+    return _in_order(feats, names, sequences, case_id, src, "vector", allow_missing)
 
 
 def _each_patient(manifest: MriManifest, case_ids, allow_missing: bool, read, folder: Path):
@@ -386,25 +406,10 @@ def _patient_cubes(case_id: str, folder: Path, sequences: tuple[str, ...], allow
             f"patient {case_id}: shape {cubes.shape} for sequences {names}",
             "(S, G, G, G)",
         )
-    absent = [s for s in sequences if s not in names]
-    if absent and not allow_missing:
-        return None, Problem(
-            src,
-            None,
-            "sequences",
-            f"patient {case_id}: no cube for sequence(s) {absent} (has {names})",
-            "every sequence of the manifest (or --allow-missing)",
-        )
-    out = np.full((len(sequences), int(np.prod(cubes.shape[1:]))), np.nan, np.float32)
-    for i, s in enumerate(sequences):
-        if s in names:
-            out[i] = cubes[names.index(s)].reshape(-1)
-    bad = [s for s, row in zip(sequences, out) if s in names and not np.isfinite(row).all()]
-    if bad:
-        return None, Problem(
-            src, None, "cubes", f"patient {case_id}: non-finite voxels in {bad}", "finite numbers"
-        )
-    return (out, inside.reshape(-1), attrs), None
+    out, problem = _in_order(
+        cubes.reshape(len(names), -1), names, sequences, case_id, src, "cube", allow_missing
+    )
+    return (None, problem) if problem is not None else ((out, inside.reshape(-1), attrs), None)
 
 
 def read_mri_cubes(

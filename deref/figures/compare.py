@@ -35,6 +35,7 @@ __all__ = [
     "fold_scores_figure",
     "km_small_multiples",
     "risk_scatter_figure",
+    "clicked_case",
 ]
 
 #: Table columns: metric key in ``runs_frame()`` -> (label, higher is better).
@@ -430,3 +431,17 @@ def risk_scatter_figure(risks: pd.DataFrame, a: str, b: str, highlight: list[str
         margin={"l": 20, "r": 20, "t": 50, "b": 40},
     )
     return fig
+
+
+def clicked_case(event: object) -> str | None:
+    """The case id a click on :func:`risk_scatter_figure` picked (its points carry the case id as
+    ``customdata``), from a selection event as ``st.plotly_chart`` returns it; None without one."""
+    try:
+        points = event["selection"]["points"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None
+    for p in points or []:
+        case = p.get("customdata") if isinstance(p, dict) else None
+        if case:
+            return str(case)
+    return None

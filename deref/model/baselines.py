@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from deref.errors import InputError
 from deref.model.config import ModelConfig
 from deref.model.deref import SurvivalOutput, check_inputs, survival_from_logits
-from deref.model.encoders import M1Encoder, SNNBlock, WSIEncoder
+from deref.model.encoders import M1Encoder, SNNBlock, WSIEncoder, missing_bags
 from deref.model.resnet3d import ResNet3d, cubes
 
 
@@ -55,8 +55,7 @@ class _Baseline(nn.Module):
     def _no_missing_slide(self, wsi: Tensor, wsi_mask: Tensor | None) -> None:
         if not self.config.allow_missing:
             return
-        nan = torch.isnan(wsi).all(dim=2)
-        missing = (nan | ~wsi_mask).all(dim=1) if wsi_mask is not None else nan.all(dim=1)
+        missing = missing_bags(wsi, wsi_mask)
         if bool(missing.any()):
             raise InputError(
                 f"patient {int(missing.nonzero()[0])}: no slide (a missing input); the {self.config.model_type} "

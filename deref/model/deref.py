@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from deref.errors import InputError
 from deref.model.config import ModelConfig
-from deref.model.encoders import M1Encoder, WSIEncoder
+from deref.model.encoders import M1Encoder, WSIEncoder, missing_bags
 from deref.model.fusion import DenseMoE, RegionalCrossAttention, SpecificEncoder, reorganize
 
 
@@ -131,8 +131,7 @@ def check_inputs(
         if wsi_mask is not None:
             row_ok = row_ok | ~wsi_mask
         if cfg.allow_missing:  # a bag of NaN patches only is a missing slide
-            nan = torch.isnan(wsi).all(dim=2) | (~wsi_mask if wsi_mask is not None else False)
-            row_ok = row_ok | nan.all(dim=1, keepdim=True)
+            row_ok = row_ok | missing_bags(wsi, wsi_mask).unsqueeze(1)
         if not bool(row_ok.all()):
             finite = torch.isfinite(wsi).all(dim=2)
             if wsi_mask is not None:

@@ -24,6 +24,12 @@ def missing_rows(x: Tensor) -> Tensor:
     return torch.isnan(x).flatten(1).all(dim=1)
 
 
+def missing_bags(wsi: Tensor, mask: Tensor | None) -> Tensor:
+    """``(B,)`` bool: patients whose real patches are all NaN (a missing slide, ``allow_missing``)."""
+    nan = torch.isnan(wsi).all(dim=2)
+    return (nan | ~mask).all(dim=1) if mask is not None else nan.all(dim=1)
+
+
 class MeanToken(nn.Module):
     """The training mean of ``G`` tokens ``(G, C)`` that may be missing, put in their place.
 
@@ -279,15 +285,23 @@ class WSIEncoder(nn.Module):
         copies; zero at masked positions). With ``allow_missing``, a patient whose patches are
         all NaN has no slide: its class token is the training mean token (zero attention).
         """
-        if self.mean_token is None:
-            return self._encode(wsi, mask, return_attention)
-        nan = torch.isnan(wsi).all(dim=2)
-        missing = (nan | ~mask).all(dim=1) if mask is not None else nan.all(dim=1)
-        cls, attn = self._encode(torch.nan_to_num(wsi, nan=0.0), mask, return_attention)
+        cls, attn, missing = self.raw_cls(wsi, mask, return_attention)
+        if missing is None:
+            return cls, attn
         cls = self.mean_token.substitute(cls.unsqueeze(1), missing.unsqueeze(1)).squeeze(1)
         if attn is not None and bool(missing.any()):
             attn = attn.masked_fill(missing.view(-1, 1, 1), 0.0)
         return cls, attn
+
+    def raw_cls(
+        self, wsi: Tensor, mask: Tensor | None = None, return_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(class token, attention, missing (B,) or None)`` before a missing slide's token is
+        replaced (:meth:`forward` replaces it): with ``allow_missing`` a NaN bag is encoded from zeros."""
+        if self.mean_token is None:
+            return (*self._encode(wsi, mask, return_attention), None)
+        missing = missing_bags(wsi, mask)
+        return (*self._encode(torch.nan_to_num(wsi, nan=0.0), mask, return_attention), missing)
 
     def _encode(
         self, wsi: Tensor, mask: Tensor | None, return_attention: bool

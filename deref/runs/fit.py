@@ -209,11 +209,11 @@ def run_fit_problems(
     return problems
 
 
-def m1_source_problems(info: RunInfo, cohort, run_json: str) -> list[Problem]:
-    """Modality 1 of the run against the cohort's: genomics or MRI, vectors or ROI cubes (grid,
-    sequences)."""
-    cfg, src = info.model, str(cohort.source)
-    kind = getattr(cohort, "m1_kind", "genomic")
+def m1_source_problems(info: RunInfo, kind: str, cubes, source: str, run_json: str) -> list[Problem]:
+    """Modality 1 of the run against a cohort's: ``kind`` (``"genomic"`` or ``"mri"``) and, for MRI,
+    its ROI cubes (``deref.data.mri.MriCubes``: grid and sequences; None for frozen vectors);
+    ``source`` names the cohort table in the messages."""
+    cfg, src = info.model, str(source)
     if cfg.m1_kind != kind:
         return [
             Problem(
@@ -226,7 +226,6 @@ def m1_source_problems(info: RunInfo, cohort, run_json: str) -> list[Problem]:
         ]
     if kind != "mri":
         return []
-    cubes = getattr(cohort, "mri_cubes", None)
     if cfg.mri_encoder != "resnet3d":
         if cubes is not None:
             return [
@@ -265,7 +264,9 @@ def m1_source_problems(info: RunInfo, cohort, run_json: str) -> list[Problem]:
 def cohort_fit_problems(info: RunInfo, cohort, *, run_json: str, check_bags: bool = True) -> list[Problem]:
     """:func:`run_fit_problems` for a loaded :class:`~deref.data.cohort.Cohort`, and its modality 1
     against the run's (:func:`m1_source_problems`)."""
-    return m1_source_problems(info, cohort, run_json) + run_fit_problems(
+    kind = getattr(cohort, "m1_kind", "genomic")
+    cubes = getattr(cohort, "mri_cubes", None)
+    return m1_source_problems(info, kind, cubes, str(cohort.source), run_json) + run_fit_problems(
         info,
         run_json=run_json,
         table=str(cohort.source),
