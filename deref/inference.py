@@ -459,8 +459,4 @@ def _recalibrated(out: SurvivalOutput, recal: Recalibration) -> SurvivalOutput:
 
 
 def _to_cpu_float(out: SurvivalOutput) -> SurvivalOutput:
-    vals = {}
-    for name in out.__dataclass_fields__:
-        v = getattr(out, name)
-        vals[name] = v.detach().float().cpu() if isinstance(v, torch.Tensor) else v
-    return SurvivalOutput(**vals)
+    return out._map(lambda t: t.detach().float().cpu())

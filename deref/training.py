@@ -326,6 +326,8 @@ def survival_nll(surv: np.ndarray, bins: np.ndarray, censorship: np.ndarray, eps
 def l1_target(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters MCAT's ``lambda_reg`` penalizes: the genomic SNN encoder (``snn`` of
     the SNN baseline, the per-family SNNs of the others); none for a slide-only model."""
+    if hasattr(model, "l1_parameters"):
+        return list(model.l1_parameters())
     if hasattr(model, "snn"):
         return list(model.snn.parameters())
     enc = getattr(model, "m1_encoder", None)
@@ -630,6 +632,7 @@ class CohortTrainer:
                 "train_loss": totals["loss"] / n,
                 "train_nll": totals["nll"] / n,
                 "train_dis": totals["dis"] / n,
+                "train_aux": totals["aux"] / n,
                 "seconds": time.perf_counter() - te,
             }
             stop = on_epoch(epoch + 1, record)
@@ -653,27 +656,30 @@ class CohortTrainer:
         """One pass over ``batches`` (with gradient accumulation); loss sums over patients.
         With ``cfg.l1``, ``l1 * sum |w|`` of ``l1_params`` is added to each batch's loss."""
         model.train()
-        totals = {"loss": 0.0, "nll": 0.0, "dis": 0.0}
+        totals = {"loss": 0.0, "nll": 0.0, "dis": 0.0, "aux": 0.0}
         steps = math.ceil(sum(len(b) for b in batches) / cfg.batch_size)
         opt.zero_grad(set_to_none=True)
         for step, batch in enumerate(batches):
-            loss, nll, dis = self._losses(model, data, batch, validate, cfg.alpha_surv)
+            loss, terms = self._losses(model, data, batch, validate, cfg.alpha_surv)
             total = loss + cfg.l1 * l1_penalty(l1_params) if l1_params else loss
             (total / cfg.grad_accum).backward()
             if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             totals["loss"] += loss.item() * len(batch)
-            totals["nll"] += nll.item() * len(batch)
-            totals["dis"] += dis.item() * len(batch)
+            for key, value in terms.items():
+                totals[key] += value.item() * len(batch)
             if self.progress:
                 self.progress(label, step + 1, steps)
         return totals
 
     def _losses(
         self, model: torch.nn.Module, data: _FoldData, batch: list[str], validate: bool, alpha_surv: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(loss, nll, decoupling)`` of one batch; ``loss = nll + alpha_dis * decoupling``."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, {"nll", "dis", "aux"})`` of one batch: ``loss = nll + alpha_dis * dis + aux``,
+        ``dis`` DeReF's decoupling loss, ``aux`` the sum of the model's own weighted terms
+        (``model.auxiliary_loss(out, bins, censorship)``, the peers' hook; see
+        :mod:`deref.model.peers`)."""
         mcfg = data.config
         x = assemble(batch, data.m1_all, data.rows, self.bags, self.needs_wsi).to(self.device)
         y = torch.as_tensor(data.bins[batch].to_numpy(), device=self.device)
@@ -681,10 +687,18 @@ class CohortTrainer:
         with self._autocast():
             out = model(x.m1, x.wsi, x.mask, validate=validate)
         nll = nll_survival_loss(out.hazards.float(), y, c, alpha=alpha_surv)
+        zero = torch.zeros((), device=self.device)
+        loss, dis, aux = nll, zero, zero
         if mcfg.model_type == "deref" and mcfg.decouple and mcfg.alpha_dis:
             dis = decoupling_loss(out.features.float(), mcfg.distance, mcfg.hinge_margin)
-            return nll + mcfg.alpha_dis * dis, nll, dis
-        return nll, nll, torch.zeros((), device=self.device)
+            loss = loss + mcfg.alpha_dis * dis
+        hook = getattr(model, "auxiliary_loss", None)
+        if hook is not None:
+            terms = hook(out, y, c)
+            if terms:
+                aux = sum(t.float() for t in terms.values())
+                loss = loss + aux
+        return loss, {"nll": nll, "dis": dis, "aux": aux}
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from deref.cli.common import BarProgress, add_cohort_args, load_cohort_from_args, typed_grid, typed_overrides
 from deref.errors import ConfigError
+from deref.model.config import MODEL_TYPES
 
 if TYPE_CHECKING:
     from deref.runs import RunInfo
@@ -56,7 +57,7 @@ epoch's C-index printed beside it). The best-epoch figure is printed only labell
 optimistic.
 """
 
-MODELS = ("deref", "snn", "snn_transformer", "abmil", "transmil", "concat_mlp", "resnet3d")
+MODELS = MODEL_TYPES  # every model, peers included
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

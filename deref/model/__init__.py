@@ -43,6 +43,10 @@ def build_model(config: ModelConfig):
         from deref.model.deref import DeReF
 
         return DeReF(config)
+    from deref.model.peers import PEERS, peer_class
+
+    if config.model_type in PEERS:
+        return peer_class(config.model_type)(config)
     from deref.model.baselines import BASELINES
 
     return BASELINES[config.model_type](config)

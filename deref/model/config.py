@@ -26,7 +26,27 @@ GENE_FAMILIES: tuple[str, ...] = (
     "Cytokines and Growth Factors",
 )
 
-MODEL_TYPES = ("deref", "snn", "snn_transformer", "abmil", "transmil", "concat_mlp", "resnet3d")
+#: What each model reads: ``m1`` (genomics or the MRI) and/or ``wsi`` (the slide's patch bag).
+MODEL_MODALITIES: dict[str, tuple[str, ...]] = {
+    "deref": ("m1", "wsi"),
+    "snn": ("m1",),
+    "snn_transformer": ("m1",),
+    "abmil": ("wsi",),
+    "transmil": ("wsi",),
+    "concat_mlp": ("m1", "wsi"),
+    "resnet3d": ("m1",),
+    # the paper's peers (deref.model.peers)
+    "clam_sb": ("wsi",),
+    "clam_mb": ("wsi",),
+    "mcat": ("m1", "wsi"),
+    "motcat": ("m1", "wsi"),
+    "cmta": ("m1", "wsi"),
+    "ccl": ("m1", "wsi"),
+    "mome": ("m1", "wsi"),
+    "cfdl": ("m1", "wsi"),
+    "pibd": ("m1", "wsi"),
+}
+MODEL_TYPES = tuple(MODEL_MODALITIES)
 M1_KINDS = ("genomic", "mri")
 #: How an MRI cohort's modality 1 arrives: frozen per-sequence vectors, or ROI cubes for a 3D
 #: ResNet trained with the model (``deref.model.resnet3d``).
@@ -95,6 +115,23 @@ class ModelConfig:
     hinge_margin: float | None = None
     # Baselines.
     abmil_hidden: int = 256
+    # ---- peers (deref.model.peers): one block per peer, every field prefixed by its name ----
+    # [clam]
+    # [/clam]
+    # [mcat]
+    # [/mcat]
+    # [motcat]
+    # [/motcat]
+    # [cmta]
+    # [/cmta]
+    # [ccl]
+    # [/ccl]
+    # [mome]
+    # [/mome]
+    # [cfdl]
+    # [/cfdl]
+    # [pibd]
+    # [/pibd]
     # MRI encoder (the defaults are the frozen-vector behaviour of earlier runs).
     mri_encoder: str = "vectors"
     resnet3d_depth: int = 10
@@ -225,6 +262,11 @@ class ModelConfig:
 
     # ------------------------------------------------------------ derived sizes
     @property
+    def modalities(self) -> tuple[str, ...]:
+        """What the model reads: ``("m1",)``, ``("wsi",)`` or ``("m1", "wsi")``."""
+        return MODEL_MODALITIES[self.model_type]
+
+    @property
     def n_features(self) -> int:
         """Number of decoupled features fed to reorganization and fusion."""
         if not self.decouple:
@@ -291,6 +333,8 @@ __all__ = [
     "tiny_config",
     "tiny_mri_config",
     "GENE_FAMILIES",
+    "MODEL_MODALITIES",
+    "MODEL_TYPES",
     "REFERENCE_SEGMENTS",
     "MRI_ENCODERS",
     "RESNET3D_DEPTHS",

@@ -56,21 +56,29 @@ class SurvivalOutput:
     cls_wsi: Tensor | None = None
     reorganized: Tensor | None = None
     wsi_attention: Tensor | None = None
+    #: (B, G, N) modality-1-token-by-patch co-attention (MCAT, MOTCat: each family's weights
+    #: over the patches; rows sum to one over a patient's patches).
+    co_attention: Tensor | None = None
+    #: Model-specific batch-first tensors for the model's ``auxiliary_loss`` (peers).
+    extras: dict[str, Tensor] | None = None
 
-    def detach(self) -> SurvivalOutput:
+    def _map(self, fn) -> SurvivalOutput:
         vals = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            vals[f.name] = v.detach() if isinstance(v, Tensor) else v
+            if isinstance(v, Tensor):
+                v = fn(v)
+            elif isinstance(v, dict):
+                v = {k: fn(t) if isinstance(t, Tensor) else t for k, t in v.items()}
+            vals[f.name] = v
         return SurvivalOutput(**vals)
+
+    def detach(self) -> SurvivalOutput:
+        return self._map(lambda t: t.detach())
 
     def select(self, index: int | slice | Tensor) -> SurvivalOutput:
         """The same output for a subset of patients (first dimension of every tensor)."""
-        vals = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            vals[f.name] = v[index] if isinstance(v, Tensor) else v
-        return SurvivalOutput(**vals)
+        return self._map(lambda t: t[index])
 
 
 def survival_from_logits(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from deref.errors import CheckpointError, ConfigError
-from deref.model.config import ModelConfig
+from deref.model.config import MODEL_MODALITIES, ModelConfig
 from deref.recalibration import Recalibration
 from deref.survival import MEAN_OF_FOLDS
 
 RUN_FORMAT = "deref-run/1"
 
 # models that read no slide (modality 1 only: genomics or the MRI): they need no bag folder
-GENOMIC_ONLY_MODELS = frozenset({"snn", "snn_transformer", "resnet3d"})  # modality 1 only
+GENOMIC_ONLY_MODELS = frozenset(m for m, reads in MODEL_MODALITIES.items() if "wsi" not in reads)
 
 _TIME_UNITS = (("month", "months"), ("day", "days"), ("year", "years"), ("week", "weeks"))
 
@@ -342,7 +342,7 @@ class RunInfo:
         """What each patient must bring: ``("genomics",)``, ``("genomics", "wsi")``, ``("mri",
         "wsi")``, ``("mri",)`` (models of modality 1 only), ``("wsi",)`` (slide-only models)."""
         m1 = "mri" if self.m1_kind == "mri" else "genomics"
-        if self.model.model_type in ("abmil", "transmil"):
+        if "m1" not in MODEL_MODALITIES[self.model.model_type]:
             return ("wsi",)
         return (m1, "wsi") if self.needs_wsi else (m1,)
 
