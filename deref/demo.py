@@ -166,9 +166,23 @@ def _train_demo_run(
 # --------------------------------------------------------------------------------------------
 # the demo comparison (the Compare page)
 # --------------------------------------------------------------------------------------------
+#: The peers' own widths at the demo's scale: the demo's DeReF is 4x narrower than the paper's
+#: (c1 = 64 against 256), and so is every peer (the peers that follow c1 -- MCAT, MOTCat, CMTA,
+#: CCL -- need nothing here). Everything else stays at each peer's paper default.
+DEMO_PEER_SIZES = dict(
+    clam_hidden=128,  # 512 / 4
+    clam_attn_dim=64,  # 256 / 4
+    mome_dim=128,  # 512 / 4
+    mome_omic_hidden=(128, 128),
+    mome_landmarks=64,  # dim // 2, as MoME's own
+    pibd_dim=64,  # 256 / 4
+    pibd_club_hidden=128,  # 512 / 4
+)
+
 #: What the dashboard's demo comparison trains with ``deref ablate`` on the demo's cohort and
-#: folds: DeReF (the demo run itself, kept), three ablations that remove fusion capacity, and two
-#: baselines (the genomic SNN and the slide-only ABMIL).
+#: folds: DeReF (the demo run itself, kept), three ablations that remove fusion capacity, two
+#: baselines (the genomic SNN and the slide-only ABMIL) and three of the paper's peers (CLAM-SB,
+#: MCAT and MOTCat, at :data:`DEMO_PEER_SIZES`).
 DEMO_COMPARISON = {
     "deref": {},
     "no_explore": {"use_explore": False},
@@ -176,6 +190,9 @@ DEMO_COMPARISON = {
     "no_moe": {"fusion": "concat"},
     "snn": {"model_type": "snn"},
     "abmil": {"model_type": "abmil"},
+    "clam_sb": {"model_type": "clam_sb", **DEMO_PEER_SIZES},
+    "mcat": {"model_type": "mcat", **DEMO_PEER_SIZES},
+    "motcat": {"model_type": "motcat", **DEMO_PEER_SIZES},
 }
 
 

@@ -413,13 +413,14 @@ class CohortTrainer:
         val_pred.insert(1, "fold", fold.index)
         if data.config.allow_missing:
             val_pred["missing"] = [";".join(self.cohort.missing_inputs(c)) for c in val_pred["case_id"]]
+        digest = None
         if fold_dir is not None:
             extra = {
                 "wsi_mean": None if wsi_mean is None else wsi_mean.tolist(),
                 "fold": fold.index,
                 "seed": seed,
             }
-            save_checkpoint(fold_dir, model, data.pre, extra)
+            digest = save_checkpoint(fold_dir, model, data.pre, extra)
         train_risks = pd.DataFrame(
             {"fold": fold.index, "case_id": train_ids, "risk": train_pred["risk"].to_numpy()}
         )
@@ -435,6 +436,7 @@ class CohortTrainer:
             seconds=time.perf_counter() - t0,
             horizon=float(self.cohort.patients.loc[train_ids, "time"].max()),
             recalibration=recal,
+            weights_sha256=digest,
         )
         return FoldResult(info, data.config, val_pred, train_risks)
 

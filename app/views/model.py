@@ -161,7 +161,9 @@ def _training_curves(info: RunInfo) -> None:
         st.info("run.json holds no training history.")
         return
     quantities = [
-        c for c in ("train_loss", "train_nll", "train_dis", "val_cindex", "lr", "seconds") if c in hist
+        c
+        for c in ("train_loss", "train_nll", "train_dis", "train_aux", "val_cindex", "lr", "seconds")
+        if c in hist
     ]
     which = st.multiselect(
         "Curves",
@@ -179,7 +181,7 @@ def _provenance(src: backend.Source, info: RunInfo) -> None:
     c1, c2 = st.columns(2)
     with c1:
         st.markdown(
-            f"**Run** `{src.run_dir}`  \ncreated {info.created or '?'} · deref {info.package_version or '?'} · "
+            f"**Run** `{backend.run_link(src.run_dir)}`  \ncreated {info.created or '?'} · deref {info.package_version or '?'} · "
             f"torch {info.torch_version or '?'} · format {info.format}"
         )
         st.markdown("**Model config**")

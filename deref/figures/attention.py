@@ -20,6 +20,7 @@ from deref.figures.patient import signed_colors
 __all__ = [
     "FEATURE_TARGETS",
     "attention_maps",
+    "co_attention_figure",
     "clicked_patch",
     "slide_overlay_figure",
     "family_attribution_bar",
@@ -41,6 +42,10 @@ def attention_maps(
     wsi_attention: np.ndarray | None,
     patch_scores: Mapping[str, np.ndarray] | None = None,
     method: str = "grad",
+    *,
+    attention_labels: Sequence[str] | None = None,
+    co_attention: np.ndarray | None = None,
+    m1_names: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
     """Every per-patch map of one patient that can be drawn on the slide, by display name.
 
@@ -54,6 +59,12 @@ def attention_maps(
         no path leads from the slide to it, so its patch scores are zero by construction.
     method
         The attribution method, appended to the names (``"shared feature (grad)"``).
+    attention_labels
+        A name per row of ``wsi_attention`` when its rows are not Nystrom layers (a peer's
+        attention branches: CLAM-MB's one per time bin); the mean of the rows is added.
+    co_attention
+        ``(G, N)`` co-attention of each modality-1 token over the patches (MCAT, MOTCat), drawn
+        per token (``m1_names``) and as the mean over tokens.
 
     Returns
     -------
@@ -63,16 +74,53 @@ def attention_maps(
     out: dict[str, np.ndarray] = {}
     if wsi_attention is not None:
         a = np.asarray(wsi_attention, dtype=float)
-        if a.ndim == 2 and a.shape[0] >= 2:
+        if attention_labels is not None:
+            a = a.reshape(len(attention_labels), -1)
+            for name, row in zip(attention_labels, a):
+                out[str(name)] = row
+            if len(a) > 1:
+                out["attention, mean of the rows above"] = a.mean(axis=0)
+        elif a.ndim == 2 and a.shape[0] >= 2:
             out["class-token attention, last layer"] = a[-1]
             out["class-token attention, first layer"] = a[0]
             out["class-token attention, mean of layers"] = a.mean(axis=0)
         else:
             out["class-token attention"] = a.reshape(-1)
+    if co_attention is not None:
+        co = np.asarray(co_attention, dtype=float)
+        out["co-attention, mean over tokens"] = co.mean(axis=0)
+        names = list(m1_names) if len(m1_names) == len(co) else [f"token {i + 1}" for i in range(len(co))]
+        for name, row in zip(names, co):
+            out[f"co-attention: {name}"] = row
     for t, s in (patch_scores or {}).items():
         if t != "specific_genomic":
             out[f"{FEATURE_TARGETS.get(t, t)} ({method})"] = np.asarray(s, dtype=float)
     return out
+
+
+def co_attention_figure(co_attention: np.ndarray, m1_names: Sequence[str], top: int = 30):
+    """Heatmap of a patient's ``(G, N)`` co-attention on the ``top`` patches of largest mean
+    co-attention (columns in that order, labelled by patch index): which token looked where."""
+    co = np.asarray(co_attention, dtype=float)
+    order = np.argsort(-co.mean(axis=0), kind="stable")[: min(top, co.shape[1])]
+    names = list(m1_names) if len(m1_names) == len(co) else [f"token {i + 1}" for i in range(len(co))]
+    fig = go.Figure(
+        go.Heatmap(
+            z=co[:, order],
+            x=[f"#{int(i)}" for i in order],
+            y=names,
+            colorscale="Viridis",
+            colorbar={"title": "weight"},
+            hovertemplate="%{y}<br>patch %{x}<br>weight %{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"Co-attention over the top {len(order)} patches (each row sums to 1 over all patches)",
+        xaxis_title="patch (by mean co-attention)",
+        height=120 + 28 * len(names),
+        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+    )
+    return fig
 
 
 def clicked_patch(event: object, n: int) -> int | None:

@@ -24,6 +24,7 @@ __all__ = [
     "collate_bags",
     "survival_from_logits",
     "build_model",
+    "attention_labels",
 ]
 
 _FROM_DEREF = ("DeReF", "SurvivalOutput", "collate_bags", "survival_from_logits")
@@ -50,3 +51,14 @@ def build_model(config: ModelConfig):
     from deref.model.baselines import BASELINES
 
     return BASELINES[config.model_type](config)
+
+
+def attention_labels(model, n_rows: int) -> tuple[str, ...] | None:
+    """Names of the rows of a model's ``wsi_attention`` when they are not Nystrom layers: a
+    model with ``attention_label`` (a format string of the row index ``i`` and its 1-based
+    ``n``, e.g. ``"attention branch of time bin {n}"``) names its rows; None otherwise (rows
+    are the WSI encoder's layers)."""
+    label = getattr(model, "attention_label", None)
+    if label is None:
+        return None
+    return tuple(label.format(i=i, n=i + 1) for i in range(n_rows))

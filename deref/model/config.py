@@ -47,6 +47,25 @@ MODEL_MODALITIES: dict[str, tuple[str, ...]] = {
     "pibd": ("m1", "wsi"),
 }
 MODEL_TYPES = tuple(MODEL_MODALITIES)
+#: Each model's name as its paper writes it.
+MODEL_NAMES: dict[str, str] = {
+    "deref": "DeReF",
+    "snn": "SNN",
+    "snn_transformer": "SNN+Transformer",
+    "abmil": "AttnMIL",
+    "transmil": "TransMIL",
+    "concat_mlp": "Concat+MLP",
+    "resnet3d": "ResNet3D",
+    "clam_sb": "CLAM-SB",
+    "clam_mb": "CLAM-MB",
+    "mcat": "MCAT",
+    "motcat": "MOTCat",
+    "cmta": "CMTA",
+    "ccl": "CCL",
+    "mome": "MoME",
+    "cfdl": "CFDL",
+    "pibd": "PIBD",
+}
 M1_KINDS = ("genomic", "mri")
 #: How an MRI cohort's modality 1 arrives: frozen per-sequence vectors, or ROI cubes for a 3D
 #: ResNet trained with the model (``deref.model.resnet3d``).
@@ -117,20 +136,90 @@ class ModelConfig:
     abmil_hidden: int = 256
     # ---- peers (deref.model.peers): one block per peer, every field prefixed by its name ----
     # [clam]
+    # CLAM-SB / CLAM-MB (Lu et al. 2021; mahmoodlab/CLAM models/model_clam.py, main.py defaults).
+    clam_hidden: int = 512  # size_dict["small"][1]: embedding Linear(wsi_dim, 512); survival copies: 256
+    clam_attn_dim: int = 256  # size_dict["small"][2]: gated-attention hidden width
+    clam_gated: bool = True  # gate=True: Attn_Net_Gated (False: Attn_Net, tanh only)
+    clam_k_sample: int = 8  # k_sample (--B 8): top-k / bottom-k attended patches per branch
+    clam_inst_loss: str = "svm"  # --inst_loss svm (SmoothTop1SVM; paper, README); "ce": main.py's default
+    clam_inst_weight: float = 0.3 / 0.7  # (1 - bag_weight) / bag_weight, --bag_weight 0.7: nll + w * inst
+    clam_subtyping: bool = False  # --subtyping off: no out-of-class instance term
     # [/clam]
     # [mcat]
+    mcat_fusion: str = "concat"  # MCAT models/model_coattn.py MCAT_Surv(fusion='concat'); or 'bilinear'
+    mcat_coattn_heads: int = 1  # MCAT_Surv: MultiheadAttention(embed_dim=256, num_heads=1)
+    mcat_layers: int = 2  # MCAT_Surv: nn.TransformerEncoder(num_layers=2) per modality
+    mcat_ff: int = 512  # MCAT_Surv: TransformerEncoderLayer(dim_feedforward=512)
+    mcat_dropout: float = 0.25  # MCAT_Surv(dropout=0.25): transformers, gated attention, rho
+    mcat_bilinear_scale: int = 8  # MCAT_Surv: BilinearFusion(scale_dim1=8, scale_dim2=8)
     # [/mcat]
     # [motcat]
+    motcat_fusion: str = "concat"  # MOTCat main.py --fusion default; MOTCAT_Surv also has 'bilinear'
+    motcat_layers: int = 2  # MOTCAT_Surv: nn.TransformerEncoder(num_layers=2) per modality
+    motcat_ff: int = 512  # MOTCAT_Surv: TransformerEncoderLayer(dim_feedforward=512)
+    motcat_dropout: float = 0.25  # MOTCAT_Surv(dropout=0.25)
+    motcat_bilinear_scale: int = 8  # MOTCAT_Surv: BilinearFusion(scale_dim1=8, scale_dim2=8)
+    motcat_ot_reg: float = 0.1  # MOTCat main.py --ot_reg, entropic eps (command.md: 0.05 BLCA, LUAD)
+    motcat_ot_tau: float = 0.5  # MOTCat main.py --ot_tau (reg_m of sinkhorn_knopp_unbalanced)
+    motcat_bs_micro: int = 0  # 0 = whole bag (main.py --use_micro_batch False); paper's command.md: 256
     # [/motcat]
     # [cmta]
+    cmta_model_size: str = "small"  # CMTA utils/options.py --model_size default ("small" or "large")
+    cmta_large_path_hidden: int = 512  # CMTA network.py size_dict pathomics large [1024, 512, 256]
+    cmta_cross_heads: int = 1  # network.py P_in_G_Att / G_in_P_Att MultiheadAttention(num_heads=1)
+    cmta_fusion: str = "concat"  # options.py --fusion default ("concat" or "bilinear")
+    cmta_bilinear_scale: int = 8  # network.py BilinearFusion(scale_dim1=8, scale_dim2=8)
+    cmta_bilinear_dropout: float = 0.25  # util.py BilinearFusion dropout_rate default
+    cmta_alpha: float = 1.0  # run.sh / README --alpha 1.0 (BLCA, GBMLGG, UCEC; options.py default 0.5)
     # [/cmta]
     # [ccl]
+    ccl_clusters: int = 6  # CCL models/CCL/network.py custom_config num_cluster default 6
+    ccl_update_ratio: float = 0.1  # network.py custom_config update_ratio default 0.1
+    ccl_bank_length: int = 10  # network.py custom_config bank_length default 10
+    ccl_dropout: float = 0.15  # network.py SNN_Block(dropout=0.15)
+    ccl_temperature: float = 2.0  # utils/loss_factory.py CohortLoss temperature=2
+    ccl_cohort_weight: float = 1.0  # network.py custom_config loss "nllsurv,cohort" (weight 1)
+    ccl_kmeans_tol: float = 1e-4  # kmeans_pytorch kmeans(tol=1e-4)
+    ccl_kmeans_iters: int = 100  # ours: a cap on Lloyd iterations (theirs iter_limit=0, no cap)
     # [/ccl]
     # [mome]
+    mome_dim: int = 512  # MoMETransformer size_dict_WSI["small"] = [1024, 512, 512]: MoME(dim=size[2])
+    mome_omic_hidden: tuple[int, ...] = (512, 512)  # size_dict_omic["small"]: SNN_Blocks per gene family
+    mome_stages: int = 2  # MoME_patho1/genom1 + MoME_patho2/genom2 (model_mome.py)
+    mome_experts: tuple[str, ...] = ("trans", "bottleneck", "add", "drop")  # MoME.routing_dict order
+    mome_n_bottlenecks: int = 2  # main.py --n_bottlenecks default 2
+    mome_landmarks: int = 256  # TransLayer NystromAttention num_landmarks = dim // 2
+    mome_routing: str = "hard"  # MoMETransformer calls MoME(..., hard=True): top-1 ("soft": weighted sum)
+    mome_temperature: float = 1.0  # RoutingNetwork temp (MoME.forward passes hard=True as temp: 1.0)
+    mome_admin_layers: int = 8  # TransLayer residual: admin_torch.as_module(8)
     # [/mome]
     # [cfdl]
+    cfdl_feature_dim: int = 32  # CFDL main.py --feature_dim (decoupled feature width)
+    cfdl_head_hidden: int = 32  # CFDL models/CFDL.py linear_cls hidden width (hard-coded 32)
+    cfdl_encoder_dropout: float = 0.5  # CFDL main.py --encoder_drop (after each modality encoder)
+    cfdl_cls_dropout: float = 0.5  # CFDL main.py --cls_drop (classifier MLP)
+    cfdl_w_sim: float = 1.0  # CFDL main.py --w_sim (shared / partial-shared similarity losses)
+    cfdl_w_diff: float = 1.0  # CFDL main.py --w_diff (|cosine| difference loss)
+    cfdl_max_partial: int = 0  # 0: every subset of 2..M-1 modalities (main.py --if_allpair 1); k: sizes <= k
     # [/cfdl]
     # [pibd]
+    pibd_dim: int = 256  # PIBD process_args --wsi_projection_dim (z and token width)
+    pibd_heads: int = 4  # PIBD model_PIBD.py MITransformerLayer(num_heads=4)
+    pibd_bag_size: int = 512  # PIBD model_PIBD.py BAG_SIZE (patches per sub-bag)
+    pibd_num_patches: int = 4096  # PIBD --num_patches (num_patches // bag_size = 8 sub-bags in training)
+    pibd_ratio_wsi: float = 0.5  # PIBD --ratio_wsi (top-k patches = ratio * sub-bag size)
+    pibd_ratio_omics: float = 0.8  # PIBD --ratio_omics (top-k gene tokens = int(ratio * G))
+    pibd_sample_num: int = 50  # PIBD --sample_num (reparameterized samples, training only)
+    pibd_alpha: float = 0.1  # PIBD --alpha (prototypes' survival NLL, IB term)
+    pibd_beta: float = 0.01  # PIBD --beta (prototypes' KL to N(0, I), IB term)
+    pibd_gamma: float = 1.0  # PIBD --gamma (proxy loss)
+    pibd_sigma: float = 0.1  # PIBD --sigma (CLUB estimate + its learning loss; lambda in the paper)
+    pibd_alpha_surv: float = 0.5  # PIBD model_PIBD.py NLLSurvLoss(alpha=0.5) of the prototypes
+    pibd_pib_dropout: float = 0.2  # PIBD model_PIBD.py PIB encoder Dropout(0.2)
+    pibd_attn_dropout: float = 0.1  # PIBD MITransformerLayer(attn_drop=0.1)
+    pibd_proj_dropout: float = 0.1  # PIBD MITransformerLayer(proj_drop=0.1)
+    pibd_drop_path: float = 0.1  # PIBD MITransformerLayer(drop_path=0.1) (also the MLP's dropout)
+    pibd_club_hidden: int = 512  # PIBD club.py CLUBMean(hidden_size=512)
     # [/pibd]
     # MRI encoder (the defaults are the frozen-vector behaviour of earlier runs).
     mri_encoder: str = "vectors"
@@ -145,6 +234,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        for f in fields(self):  # JSON gives lists: every tuple field is a tuple again
+            if str(f.type).startswith("tuple[") and isinstance(getattr(self, f.name), list):
+                setattr(self, f.name, tuple(getattr(self, f.name)))
         self.m1_sizes = tuple(int(s) for s in self.m1_sizes)
         self.m1_names = tuple(str(s) for s in self.m1_names)
         self.segments = tuple(int(s) for s in self.segments)
@@ -334,6 +426,7 @@ __all__ = [
     "tiny_mri_config",
     "GENE_FAMILIES",
     "MODEL_MODALITIES",
+    "MODEL_NAMES",
     "MODEL_TYPES",
     "REFERENCE_SEGMENTS",
     "MRI_ENCODERS",
