@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: app test test-fast bench lint format demo clean-venv
+.PHONY: app serve test test-fast bench lint format demo clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -27,6 +27,12 @@ test-fast: $(STAMP)
 
 app: $(STAMP)
 	$(BIN)/streamlit run app/main.py
+
+# a team server: refuses a non-loopback ADDRESS unless sign-in is configured (README, "Deploying for a team")
+ADDRESS ?= 127.0.0.1
+PORT ?= 8501
+serve: $(STAMP)
+	$(BIN)/python -m app.serve --address $(ADDRESS) --port $(PORT)
 
 demo: $(STAMP)
 	$(BIN)/deref demo --out assets/demo

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from deref.access import AccessError, DataRoots, component_problem
 from deref.errors import CheckpointError, ConfigError, DataError
 from deref.runs import RunInfo
 
@@ -71,21 +72,50 @@ def runs_root() -> Path:
     return Path(os.environ.get(ENV_RUNS_ROOT) or REPO / "runs")
 
 
+def data_roots() -> DataRoots:
+    """The folders this server may open (:mod:`deref.access`): ``$DEREF_DATA_ROOTS`` when set,
+    else the demo folders, the runs root and the folders of ``DEREF_RUN`` / ``DEREF_TABLE`` /
+    ``DEREF_BAG_DIR`` / ``DEREF_SLIDE_DIR`` when they are set."""
+    env = os.environ.get
+    table = env(ENV_TABLE)
+    return DataRoots.from_env(
+        [
+            demo_dir(),
+            mri_demo_dir(),
+            runs_root(),
+            env(ENV_RUN),
+            str(Path(table).parent) if table else None,
+            env(ENV_BAG_DIR),
+            env(ENV_SLIDE_DIR),
+        ]
+    )
+
+
 def discover_runs() -> list[str]:
-    """Run directories the picker offers: the demo's, ``$DEREF_RUN`` and ``runs/*`` with a run.json."""
+    """Run directories the picker offers: the demo's, ``$DEREF_RUN``, ``runs/*`` and the runs
+    directly inside each data root, with a run.json, inside a data root."""
+    roots = data_roots()
     found: list[str] = []
     candidates = [demo_dir() / "run", mri_demo_dir() / "run"]
     if os.environ.get(ENV_RUN):
         candidates.insert(0, Path(os.environ[ENV_RUN]))
-    root = runs_root()
-    if root.is_dir():
-        candidates += sorted(p for p in root.iterdir() if p.is_dir())
+    for root in (runs_root(), *roots.roots):
+        if root.is_dir():
+            candidates += [root, *sorted(p for p in root.iterdir() if p.is_dir())]
     for p in candidates:
-        if (p / "run.json").is_file():
+        if (p / "run.json").is_file() and roots.contains(p):
             s = str(p.resolve())
             if s not in found:
                 found.append(s)
     return found
+
+
+def run_link(run_dir: str) -> str:
+    """The run's name relative to its data root: what links, the picker and pages show."""
+    try:
+        return data_roots().name_of(run_dir)
+    except AccessError:
+        return Path(run_dir).name
 
 
 @dataclass(frozen=True)
@@ -110,18 +140,10 @@ class Source:
 
 
 def resolve_run_dir(text: str) -> Path:
-    """A run directory from user text: a path, or a name under the runs root / the demo folder."""
-    raw = Path(str(text).strip()).expanduser()
-    tries = (
-        [raw] if raw.is_absolute() else [Path.cwd() / raw, REPO / raw, runs_root() / raw, demo_dir() / raw]
-    )
-    for p in tries:
-        if (p / "run.json").is_file():
-            return p.resolve()
-    for p in tries:
-        if p.is_dir():
-            raise CheckpointError(f"{p}: not a run directory (no run.json inside)")
-    raise CheckpointError(f"run directory {text!r} not found (looked in {', '.join(str(t) for t in tries)})")
+    """A run directory from user text (a link, the Load form): a name relative to a data root (or
+    the repository), or a path inside one. Anything else -- outside every root, missing, not a
+    run, unreadable -- is one :class:`~deref.access.AccessError` that reveals nothing."""
+    return data_roots().resolve(text, "that run", kind="run", bases=(REPO,))
 
 
 def run_table(run_dir: str) -> tuple[str | None, str | None]:
@@ -134,20 +156,21 @@ def make_source(
     run_dir: str, table: str | None = None, bag_dir: str | None = None, slide_dir: str | None = None
 ) -> Source:
     """Normalize a user's choice: the run's own table (and bag folder) becomes ``table=None``."""
-    run_dir = str(Path(run_dir).resolve())
+    roots = data_roots()
+    run_dir = str(roots.check(run_dir, "that run", kind="run"))
     own_table, own_bags = run_table(run_dir)
-    t = str(Path(table).expanduser().resolve()) if table else None
-    b = str(Path(bag_dir).expanduser().resolve()) if bag_dir else None
+    # another cohort, bag or slide folder must lie inside a data root (the run's own recorded
+    # data is what it was trained on: sharing the run shares it)
+    t = str(roots.resolve(table, "that cohort table", kind="file", bases=(REPO,))) if table else None
+    b = str(roots.resolve(bag_dir, "that bag folder", kind="dir", bases=(REPO,))) if bag_dir else None
     if t is not None and own_table and Path(own_table).resolve() == Path(t):
         if b is None or (own_bags and Path(own_bags).resolve() == Path(b)):
             t, b = None, None
     if t is None:
         b = None
-    if t is not None and not Path(t).is_file():
-        raise DataError(f"cohort table {table!r}: file not found")
-    if b is not None and not Path(b).is_dir():
-        raise DataError(f"bag folder {bag_dir!r}: folder not found")
-    if slide_dir is None:
+    if slide_dir is not None:
+        slide_dir = str(roots.resolve(slide_dir, "that slide folder", kind="dir", bases=(REPO,)))
+    else:
         base = Path(t) if t else (Path(own_table) if own_table else None)
         if base is not None and (base.parent / "slides").is_dir():
             slide_dir = str(base.parent / "slides")
@@ -541,6 +564,10 @@ class PatientView:
     patch_attrs: list[dict]  # per slide: patch_size, patch_level, downsample... (plain values)
     bin_edges: list[float]
     horizon: float | None = None  # the fold's largest training time: curves drawn interpolated
+    model_type: str = "deref"
+    attention_labels: tuple[str, ...] | None = None  # names of wsi_attention's rows (peers)
+    co_attention: np.ndarray | None = None  # (G, N_patches) MCAT / MOTCat co-attention
+    m1_names: tuple[str, ...] = ()
 
 
 def _plain_attrs(attrs: dict) -> dict:
@@ -617,7 +644,19 @@ def patient_view(
         patch_attrs=attrs,
         bin_edges=list(edges),  # floats (the last one inf), from RunInfo.bin_edges
         horizon=run_info(run_dir).horizons().get(k),
+        model_type=lr.predictor.config.model_type,
+        attention_labels=_attention_labels(lr, k, out.wsi_attention),
+        co_attention=arr(out.co_attention) if drop != "wsi" else None,
+        m1_names=tuple(lr.predictor.config.m1_names),
     )
+
+
+def _attention_labels(lr, k: int, attention) -> tuple[str, ...] | None:
+    from deref.model import attention_labels
+
+    if attention is None:
+        return None
+    return attention_labels(lr.predictor.fold(k).model, int(attention.shape[1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,8 +820,8 @@ class Thumbnail:
 
 
 def slide_path(source: Source, slide_id: str) -> Path | None:
-    if not source.slide_dir:
-        return None
+    if not source.slide_dir or component_problem(slide_id):
+        return None  # a slide id is a file name inside the slide folder, never a path
     return Path(source.slide_dir) / slide_id
 
 
@@ -840,9 +879,62 @@ def km_export(
 
 
 def clear_all() -> None:
-    """Drop every cached value and resource (the sidebar's "reload" button)."""
+    """Drop every cached value and resource (an administrator's "clear caches" button, and a
+    run or cohort rewritten on disk: :func:`refresh_if_changed`)."""
     st.cache_data.clear()
     st.cache_resource.clear()
+    with _STAMP_LOCK:
+        _STAMPS.clear()
+
+
+_STAMPS: dict[tuple, tuple] = {}
+_STAMP_LOCK = threading.Lock()
+
+
+def _stat(path: Path) -> tuple:
+    try:
+        st_ = path.stat()
+        return (st_.st_mtime_ns, st_.st_size, st_.st_ino)
+    except OSError:
+        return ("missing",)
+
+
+def source_stamp(source: Source) -> tuple:
+    """What changes when the run or its cohort is rewritten on disk (stat only, no reading):
+    run.json, the out-of-fold predictions, every fold's weights and the cohort table."""
+    run = Path(source.run_dir)
+    files = [run / "run.json", run / "predictions.csv", *sorted(run.glob("fold_*/model.safetensors"))]
+    table = source.table
+    if table is None:
+        try:
+            table = read_json_quiet(run / "run.json").get("data", {}).get("table")
+        except Exception:  # noqa: BLE001 - a missing or broken run.json is already in the stamp
+            table = None
+    if table:
+        files.append(Path(table))
+    return tuple((str(f), _stat(f)) for f in files)
+
+
+def read_json_quiet(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def refresh_if_changed(source: Source) -> bool:
+    """Drop the caches when the source's files changed on disk since this process last looked
+    (a run retrained or deleted, weights replaced, the table rewritten): nobody has to clear
+    anything, and a restored file is picked up the same way. True when the caches were dropped."""
+    stamp = source_stamp(source)
+    with _STAMP_LOCK:
+        before = _STAMPS.get(source.key)
+        _STAMPS[source.key] = stamp
+    if before is None or before == stamp:
+        return False
+    log.info("%s changed on disk: caches dropped", source.run_dir)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return True
 
 
 def model_status() -> str:

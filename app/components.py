@@ -8,7 +8,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -119,8 +118,8 @@ def open_source(new: Source) -> None:
     st.session_state.pop(K_LOAD_ERROR, None)
     st.session_state.pop(K_PATIENT, None)
     st.query_params.pop("patient", None)
-    st.query_params["run"] = new.run_dir
-    st.session_state[K_QP_DONE] = new.run_dir
+    st.query_params["run"] = backend.run_link(new.run_dir)
+    st.session_state[K_QP_DONE] = st.query_params["run"]
     st.rerun()
 
 
@@ -158,7 +157,8 @@ def demo_comparison_button() -> None:
         key="build_comparison",
         icon=":material/compare_arrows:",
         help="first time only: `deref ablate` trains DeReF without V_explore, without decoupling and without the "
-        "MoE, and the SNN and ABMIL baselines, on the demo's folds (a few minutes on a laptop)",
+        "MoE, the SNN and ABMIL baselines and the paper's peers CLAM-SB, MCAT and MOTCat, on the demo's folds "
+        "(a few minutes on a laptop)",
     ):
         _progress_status(
             f"Training the demo comparison in {backend.comparison_dir()} (first time only)…",
@@ -187,7 +187,8 @@ def apply_query_params() -> bool:
             st.session_state[K_SOURCE] = backend.make_source(str(backend.resolve_run_dir(run)))
             st.session_state.pop(K_LOAD_ERROR, None)
         except Exception as exc:  # noqa: BLE001 - a bad link must not break the app
-            st.session_state[K_LOAD_ERROR] = f"run {run!r} from the link: {reported(exc, 'run link')}"
+            # never the link's text: the answer must not echo a probed path
+            st.session_state[K_LOAD_ERROR] = f"the run in the link: {reported(exc, 'run link')}"
     patient = qp.get("patient")
     if patient and st.session_state.get(K_QP_PATIENT) != patient:
         # a new deep link (or a page switch carrying ?patient=): it wins over the old choice
@@ -232,9 +233,12 @@ def _load_form(source: Source | None) -> _LoadChoice | None:
             options,
             index=options.index(current) if current else 0,
             key="load_run",
-            help="any folder `deref train` or `deref demo` wrote (it holds run.json)",
+            format_func=lambda r: r if r == "other…" else backend.run_link(r),
+            help="any folder `deref train` or `deref demo` wrote (it holds run.json), under a shared data root",
         )
-        other = st.text_input("…or a path", value="", placeholder="runs/blca-deref", key="load_run_path")
+        other = st.text_input(
+            "…or a name under a data root", value="", placeholder="blca-deref", key="load_run_path"
+        )
         own = st.checkbox(
             "Use the run's own cohort (from run.json)",
             value=source is None or source.own_cohort,
@@ -292,12 +296,34 @@ def sidebar_load(source: Source | None) -> None:
                     st.session_state[K_LOAD_ERROR] = reported(exc, "Load")
                 else:
                     open_source(new)
-            if st.button("Clear caches and reload", help="re-read runs and cohorts from disk"):
-                backend.clear_all()
+            viewer = st.session_state.get("viewer")
+            if viewer is None or viewer.admin:
+                if st.button(
+                    "Clear caches and reload",
+                    key="clear_caches",
+                    help="every session's caches: re-read runs and cohorts from disk (administrators)",
+                ):
+                    backend.clear_all()
+                    st.rerun()
+            elif st.button(
+                "Reset my view",
+                key="reset_view",
+                help="forget this session's choices (patient, run, settings); a run rewritten on disk is "
+                "re-read by itself",
+            ):
+                reset_session_view()
                 st.rerun()
         err = st.session_state.get(K_LOAD_ERROR)
         if err:
             st.error(f"**Load:** {err}")
+
+
+def reset_session_view() -> None:
+    """Forget this session's choices (what a non-administrator's reset clears: nothing shared)."""
+    for key in list(st.session_state.keys()):
+        if key not in ("viewer", "script_runs"):
+            del st.session_state[key]
+    st.query_params.clear()
 
 
 def require_source() -> Source:
@@ -431,7 +457,8 @@ def page_header(title: str, source: Source | None) -> None:
     st.title(title)
     if source is not None:
         st.caption(
-            f"run **{backend.run_name(source.run_dir)}** · cohort **{backend.cohort_name(source)}** · `{Path(source.run_dir)}`"
+            f"run **{backend.run_name(source.run_dir)}** · cohort **{backend.cohort_name(source)}** · "
+            f"`{backend.run_link(source.run_dir)}`"
         )
         _missing_note(source)
 

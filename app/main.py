@@ -5,7 +5,12 @@ with visible progress when missing). Environment variables (all optional): ``DER
 directory), ``DEREF_TABLE`` / ``DEREF_BAG_DIR`` / ``DEREF_SLIDE_DIR`` (another cohort),
 ``DEREF_DEMO_DIR`` (where the demo lives), ``DEREF_RUNS_ROOT`` (runs offered in the sidebar).
 ``DEREF_NO_PREWARM=1`` keeps the models from loading in the background after the first page.
-Deep links: ``?patient=<case_id>&run=<run directory>``.
+Deep links: ``?patient=<case_id>&run=<run name under a data root>``.
+
+Sharing with a team (``app.auth``, ``deref.access``, ``deref.audit``): the server binds 127.0.0.1;
+``DEREF_DATA_ROOTS`` confines what it opens; ``[auth]`` in ``.streamlit/secrets.toml`` turns on
+sign-in; every run, patient, slide and export viewed is appended to the audit trail
+(``DEREF_AUDIT_LOG``).
 """
 
 from __future__ import annotations
@@ -19,13 +24,20 @@ if str(_REPO) not in sys.path:  # `streamlit run app/main.py` puts app/ first, n
 
 import streamlit as st  # noqa: E402
 
-from app import backend, components  # noqa: E402
+from app import audit_trail, auth, backend, components  # noqa: E402
 
 st.set_page_config(page_title="DeReF Studio", page_icon=":material/genetics:", layout="wide")
+
+# closed by default: a refusal or the sign-in screen is all that renders until the viewer may see
+viewer = auth.gate()
+st.session_state[audit_trail.K_VIEWER] = viewer
 
 st.session_state["script_runs"] = st.session_state.get("script_runs", 0) + 1
 new_patient_link = components.apply_query_params()
 source = components.current_source()
+if source is not None:
+    backend.refresh_if_changed(source)  # a run or table rewritten on disk is re-read
+    audit_trail.record("open_run", run_dir=source.run_dir)
 if (
     source is None
     and st.session_state.get(components.K_SOURCE) is None
@@ -52,6 +64,7 @@ page = st.navigation(list(PAGES.values()))
 if new_patient_link and page.url_path == PAGES["cohort"].url_path and source is not None:
     # a deep link to the app's root (?patient=…) opens that patient's page
     st.switch_page(PAGES["patient"], query_params=dict(st.query_params))
+auth.sidebar_identity(viewer)
 components.sidebar_load(source)
 components.mri_demo_button()
 status = st.sidebar.empty()

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 RANK = {
     "deref": 0,  # the package itself (__version__)
     "deref.errors": 0,
+    "deref.access": 1,
+    "deref.audit": 1,
     "deref.fileio": 0,
     "deref.survival": 0,
     "deref.model": 1,

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import backend, components
+from app import audit_trail, backend, components
 from app.overlay import apply_click, patch_at_rank
 from deref.figures import (
     FEATURE_TARGETS,
     attention_maps,
+    co_attention_figure,
     colormap_strip,
     family_attribution_bar,
     slide_overlay_figure,
@@ -177,6 +178,22 @@ def _family_bars(att: backend.AttributionView, m1_label: str) -> None:
     )
 
 
+def _peer_note(v: backend.PatientView) -> str:
+    """What a model without decoupled features shows here instead."""
+    from deref.model.config import MODEL_NAMES
+
+    has = []
+    if v.co_attention is not None:
+        has.append("its co-attention of each token over the patches")
+    if v.wsi_attention is not None:
+        has.append("its attention over the patches")
+    shown = " and ".join(has) if has else "nothing per patch"
+    return (
+        f"This run's model ({MODEL_NAMES.get(v.model_type, v.model_type)}) has no decoupled features, so there are "
+        f"no per-feature attributions; the page shows what the model itself has: {shown}."
+    )
+
+
 src = st.session_state.get(components.K_SOURCE)
 components.page_header("Attention", src)
 src = components.require_source()
@@ -185,6 +202,7 @@ with components.guard("Attention"):
     case = components.patient_picker(src)
     if case is None:
         st.stop()
+    audit_trail.record("view_patient", run_dir=src.run_dir, case_id=case, page="attention")
     v = backend.patient_view(*src.key, case)
     if v.coords is None:
         st.info("This model or patient has no slide input (no bag with coordinates): nothing to draw.")
@@ -196,21 +214,32 @@ with components.guard("Attention"):
         st.stop()
 
     att = None
-    method = st.radio(
-        "Attribution method",
-        ["grad", "ig"],
-        horizontal=True,
-        key="att_method",
-        format_func=lambda m: {"grad": "gradient × input (fast)", "ig": "Integrated Gradients"}[m],
-    )
-    with components.guard("Attributions", warn=True):
-        att = backend.patient_attribution(*src.key, case, method, v.fold, src.slide_dir)
+    info = backend.run_info(src.run_dir)
+    method = "grad"
+    if info.has_decoupled_features:
+        method = st.radio(
+            "Attribution method",
+            ["grad", "ig"],
+            horizontal=True,
+            key="att_method",
+            format_func=lambda m: {"grad": "gradient × input (fast)", "ig": "Integrated Gradients"}[m],
+        )
+        with components.guard("Attributions", warn=True):
+            att = backend.patient_attribution(*src.key, case, method, v.fold, src.slide_dir)
+    else:
+        st.info(_peer_note(v))
 
     targets = attention_maps(
         v.wsi_attention,
         att.patch_scores if att is not None else None,
         att.method if att is not None else "grad",
+        attention_labels=v.attention_labels,
+        co_attention=v.co_attention,
+        m1_names=v.m1_names,
     )
+    if not targets:
+        st.info("This model gives no per-patch map for this patient: nothing to draw on the slide.")
+        st.stop()
     c1, c2 = st.columns([2, 3])
     slide_names = v.slide_ids or ["slide"]
     si = c1.selectbox("Slide", range(len(slide_names)), format_func=lambda i: slide_names[i], key="att_slide")
@@ -220,6 +249,7 @@ with components.guard("Attention"):
     scores, coords = scores_all[sel], v.coords[sel]
     attrs = v.patch_attrs[si] if si < len(v.patch_attrs) else (v.patch_attrs[0] if v.patch_attrs else {})
 
+    audit_trail.record("view_slide", run_dir=src.run_dir, case_id=case, slide=slide_names[si])
     path = backend.slide_path(src, slide_names[si])
     thumb = backend.thumbnail(str(path) if path else None)
     if thumb.error:
@@ -238,6 +268,15 @@ with components.guard("Attention"):
 
         st.subheader("MRI: where the model looked in the tumour")
         mri_section(src, case, method)
+    if not info.has_decoupled_features:
+        if v.co_attention is not None:
+            st.subheader(f"Where each {m1_label} looked: co-attention")
+            st.plotly_chart(co_attention_figure(v.co_attention, v.m1_names), key="co_attention")
+            st.caption(
+                f"The model's own {m1_label}-guided co-attention: each row is one {m1_label}'s weights over "
+                "this patient's patches (fold model that held the patient out); pick a row above to draw it."
+            )
+        st.stop()
     st.subheader(f"{m1_label[0].upper()}{m1_label[1:]}s per decoupled feature")
     if att is not None:
         _family_bars(att, m1_label)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import backend, components
+from app import audit_trail, backend, components
 from deref.errors import DeRefError
 from deref.figures import risk_histogram, risk_vs_time_figure
 
@@ -127,7 +127,12 @@ with components.guard("Cohort"):
     c2.plotly_chart(risk_vs_time_figure(table, names, backend.time_unit(src.run_dir)), key="risk_time")
     st.download_button(
         "Download the table (CSV)",
-        shown.reset_index().to_csv(index=False).encode(),
+        audit_trail.exported(
+            lambda: shown.reset_index().to_csv(index=False).encode(),
+            src.run_dir,
+            "cohort table csv",
+            f"{backend.run_name(src.run_dir)}_cohort.csv",
+        ),
         file_name=f"{backend.run_name(src.run_dir)}_cohort.csv",
         mime="text/csv",
         on_click="ignore",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import backend, components
+from app import audit_trail, backend, components
 from deref.figures import (
     clicked_case,
     comparison_display_table,
@@ -65,7 +65,7 @@ def _downloads(runs: tuple[str, ...], reference: str, resamples: int) -> None:
     for col, (name, data) in zip(cols, files.items()):
         col.download_button(
             name,
-            data=data,
+            data=audit_trail.exported(data, reference, f"comparison {name}", name),
             file_name=name,
             mime=MIME.get(name.rsplit(".", 1)[-1], "application/octet-stream"),
             on_click="ignore",

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import backend, components
+from app import audit_trail, backend, components
 from deref.errors import DeRefError
 from deref.explain.cohort_views import expert_labels
 from deref.figures import (
@@ -170,6 +170,9 @@ with components.guard("Patient"):
     if case is None:
         st.info("The cohort has no patient.")
         st.stop()
+    audit_trail.record("view_patient", run_dir=src.run_dir, case_id=case, page="patient")
+    if other is not None:
+        audit_trail.record("view_patient", run_dir=src.run_dir, case_id=other, page="patient (compared)")
     row = table.loc[case]
     if "missing" in row and row["missing"]:
         st.warning(

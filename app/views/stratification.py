@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import backend, components
+from app import audit_trail, backend, components
 from deref.errors import DeRefError
 from deref.figures import format_p, hazard_ratio_text, median_text
 
@@ -127,7 +127,12 @@ with components.guard("Stratification"):
     for col, fmt in zip(cols, ["png", "svg", "pdf", "csv"]):
         col.download_button(
             f"Kaplan–Meier {fmt.upper()}" + (" (300 dpi)" if fmt == "png" else ""),
-            data=lambda fmt=fmt: backend.km_export(*src.key, rule, source_choice, fmt),
+            data=audit_trail.exported(
+                lambda fmt=fmt: backend.km_export(*src.key, rule, source_choice, fmt),
+                src.run_dir,
+                f"kaplan-meier {fmt}",
+                f"{rep.file_stem('km')}.{fmt}",
+            ),
             file_name=f"{rep.file_stem('km')}.{fmt}",
             mime=MIME[fmt],
             on_click="ignore",
@@ -135,7 +140,12 @@ with components.guard("Stratification"):
         )
     cols[4].download_button(
         "Box plot PNG",
-        data=lambda: backend.km_export(*src.key, rule, source_choice, "png", "box"),
+        data=audit_trail.exported(
+            lambda: backend.km_export(*src.key, rule, source_choice, "png", "box"),
+            src.run_dir,
+            "box plot png",
+            f"{rep.file_stem('box')}.png",
+        ),
         file_name=f"{rep.file_stem('box')}.png",
         mime=MIME["png"],
         on_click="ignore",

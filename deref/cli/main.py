@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "genomics",
     "explain",
     "figures",
+    "audit",
 )
 
 

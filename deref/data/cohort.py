@@ -705,12 +705,30 @@ def check_table(
     case_str = df["case_id"].astype(str).str.strip()
     if "slide_id" in df.columns:
         problems += _slide_duplicate_problems(df["slide_id"], case_str, src, lines)
+        problems += _slide_name_problems(df["slide_id"], src, lines)
     else:
         problems += _case_duplicate_problems(case_str, blank_case, src, lines)
     labels = {time_col: time, censorship_col: cens}
     problems += _disagreement_problems(case_str, labels, genomic, gcols, src, lines)
     # In file order, like a linter; problems not tied to a line first.
     return sorted(problems, key=lambda p: -1 if p.row is None else p.row)
+
+
+def _slide_name_problems(slide_ids: pd.Series, src: str, lines: np.ndarray) -> list[Problem]:
+    """A slide id names a bag and a slide file inside a folder: a path separator or ``..`` in it
+    would reach outside that folder (refused at the cohort's edge, deref.access)."""
+    from deref.access import component_problem
+
+    out = []
+    for ln, value in zip(lines, slide_ids):
+        if pd.isna(value) or not str(value).strip():
+            continue
+        problem = component_problem(str(value).strip())
+        if problem:
+            out.append(
+                Problem(src, int(ln), "slide_id", f"slide_id {value!r} {problem}", "a plain file name")
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- cohort

@@ -33,7 +33,7 @@ import numpy as np
 from deref import __version__
 from deref.data.preprocess import Preprocessing
 from deref.errors import CheckpointError, ConfigError
-from deref.fileio import file_sha256  # noqa: F401 - re-exported by deref.runs
+from deref.fileio import file_sha256
 from deref.model import build_model
 from deref.runs.info import RUN_FORMAT, RunInfo
 
@@ -86,8 +86,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def save_checkpoint(
     fold_dir: Path, model: torch.nn.Module, preprocessing: Preprocessing, extra: dict | None = None
-) -> None:
-    """Write ``model.safetensors`` and ``preprocessing.json`` of one fold (atomically)."""
+) -> str:
+    """Write ``model.safetensors`` and ``preprocessing.json`` of one fold (atomically); returns
+    the weights' SHA-256, which run.json records (``FoldInfo.weights_sha256``) and loading checks."""
     from safetensors.torch import save_file
 
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +100,7 @@ def save_checkpoint(
     if extra:
         payload.update(extra)
     write_json(fold_dir / "preprocessing.json", payload)
+    return file_sha256(fold_dir / "model.safetensors")
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
@@ -180,6 +182,22 @@ class RunDir:
     def fold_dir(self, k: int) -> Path:
         return self.path / f"fold_{k}"
 
+    def _check_digest(self, k: int, weights: Path) -> None:
+        """The weights are the ones training wrote: their SHA-256 equals run.json's record (runs
+        written before it was recorded are not checked). A swapped, tampered or truncated file is
+        refused, naming it: safetensors executes no code, but a silently replaced model is wrong."""
+        expected = next((f.weights_sha256 for f in self.info.folds if f.index == k), None)
+        if expected is None:
+            return
+        if not weights.is_file():
+            raise CheckpointError(f"{weights}: weights file missing")
+        actual = file_sha256(weights)
+        if actual != expected:
+            raise CheckpointError(
+                f"{weights}: SHA-256 {actual[:16]}… differs from the {expected[:16]}… run.json recorded when "
+                "training wrote it (the file was replaced, edited or truncated); refusing to load it"
+            )
+
     def load_fold(self, k: int, device: str | torch.device = "cpu") -> FoldCheckpoint:
         if k not in self.fold_indices:
             raise CheckpointError(f"{self.path}: no fold {k}; folds are {self.fold_indices}")
@@ -194,7 +212,9 @@ class RunDir:
                 f"{self.fold_dir(k)}: preprocessing has group sizes {pre.m1_sizes}; the model config expects {cfg.m1_sizes}"
             )
         model = build_model(cfg)
-        load_weights(model, self.fold_dir(k) / "model.safetensors")
+        weights = self.fold_dir(k) / "model.safetensors"
+        self._check_digest(k, weights)
+        load_weights(model, weights)
         model.to(device).eval()
         mean = pre_json.get("wsi_mean")
         return FoldCheckpoint(k, model, pre, None if mean is None else np.asarray(mean, dtype=np.float32))

@@ -122,6 +122,8 @@ class FoldInfo:
     seconds: float | None = None
     horizon: float | None = None
     recalibration: Recalibration | None = None
+    #: SHA-256 of the fold's model.safetensors as training wrote it (checked at load).
+    weights_sha256: str | None = None
 
     @property
     def n_train(self) -> int:
@@ -189,6 +191,7 @@ class FoldInfo:
             seconds=None if d.get("seconds") is None else float(d["seconds"]),
             horizon=None if d.get("horizon") is None else float(d["horizon"]),
             recalibration=None if not d.get("recalibration") else Recalibration.from_dict(d["recalibration"]),
+            weights_sha256=d.get("weights_sha256") or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +200,8 @@ class FoldInfo:
             extra["horizon"] = self.horizon
         if self.recalibration is not None:
             extra["recalibration"] = self.recalibration.to_dict()
+        if self.weights_sha256 is not None:
+            extra["weights_sha256"] = self.weights_sha256
         return {
             "index": self.index,
             "seed": self.seed,

@@ -41,7 +41,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen:
+def start_server(
+    env: dict[str, str], port: int, log_path: Path, extra: list[str] = (), address: str = "127.0.0.1"
+) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -53,9 +55,10 @@ def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.P
         "--server.port",
         str(port),
         "--server.address",
-        "127.0.0.1",
+        address,
         "--browser.gatherUsageStats",
         "false",
+        *extra,
     ]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -356,7 +359,11 @@ def compare_server(small_demo: Path, compare_root: Path, tmp_path: Path):
     (demo / "comparison" / "deref").symlink_to(small_demo / "run")
     for name in ("snn-3", "snn-1"):
         (demo / "comparison" / name).symlink_to(compare_root / name)
-    with serve(DEREF_DEMO_DIR=str(demo), DEREF_RUNS_ROOT=str(demo / "no-runs-here")) as url:
+    # the symlinks lead to the shared demo and baselines: those folders are shared (data roots)
+    roots = os.pathsep.join(str(p) for p in (demo, small_demo, compare_root))
+    with serve(
+        DEREF_DEMO_DIR=str(demo), DEREF_RUNS_ROOT=str(demo / "no-runs-here"), DEREF_DATA_ROOTS=roots
+    ) as url:
         yield url
 
 

@@ -105,7 +105,9 @@ def test_unknown_patient_in_the_link_is_a_message(make_app):
 def test_bad_run_in_the_link_keeps_the_app_working(make_app):
     at = make_app(query={"run": "/no/such/run"})
     assert not at.exception
-    assert any("/no/such/run" in str(e.value) for e in at.sidebar.error)
+    errors = [str(e.value) for e in at.sidebar.error]
+    assert any("not available on this server" in e for e in errors), errors
+    assert not any("/no/such/run" in e for e in errors)  # the probed path is never echoed
     assert metric(at, "Patients")  # the default run is still shown
 
 
@@ -223,7 +225,13 @@ def test_model_page_metrics_and_provenance(make_app):
     assert {"ibs_null", "d_calibration_p"} <= set(table.columns)
 
 
-def test_load_section_reports_a_cohort_that_does_not_fit(make_app, small_demo, tmp_path):
+def _share(app_env, *folders) -> None:
+    """Serve these folders (DEREF_DATA_ROOTS): the Load form opens nothing outside a data root."""
+    app_env(DEREF_DATA_ROOTS=os.pathsep.join(str(f) for f in folders))
+
+
+def test_load_section_reports_a_cohort_that_does_not_fit(make_app, app_env, small_demo, tmp_path):
+    _share(app_env, small_demo, tmp_path)
     table = pd.read_csv(small_demo / "cohort" / "cohort.csv")
     drop = [c for c in table.columns if c.startswith("ONC")][:5]
     bad = tmp_path / "cohort.csv"
@@ -282,6 +290,8 @@ def test_exports_are_real_files_with_provenance(app_env, small_demo):
 def test_load_check_names_a_feature_dimension_mismatch(app_env, small_demo, tmp_path):
     """Bags whose embedding width differs from the model's wsi_dim are refused with both numbers."""
     from app import backend
+
+    _share(app_env, small_demo, tmp_path)
     from deref.data.bags import write_bag_h5
 
     table = pd.read_csv(small_demo / "cohort" / "cohort.csv", dtype={"case_id": str, "slide_id": str})
@@ -299,9 +309,10 @@ def test_load_check_names_a_feature_dimension_mismatch(app_env, small_demo, tmp_
     assert any("D = 7" in p and "wsi_dim" in p for p in problems_found), problems_found
 
 
-def test_another_cohort_table_is_predicted_by_the_run(make_app, small_demo, tmp_path):
+def test_another_cohort_table_is_predicted_by_the_run(make_app, app_env, small_demo, tmp_path):
     """A cohort given in the Load section is scored by the run's models (held-out fold when the
     patient was in a validation fold): the numbers match predictions.csv."""
+    _share(app_env, small_demo, tmp_path)
     table = pd.read_csv(small_demo / "cohort" / "cohort.csv", dtype={"case_id": str, "slide_id": str})
     keep = table["case_id"].drop_duplicates().iloc[:12]
     table[table["case_id"].isin(keep)].to_csv(tmp_path / "subset.csv", index=False)

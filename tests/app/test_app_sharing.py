@@ -1,0 +1,184 @@
+"""Safe to share: deep links name runs under data roots and probes all get one answer that names
+nothing; every view and export lands in the audit trail once; a run rewritten on disk is re-read
+without anyone clearing caches; a swapped weight file is refused by its recorded SHA-256."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from deref.access import NOT_AVAILABLE
+from deref.audit import read_audit
+from tests.app.test_app_pages import metric, problems
+
+
+def _page_text(at) -> str:
+    """Every text element of the page (main area and sidebar)."""
+    parts = []
+    for kind in (
+        "markdown",
+        "caption",
+        "error",
+        "warning",
+        "info",
+        "success",
+        "title",
+        "header",
+        "subheader",
+    ):
+        parts += [str(e.value) for e in getattr(at, kind)]
+        parts += [str(e.value) for e in getattr(at.sidebar, kind)]
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def shared(app_env, small_demo, tmp_path) -> dict[str, Path]:
+    """A data root holding a copy of the demo run, plus a secret folder beside it (not shared)."""
+    root = tmp_path / "shared"
+    runs = root / "runs"
+    runs.mkdir(parents=True)
+    shutil.copytree(small_demo / "run", runs / "demo-run")
+    secret = tmp_path / "secret"
+    shutil.copytree(small_demo / "run", secret / "stolen-run")
+    (runs / "escape").symlink_to(secret / "stolen-run")
+    audit = tmp_path / "audit" / "audit.jsonl"
+    app_env(
+        DEREF_DATA_ROOTS=os.pathsep.join([str(root), str(small_demo)]),
+        DEREF_RUNS_ROOT=str(runs),
+        DEREF_AUDIT_LOG=str(audit),
+    )
+    return {"root": root, "runs": runs, "secret": secret, "audit": audit}
+
+
+@pytest.mark.parametrize("probe", ["secret", "dotdot", "symlink", "missing", "etc", "exists-not-a-run"])
+def test_run_links_outside_a_root_all_get_one_answer(make_app, shared, small_demo, probe):
+    secret = shared["secret"]
+    link = {
+        "secret": str(secret / "stolen-run"),
+        "dotdot": "runs/../../secret/stolen-run",
+        "symlink": "runs/escape",
+        "missing": "runs/no-such-run",
+        "etc": "/etc",
+        "exists-not-a-run": str(secret),
+    }[probe]
+    at = make_app(query={"run": link})
+    assert not at.exception
+    errors = [str(e.value) for e in at.sidebar.error]
+    assert errors == [f"**Load:** the run in the link: that run: {NOT_AVAILABLE}"], errors
+    text = _page_text(at)
+    assert str(secret) not in text and "stolen" not in text and "/etc" not in text
+    assert metric(at, "Patients")  # the default run still shows
+
+
+def test_a_link_names_a_run_relative_to_its_root(make_app, shared):
+    at = make_app(query={"run": "runs/demo-run"})
+    assert not problems(at)
+    assert at.query_params["run"] == ["runs/demo-run"] or at.query_params.get("run") in (
+        "runs/demo-run",
+        ["runs/demo-run"],
+    )
+    assert str(shared["root"]) not in _page_text(at)  # the page shows names, not server paths
+    at = make_app("views/model.py", query={"run": "runs/demo-run"})
+    assert not problems(at)
+    assert "`runs/demo-run`" in _page_text(at) and str(shared["root"]) not in _page_text(at)
+
+
+def test_the_load_form_opens_nothing_outside_a_root(make_app, shared, small_demo):
+    at = make_app()
+    at.text_input(key="load_run_path").input(str(shared["secret"] / "stolen-run"))
+    at.button(key="load_submit").click().run()
+    assert [str(e.value) for e in at.sidebar.error] == [f"**Load:** that run: {NOT_AVAILABLE}"]
+    at.text_input(key="load_run_path").input("")
+    at.checkbox(key="load_own").uncheck()
+    at.text_input(key="load_table").input("/etc/passwd")
+    at.button(key="load_submit").click().run()
+    assert [str(e.value) for e in at.sidebar.error] == [f"**Load:** that cohort table: {NOT_AVAILABLE}"]
+
+
+def test_a_walk_writes_one_audit_line_per_view(make_app, shared, small_demo):
+    pred = pd.read_csv(small_demo / "run" / "predictions.csv", dtype={"case_id": str})
+    b = pred["case_id"].iloc[5]
+    at = make_app("views/patient.py", query={"run": "runs/demo-run"})
+    assert not problems(at)
+    a = at.selectbox(key="patient_select").value
+    at.run()  # a rerun of the same view is not a new view
+    at.selectbox(key="patient_select").set_value(b).run()
+    at.switch_page("views/attention.py").run()
+    at.selectbox(key="patient_select").set_value(b).run()
+    assert not problems(at)
+
+    def views(page):
+        log = read_audit(shared["audit"])
+        v = log[log["action"] == "view_patient"]
+        return [c for c, d in zip(v["case_id"], v["detail"]) if d["page"] == page]
+
+    assert views("patient") == [a, b]
+    assert views("attention")[-1] == b
+    seen = len(read_audit(shared["audit"]))
+    at.slider(key="ov_opacity").set_value(0.9).run()  # a control moved: still the same view
+    at.run()
+    log = read_audit(shared["audit"])
+    assert len(log) == seen
+    assert set(log["user"]) == {"local"} and log["session"].nunique() == 1 and (log["session"] != "").all()
+    slides = log[log["action"] == "view_slide"]
+    assert list(slides["case_id"])[-1] == b and slides["detail"].iloc[-1]["slide"]
+    assert list(log["action"]).count("open_run") == 1 and set(log["run"]) == {"runs/demo-run"}
+
+
+def test_an_export_is_audited_when_downloaded(shared, small_demo):
+    from app import audit_trail
+
+    produce = audit_trail.exported(lambda: b"png-bytes", str(shared["runs"] / "demo-run"), "km png", "km.png")
+    assert not shared["audit"].exists()  # rendering the button records nothing
+    assert produce() == b"png-bytes"
+    log = read_audit(shared["audit"])
+    assert list(log["action"]) == ["export"] and log["run"].iloc[0] == "runs/demo-run"
+    assert log["detail"].iloc[0] == {"what": "km png", "file": "km.png"}
+
+
+def test_a_run_rewritten_on_disk_is_re_read_without_clearing(make_app, shared):
+    run = shared["runs"] / "demo-run"
+    at = make_app(query={"run": "runs/demo-run"})
+    before = at.dataframe(key="cohort_table").value.set_index("case_id")["risk"]
+    pred = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
+    pred["risk"] = pred["risk"] + 100.0
+    pred.to_csv(run / "predictions.csv", index=False)
+    at.run()
+    after = at.dataframe(key="cohort_table").value.set_index("case_id")["risk"]
+    assert (after.loc[before.index] - before).round(6).eq(100.0).all()
+
+
+def _record_digests(run: Path) -> None:
+    """What training records since weights were fingerprinted (a cached demo may predate it)."""
+    import dataclasses
+
+    from deref.fileio import file_sha256
+    from deref.runs import RunDir, write_run_info
+
+    info = RunDir(run).info
+    folds = tuple(
+        dataclasses.replace(f, weights_sha256=file_sha256(run / f"fold_{f.index}" / "model.safetensors"))
+        for f in info.folds
+    )
+    write_run_info(run, dataclasses.replace(info, folds=folds))
+
+
+def test_a_tampered_weight_file_is_refused_then_recovered(make_app, shared, small_demo):
+    run = shared["runs"] / "demo-run"
+    weights = run / "fold_0" / "model.safetensors"
+    good = weights.read_bytes()
+    _record_digests(run)
+    pred = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
+    case = pred.loc[pred["fold"] == 0, "case_id"].iloc[0]
+    weights.write_bytes(good[: len(good) // 2])  # truncated
+    at = make_app("views/patient.py", query={"run": "runs/demo-run", "patient": case})
+    errors = [str(e.value) for e in at.error]
+    assert any("model.safetensors" in e and "SHA-256" in e and "refusing" in e for e in errors), errors
+    weights.write_bytes(good)  # restored: picked up without a restart or a cache clear
+    at.run()
+    assert not problems(at)
+    assert metric(at, "Risk")
