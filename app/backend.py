@@ -36,7 +36,7 @@ import pandas as pd
 import streamlit as st
 
 from deref.access import AccessError, DataRoots, component_problem
-from deref.errors import CheckpointError, ConfigError, DataError
+from deref.errors import CheckpointError, ConfigError, DataError, DeRefError
 from deref.runs import RunInfo
 
 log = logging.getLogger("deref.app")
@@ -415,7 +415,10 @@ def time_unit(run_dir: str) -> str:
 
 
 def cohort_name(source: Source) -> str:
-    table = source.table or run_table(source.run_dir)[0]
+    try:
+        table = source.table or run_table(source.run_dir)[0]
+    except (DeRefError, OSError):  # the run vanished or broke: the page says so below
+        table = None
     if not table:
         return "cohort"
     p = Path(table)
@@ -426,7 +429,10 @@ def cohort_name(source: Source) -> str:
 
 
 def run_name(run_dir: str) -> str:
-    return run_info(run_dir).name or Path(run_dir).name
+    try:
+        return run_info(run_dir).name or Path(run_dir).name
+    except (DeRefError, OSError):  # the run vanished or broke: the page says so below
+        return Path(run_dir).name
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -567,6 +573,7 @@ class PatientView:
     model_type: str = "deref"
     attention_labels: tuple[str, ...] | None = None  # names of wsi_attention's rows (peers)
     co_attention: np.ndarray | None = None  # (G, N_patches) MCAT / MOTCat co-attention
+    gate_labels: tuple[str, ...] | None = None  # a peer's gate columns (MoME's router)
     m1_names: tuple[str, ...] = ()
 
 
@@ -648,6 +655,7 @@ def patient_view(
         attention_labels=_attention_labels(lr, k, out.wsi_attention),
         co_attention=arr(out.co_attention) if drop != "wsi" else None,
         m1_names=tuple(lr.predictor.config.m1_names),
+        gate_labels=getattr(lr.predictor.fold(k).model, "gate_names", None),
     )
 
 

@@ -225,6 +225,8 @@ class _LoadChoice:
 def _load_form(source: Source | None) -> _LoadChoice | None:
     """The Load form's widgets; the choice when it was submitted, else None."""
     known = backend.discover_runs()
+    if source is not None and source.run_dir not in known:
+        known = [source.run_dir, *known]  # the run in use stays listed even if it vanished from disk
     with st.form("load_form", border=False):
         options = known + ["other…"]
         current = source.run_dir if source is not None and source.run_dir in known else None
@@ -333,6 +335,11 @@ def require_source() -> Source:
         st.info("No run is loaded. Pick a run directory in the sidebar's **Load** section.")
         st.stop()
     problems = []
+    try:
+        backend.data_roots().check(src.run_dir, "the run in use", kind="run")
+    except Exception as exc:  # noqa: BLE001 - moved, deleted or unreadable: one line, no path
+        st.error(f"**Run:** {reported(exc, 'run check')} It is shown again as soon as it is back on disk.")
+        st.stop()
     try:
         problems = backend.compatibility(*src.key)
     except Exception as exc:  # noqa: BLE001 - the page says why it cannot show the cohort

@@ -106,16 +106,13 @@ class DataRoots:
         """``path`` relative to the first root holding it (the name links and pages show), or
         ``<root folder name>/<relative>`` when the shorter name would resolve to another path."""
         real = _real(path)
-        for r in self.roots:
+        for i, r in enumerate(self.roots):
             if _inside(real, r):
                 rel = real.relative_to(r)
                 short = str(rel) if str(rel) != "." else r.name
-                try:
-                    if self.resolve(short) == real:
-                        return short
-                except AccessError:
-                    pass
-                return str(Path(r.name) / rel)
+                # the same name under an earlier root would win (whether or not ``path`` exists now)
+                taken = any(_usable(_real(other / short), "any") for other in self.roots[:i])
+                return str(Path(r.name) / rel) if taken else short
         raise AccessError()
 
 

@@ -130,6 +130,15 @@ def _features_section(src: backend.Source, case: str, v: backend.PatientView) ->
     if v.gate is None and v.features is None:
         st.info("This model has no decoupled features or gate (a baseline).")
         return
+    if v.gate_labels is not None:  # a peer's own gate (MoME's router), not DeReF's experts
+        from deref.model.config import MODEL_NAMES
+
+        st.info(
+            f"This model ({MODEL_NAMES.get(v.model_type, v.model_type)}) has no decoupled features; its router "
+            "chose among these fusion experts for this patient:"
+        )
+        st.plotly_chart(gate_weights_bar(v.gate, v.gate_labels), key="gate")
+        return
     g1, g2 = st.columns(2)
     if v.gate is not None:
         g1.plotly_chart(gate_weights_bar(v.gate, expert_labels(len(v.gate), v.feature_names)), key="gate")

@@ -4,8 +4,11 @@ attention branch per time bin."""
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.app.test_app_pages import problems
@@ -29,7 +32,7 @@ def peer_run_dirs(small_demo, tmp_path_factory) -> dict[str, Path]:
     folds = read_mcat_splits(small_demo / "run" / "splits")
     root = tmp_path_factory.mktemp("peer-app-runs")
     out = {}
-    for model in ("mcat", "clam_mb"):
+    for model in ("mcat", "clam_mb", "mome"):
         cfg = ModelConfig(model_type=model, m1_sizes=tuple(f.size for f in cohort.families), **DEMO_MODEL)
         train_cross_validation(
             cohort,
@@ -79,3 +82,24 @@ def test_clam_mb_attention_page_names_its_branches(make_app, app_env, peer_run_d
     assert len(branches) == n_bins, targets
     assert not any(t.startswith("co-attention") for t in targets)
     assert not [c for c in at.get("plotly_chart") if c.proto.id.endswith("co_attention")]
+
+
+@pytest.mark.slow
+def test_mome_patient_page_shows_its_router(make_app, app_env, peer_run_dirs):
+    app_env(DEREF_RUN=peer_run_dirs["mome"])
+    at = make_app("views/patient.py")
+    assert not problems(at)
+    assert any("(MoME) has no decoupled features" in str(i.value) for i in at.info)
+    gate = [c for c in at.get("plotly_chart") if c.proto.id.endswith("gate")]
+    assert len(gate) == 1
+    spec = json.loads(gate[0].proto.spec)
+    assert list(spec["data"][0]["y"]) == [
+        f"fusion expert: {e}" for e in ("trans", "bottleneck", "add", "drop")
+    ]
+    x = spec["data"][0]["x"]
+    if isinstance(x, dict):  # plotly's binary array encoding
+        x = np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"])
+    assert sorted(np.round(np.asarray(x, float), 6)) == [0, 0, 0, 1]  # hard routing: one expert chosen
+    for page in ("views/attention.py", "views/model.py"):
+        at = make_app(page)
+        assert not problems(at), (page, problems(at))

@@ -182,3 +182,95 @@ def test_a_tampered_weight_file_is_refused_then_recovered(make_app, shared, smal
     at.run()
     assert not problems(at)
     assert metric(at, "Risk")
+
+
+# ----------------------------------------------------------------------------- faults while running
+def _one_line_problem(at) -> str:
+    found = problems(at) + [str(w.value) for w in at.warning]
+    assert found, "expected a message on the page"
+    for text in found:
+        assert "Traceback" not in text and "\n" not in text.split("**", 2)[-1].strip(), text
+    return " | ".join(found)
+
+
+def test_the_run_deleted_then_restored(make_app, shared):
+    run = shared["runs"] / "demo-run"
+    at = make_app(query={"run": "runs/demo-run"})
+    assert not problems(at)
+    moved = shared["root"] / "moved-away"
+    run.rename(moved)
+    at.run()
+    text = _one_line_problem(at)
+    assert f"the run in use: {NOT_AVAILABLE}" in text and str(shared["root"]) not in text, text
+    at.switch_page("views/compare.py").run()  # another page still draws (its own message at most)
+    assert not at.exception
+    moved.rename(run)
+    at.switch_page("views/cohort.py").run()
+    assert not problems(at) and metric(at, "Patients") == "40"
+
+
+def test_a_corrupted_explanation_cache_file_is_recomputed(make_app, shared):
+    at = make_app("views/attention.py", query={"run": "runs/demo-run"})
+    assert not problems(at)
+    cache = sorted((shared["runs"] / "demo-run" / "explanations").rglob("*.npz"))
+    assert cache, "the Attention page writes the explanation cache"
+    for f in cache:
+        f.write_bytes(b"not an npz at all")
+    from app import backend
+
+    backend.clear_all()  # a new process: nothing in memory, only the corrupted files on disk
+    at = make_app("views/attention.py", query={"run": "runs/demo-run"})
+    assert not problems(at)
+    assert at.selectbox(key="att_target").options
+
+
+def test_a_slide_removed_draws_on_a_blank_canvas(make_app, app_env, shared, small_demo, tmp_path):
+    slides = tmp_path / "slides"
+    shutil.copytree(small_demo / "cohort" / "slides", slides)
+    app_env(
+        DEREF_DATA_ROOTS=os.pathsep.join([str(shared["root"]), str(small_demo), str(slides)]),
+        DEREF_RUNS_ROOT=str(shared["runs"]),
+        DEREF_AUDIT_LOG=str(shared["audit"]),
+        DEREF_SLIDE_DIR=str(slides),
+        DEREF_RUN=str(shared["runs"] / "demo-run"),
+    )
+    at = make_app("views/attention.py")
+    assert not problems(at) and not any("Slide not available" in str(w.value) for w in at.warning)
+    for f in slides.iterdir():
+        f.unlink()
+    from app import backend
+
+    backend.thumbnail.clear()
+    at.run()
+    assert not problems(at)
+    assert any("Slide not available" in str(w.value) for w in at.warning), [str(w.value) for w in at.warning] + [str(i.value) for i in at.info]
+    assert len(at.get("image")) >= 1  # the scores still drawn, from the patch coordinates
+
+
+def test_a_cohort_table_rewritten_with_a_bad_row_then_restored(
+    make_app, app_env, shared, small_demo, tmp_path
+):
+    table = tmp_path / "cohort" / "cohort.csv"
+    table.parent.mkdir()
+    shutil.copy(small_demo / "cohort" / "cohort.csv", table)
+    app_env(
+        DEREF_DATA_ROOTS=os.pathsep.join([str(shared["root"]), str(small_demo), str(tmp_path)]),
+        DEREF_RUNS_ROOT=str(shared["runs"]),
+        DEREF_TABLE=str(table),
+        DEREF_BAG_DIR=str(small_demo / "cohort" / "bags"),
+        DEREF_RUN=str(shared["runs"] / "demo-run"),
+    )
+    at = make_app()
+    assert not problems(at) and metric(at, "Patients") == "40"
+    good = table.read_text()
+    df = pd.read_csv(table, dtype=str)
+    df.loc[6, "survival_months"] = "soon"
+    df.to_csv(table, index=False)
+    at.run()
+    text = _one_line_problem(at)
+    assert "cohort.csv" in text and ":8:" in text and "survival_months" in text, text
+    at.switch_page("views/model.py").run()  # the run's own pages do not need the broken table
+    assert not at.exception
+    table.write_text(good)
+    at.switch_page("views/cohort.py").run()
+    assert not problems(at) and metric(at, "Patients") == "40"

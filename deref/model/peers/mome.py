@@ -366,6 +366,11 @@ class MoME(_Baseline):
 
     modalities = ("m1", "wsi")
 
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """What ``gate``'s columns are: the last MoME layer's fusion experts (the Patient page)."""
+        return tuple(f"fusion expert: {name}" for name in self.config.mome_experts)
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         _validate(config)
