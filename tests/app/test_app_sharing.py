@@ -243,7 +243,7 @@ def test_a_slide_removed_draws_on_a_blank_canvas(make_app, app_env, shared, smal
     backend.thumbnail.clear()
     at.run()
     assert not problems(at)
-    assert any("Slide not available" in str(w.value) for w in at.warning), [str(w.value) for w in at.warning] + [str(i.value) for i in at.info]
+    assert any("Slide not available" in str(w.value) for w in at.warning)
     assert len(at.get("image")) >= 1  # the scores still drawn, from the patch coordinates
 
 
