@@ -395,9 +395,10 @@ def patient_picker(
         risks = table["risk"].to_numpy(float)
         wanted = ids[int(np.nanargmax(risks))] if np.isfinite(risks).any() else ids[0]
     st.session_state[state_key] = wanted
-    # the widget follows the mirrored value (set by a deep link, a table click or another page)
-    if st.session_state.get(key, "__unset__") != wanted:
-        st.session_state[key] = wanted
+    # the widget follows the mirrored value (set by a deep link, a table click or another page).
+    # Always assigned: after a page switch the key still holds the old page's value, but the new
+    # page's widget is another widget and would start at its first option without it.
+    st.session_state[key] = wanted
     options = ([None] if allow_none else []) + ids
 
     def fmt(c: str | None) -> str:

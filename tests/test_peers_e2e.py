@@ -6,6 +6,8 @@ shows the peer's own attention or co-attention instead of decoupled-feature attr
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,3 +95,29 @@ def test_compare_lists_every_peer_beside_deref(peer_runs, tmp_path):
     assert [p["other"] for p in res["pairs"]] == list(PEERS)
     for p in res["pairs"]:
         assert p["delta_c_ci_low"] <= p["delta_c"] <= p["delta_c_ci_high"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(PEERS))
+def test_peer_run_opens_in_the_dashboard(peer_runs, model, small_demo, monkeypatch):
+    """Patient and Attention pages of every peer's run: no error; a page that needs decoupled
+    features says the model has none and shows the peer's own maps instead."""
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parents[1]
+    for var in [v for v in os.environ if v.startswith("DEREF_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("DEREF_RUN", str(peer_runs / model))
+    monkeypatch.setenv("DEREF_DEMO_DIR", str(small_demo))
+    monkeypatch.setenv("DEREF_SLIDE_DIR", str(small_demo / "cohort" / "slides"))
+    monkeypatch.setenv("DEREF_NO_PREWARM", "1")
+    monkeypatch.setenv("DEREF_AUDIT_LOG", str(peer_runs / f"{model}-audit.jsonl"))
+    at = AppTest.from_file(str(repo / "app" / "main.py"), default_timeout=180).run()
+    for page in ("views/patient.py", "views/attention.py"):
+        at.switch_page(page).run()
+        errors = [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]
+        assert not errors, (model, page, errors)
+    infos = " ".join(str(i.value) for i in at.info)
+    assert f"({MODEL_NAMES[model]}) has no decoupled features" in infos
+    targets = at.selectbox(key="att_target").options
+    assert targets and not any("shared feature" in t for t in targets)
