@@ -26,6 +26,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,14 +300,52 @@ def prewarm(source: Source) -> None:
             loaded_run(source.run_dir)
         except Exception:  # noqa: BLE001 - the page that needs the model reports the error
             log.warning("prewarming %s failed", source.run_dir, exc_info=True)
+            return
         # the survival statistics and static figures load lazily (the Cohort page needs neither)
         for name in ("lifelines", "matplotlib.figure"):
             try:
                 importlib.import_module(name)
             except ImportError:  # noqa: PERF203 - reported by the page that needs it
                 log.warning("prewarming: cannot import %s", name, exc_info=True)
+        precompute_patients(source)
 
     threading.Thread(target=work, name="deref-prewarm", daemon=True).start()
+
+
+ENV_PRECOMPUTE_MAX = "DEREF_PRECOMPUTE_MAX"  # cohorts up to this size are precomputed (default 1000; 0: never)
+
+
+def precompute_patients(source: Source) -> int:
+    """Fill the caches every session shares with each patient's page results -- the model output,
+    its two "what if" variants and the gradient attributions (also written to the run's explanation
+    cache on disk) -- in the background, highest risk first, exactly as the Patient and Attention
+    pages ask for them. Concurrent users then read results instead of queueing for the model
+    (issue 17's load test). One model call at a time, each under the run's lock, so a live request
+    waits for at most one. Returns how many patients were done."""
+    limit = int(os.environ.get(ENV_PRECOMPUTE_MAX, "1000") or 0)
+    try:
+        table = cohort_table(*source.key)
+    except Exception:  # noqa: BLE001 - the pages report it
+        return 0
+    if limit <= 0 or len(table) > limit:
+        return 0
+    order = table.sort_values("risk", ascending=False, na_position="last").index
+    info = run_info(source.run_dir)
+    done = 0
+    for case in order:
+        try:
+            v = patient_view(*source.key, case)
+            patient_view(*source.key, case, "m1")
+            if info.needs_wsi:
+                patient_view(*source.key, case, "wsi")
+            if info.has_decoupled_features:
+                patient_attribution(*source.key, case, "grad", v.fold, source.slide_dir)
+            done += 1
+        except Exception:  # noqa: BLE001 - that patient's page reports it; the others go on
+            log.debug("precomputing %s failed", case, exc_info=True)
+        time.sleep(0.005)  # let live requests take the lock between patients
+    log.info("precomputed %d patients of %s", done, source.run_dir)
+    return done
 
 
 # --------------------------------------------------------------------------------------------

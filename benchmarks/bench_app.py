@@ -216,6 +216,7 @@ def measure_browser(demo: Path, repeats: int) -> dict[str, float]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEREF_")}
     env["DEREF_DEMO_DIR"] = str(demo)
+    env["DEREF_PRECOMPUTE_MAX"] = "0"  # patients "never shown before" must not be precomputed
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [

@@ -85,6 +85,7 @@ def serve(**deref_env: str):
     pytest.importorskip("playwright.sync_api", reason="playwright (python package) not installed")
     ARTIFACTS.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEREF_")}
+    env["DEREF_PRECOMPUTE_MAX"] = "0"  # no background precomputation competing with the test's clicks
     env.update(deref_env)
     port = free_port()
     proc = start_server(env, port, ARTIFACTS / "streamlit-server.log")
