@@ -18,30 +18,17 @@ and the administrators.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 
 import streamlit as st
 
+from deref.access import is_loopback
+
 ENV_OPEN = "DEREF_OPEN"
 ENV_ALLOWED = "DEREF_ALLOWED_USERS"
 ENV_ADMINS = "DEREF_ADMINS"
 LOCAL = "local"
-
-
-def is_loopback(address: str | None) -> bool:
-    """Whether a bind address reaches only this machine (``127.0.0.1``, ``::1``, ``localhost``).
-    An empty address is Streamlit's "every interface"."""
-    text = (address or "").strip().strip("[]")
-    if not text:
-        return False
-    if text == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(text).is_loopback
-    except ValueError:
-        return False
 
 
 def _secrets_section(name: str) -> dict:

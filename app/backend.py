@@ -312,7 +312,9 @@ def prewarm(source: Source) -> None:
     threading.Thread(target=work, name="deref-prewarm", daemon=True).start()
 
 
-ENV_PRECOMPUTE_MAX = "DEREF_PRECOMPUTE_MAX"  # cohorts up to this size are precomputed (default 1000; 0: never)
+ENV_PRECOMPUTE_MAX = (
+    "DEREF_PRECOMPUTE_MAX"  # cohorts up to this size are precomputed (default 1000; 0: never)
+)
 
 
 def precompute_patients(source: Source) -> int:

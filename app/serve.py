@@ -16,18 +16,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-
-def _loopback(address: str) -> bool:
-    import ipaddress
-
-    text = address.strip().strip("[]")
-    if text == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(text).is_loopback
-    except ValueError:
-        return False
+from deref.access import is_loopback  # noqa: E402  (no streamlit: the refusal comes first)
 
 
 def sign_in_configured(secrets: Path) -> bool:
@@ -40,7 +32,7 @@ def sign_in_configured(secrets: Path) -> bool:
 
 
 def refusal(address: str, secrets: Path, open_flag: bool) -> str | None:
-    if _loopback(address) or open_flag or sign_in_configured(secrets):
+    if is_loopback(address) or open_flag or sign_in_configured(secrets):
         return None
     return (
         f"refusing to serve DeReF Studio on {address or 'every interface'} without sign-in: add an [auth] "

@@ -120,11 +120,15 @@ class Session:
         self.times.append((name, time.perf_counter() - t0))
         boxes = page.locator("[data-testid='stAlert'] [data-testid='stAlertContentError']")
         if await boxes.count():
-            self.errors.append(f"session {self.index} {name}: error box: {(await boxes.first.inner_text())[:120]}")
+            self.errors.append(
+                f"session {self.index} {name}: error box: {(await boxes.first.inner_text())[:120]}"
+            )
         if case is not None:
             shown = await _shown_patient(page)
             if case not in shown:
-                self.errors.append(f"session {self.index} {name}: shows {shown[:40]!r}, its patient is {case}")
+                self.errors.append(
+                    f"session {self.index} {name}: shows {shown[:40]!r}, its patient is {case}"
+                )
 
     async def walk(self, browser, seconds: float, timeout_ms: int) -> None:
         ctx = await browser.new_context(viewport={"width": 1400, "height": 1400})
@@ -189,7 +193,9 @@ def measure(demo: Path, sessions: int, seconds: float, timeout_s: float = 120, e
     sampler.start()
     t0 = time.perf_counter()
     try:
-        walkers = asyncio.run(_load(f"http://127.0.0.1:{port}", cases, sessions, seconds, int(timeout_s * 1000)))
+        walkers = asyncio.run(
+            _load(f"http://127.0.0.1:{port}", cases, sessions, seconds, int(timeout_s * 1000))
+        )
     finally:
         sampler.stop.set()
         proc.terminate()

@@ -129,6 +129,20 @@ def _usable(path: Path, kind: str) -> bool:
         return False
 
 
+def is_loopback(address: str | None) -> bool:
+    """Whether a bind address reaches only this machine (``127.0.0.1``, ``::1``, ``localhost``);
+    an empty address is "every interface"."""
+    import ipaddress
+
+    text = (address or "").strip().strip("[]")
+    if text == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
 def component_problem(value: object) -> str | None:
     """Why ``value`` cannot be a file name inside a folder (a slide id, a bag name), or None."""
     text = str(value)
@@ -159,5 +173,6 @@ __all__ = [
     "AccessError",
     "DataRoots",
     "component_problem",
+    "is_loopback",
     "check_component",
 ]

@@ -31,6 +31,7 @@ DIST_OF = {
     "openslide": "openslide-python",
     "nystrom_attention": "nystrom-attention",
     "yaml": "pyyaml",
+    "ot": "pot",
 }
 
 

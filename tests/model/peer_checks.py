@@ -91,3 +91,37 @@ def check_batch_equals_single(model_type: str, atol: float = 1e-5, **changes):
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def check_missing_inputs(model_type: str, group: int = 0, **changes) -> None:
+    """``allow_missing``: a missing genomic group (a NaN row) scores as its training mean (zero
+    after standardization); a patient without a slide (a NaN bag) is refused, naming the patient."""
+    import pytest
+
+    from deref.errors import InputError
+
+    torch.manual_seed(0)
+    cfg = tiny_config(model_type=model_type, allow_missing=True, **changes)
+    model = build_model(cfg).eval()
+    m1, wsi, mask, _, _ = tiny_inputs(cfg, b=2, sizes=[6, 11])
+    gap = [x.clone() for x in m1]
+    gap[group][1] = float("nan")
+    zero = [x.clone() for x in m1]
+    zero[group][1] = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(model(gap, wsi, mask).risk, model(zero, wsi, mask).risk)
+    wsi[1] = float("nan")
+    with pytest.raises(InputError, match="patient 1"):
+        model(m1, wsi, mask)
+
+
+def check_bf16(model_type: str, **changes):
+    """An eval forward under CPU bfloat16 autocast gives finite risks; returns the output."""
+    torch.manual_seed(0)
+    cfg = tiny_config(model_type=model_type, **changes)
+    model = build_model(cfg).eval()
+    m1, wsi, mask, _, _ = tiny_inputs(cfg, b=3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(m1, wsi, mask)
+    assert torch.isfinite(out.risk.float()).all()
+    return out

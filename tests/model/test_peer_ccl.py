@@ -9,14 +9,16 @@ import math
 import pytest
 import torch
 
-from deref.errors import ConfigError, InputError
+from deref.errors import ConfigError
 from deref.model import ModelConfig, build_model, tiny_config
 from deref.model.baselines import _output
 from deref.model.encoders import PPEG
 from deref.model.peers.ccl import InteractionEstimator, intra_loss, kmeans, match_to_prototypes
 from tests.model.peer_checks import (
     check_batch_equals_single,
+    check_bf16,
     check_eval_deterministic,
+    check_missing_inputs,
     check_trains,
     n_params,
     tiny_inputs,
@@ -235,18 +237,9 @@ def test_specific_knowledge_comes_from_its_own_modality():
     torch.testing.assert_close(know[:, 3], model.know_decompose.path_spec(path))
 
 
-def test_runs_under_bf16_autocast_and_with_missing_genomics():
-    torch.manual_seed(0)
-    cfg = tiny_config(model_type="ccl", allow_missing=True)
-    model = build_model(cfg).eval()
-    m1, wsi, mask, _, _ = tiny_inputs(cfg, b=2, sizes=[6, 11])
-    m1[1][0] = float("nan")
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(m1, wsi, mask)
-    assert torch.isfinite(out.risk.float()).all()
-    wsi[0] = float("nan")
-    with pytest.raises(InputError, match="no slide"):
-        model(m1, wsi, mask)
+def test_runs_under_bf16_autocast_and_with_missing_inputs():
+    check_bf16("ccl")
+    check_missing_inputs("ccl", group=2)
 
 
 @pytest.mark.parametrize(

@@ -6,13 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deref.errors import ConfigError, InputError
+from deref.errors import ConfigError
 from deref.model import ModelConfig, build_model, tiny_config
 from deref.model.baselines import _output
 from deref.model.peers.cmta import fold_attention, square_complete
 from tests.model.peer_checks import (
     check_batch_equals_single,
+    check_bf16,
     check_eval_deterministic,
+    check_missing_inputs,
     check_trains,
     n_params,
     tiny_inputs,
@@ -146,18 +148,9 @@ def test_hook_on_a_real_batch_is_the_mean_absolute_difference():
     assert expected.item() > 0
 
 
-def test_runs_under_bf16_autocast_and_with_missing_genomics():
-    torch.manual_seed(0)
-    cfg = tiny_config(model_type="cmta", allow_missing=True)
-    model = build_model(cfg).eval()
-    m1, wsi, mask, _, _ = tiny_inputs(cfg, b=2, sizes=[6, 11])
-    m1[2][1] = float("nan")
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(m1, wsi, mask)
-    assert torch.isfinite(out.risk.float()).all()
-    wsi[1] = float("nan")
-    with pytest.raises(InputError, match="no slide"):
-        model(m1, wsi, mask)
+def test_runs_under_bf16_autocast_and_with_missing_inputs():
+    check_bf16("cmta")
+    check_missing_inputs("cmta", group=2)
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,14 @@ import math
 import pytest
 import torch
 
-from deref.errors import ConfigError, InputError
+from deref.errors import ConfigError
 from deref.model import ModelConfig, build_model, collate_bags, tiny_config
 from deref.training import l1_target
 from tests.model.peer_checks import (
     check_batch_equals_single,
+    check_bf16,
     check_eval_deterministic,
+    check_missing_inputs,
     check_trains,
     n_params,
     tiny_inputs,
@@ -140,25 +142,11 @@ def test_no_auxiliary_loss_and_l1_targets_the_genomic_snns():
 
 
 def test_missing_genomic_group_is_its_mean_and_a_missing_slide_is_refused():
-    model = _model(allow_missing=True)
-    m1, wsi, mask, _, _ = tiny_inputs(model.config, b=2, sizes=[4, 6])
-    gap = [x.clone() for x in m1]
-    gap[2][1] = float("nan")
-    zero = [x.clone() for x in m1]
-    zero[2][1] = 0.0
-    with torch.no_grad():
-        torch.testing.assert_close(model(gap, wsi, mask).risk, model(zero, wsi, mask).risk)
-    wsi[1, :6] = float("nan")
-    with pytest.raises(InputError, match="patient 1"):
-        model(m1, wsi, mask)
+    check_missing_inputs("mcat", group=2)
 
 
 def test_bf16_autocast_runs():
-    model = _model()
-    m1, wsi, mask, _, _ = tiny_inputs(model.config, b=3)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(m1, wsi, mask)
-    assert torch.isfinite(out.risk.float()).all()
+    check_bf16("mcat")
 
 
 @pytest.mark.parametrize(

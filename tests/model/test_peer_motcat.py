@@ -10,13 +10,15 @@ import ot
 import pytest
 import torch
 
-from deref.errors import ConfigError, InputError
+from deref.errors import ConfigError
 from deref.model import ModelConfig, build_model, collate_bags, tiny_config
 from deref.model.peers.motcat import micro_batches, transport_plan, unbalanced_plan
 from deref.training import l1_target
 from tests.model.peer_checks import (
     check_batch_equals_single,
+    check_bf16,
     check_eval_deterministic,
+    check_missing_inputs,
     check_trains,
     n_params,
     tiny_inputs,
@@ -217,25 +219,11 @@ def test_no_auxiliary_loss_and_l1_targets_the_genomic_snns():
 
 
 def test_missing_genomic_group_is_its_mean_and_a_missing_slide_is_refused():
-    model = _model(allow_missing=True)
-    m1, wsi, mask, _, _ = tiny_inputs(model.config, b=2, sizes=[4, 6])
-    gap = [x.clone() for x in m1]
-    gap[0][0] = float("nan")
-    zero = [x.clone() for x in m1]
-    zero[0][0] = 0.0
-    with torch.no_grad():
-        torch.testing.assert_close(model(gap, wsi, mask).risk, model(zero, wsi, mask).risk)
-    wsi[0, :4] = float("nan")
-    with pytest.raises(InputError, match="patient 0"):
-        model(m1, wsi, mask)
+    check_missing_inputs("motcat", group=0)
 
 
 def test_bf16_autocast_runs():
-    model = _model()
-    m1, wsi, mask, _, _ = tiny_inputs(model.config, b=3)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(m1, wsi, mask)
-    assert torch.isfinite(out.risk.float()).all()
+    out = check_bf16("motcat")
     torch.testing.assert_close(out.co_attention.sum(-1), torch.ones(3, 6))
 
 
