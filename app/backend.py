@@ -312,9 +312,11 @@ def prewarm(source: Source) -> None:
     threading.Thread(target=work, name="deref-prewarm", daemon=True).start()
 
 
-ENV_PRECOMPUTE_MAX = (
-    "DEREF_PRECOMPUTE_MAX"  # cohorts up to this size are precomputed (default 1000; 0: never)
-)
+#: Cohorts up to this size are precomputed in the background after the models load (default 0:
+#: never). Opt-in: on a small server the precomputation competes with the first users for the
+#: CPU (measured with benchmarks/bench_load.py, 4 sessions on 2 cores: page-ready p95 39 s with it
+#: running, 19 s without); it pays when the server starts well before they arrive.
+ENV_PRECOMPUTE_MAX = "DEREF_PRECOMPUTE_MAX"
 
 
 def precompute_patients(source: Source) -> int:
@@ -324,7 +326,7 @@ def precompute_patients(source: Source) -> int:
     pages ask for them. Concurrent users then read results instead of queueing for the model
     (issue 17's load test). One model call at a time, each under the run's lock, so a live request
     waits for at most one. Returns how many patients were done."""
-    limit = int(os.environ.get(ENV_PRECOMPUTE_MAX, "1000") or 0)
+    limit = int(os.environ.get(ENV_PRECOMPUTE_MAX, "0") or 0)
     try:
         table = cohort_table(*source.key)
     except Exception:  # noqa: BLE001 - the pages report it

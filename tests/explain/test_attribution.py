@@ -332,6 +332,22 @@ def test_missing_targets_are_computed_and_merged_into_the_entry(predictor, cohor
     assert not other_steps.from_cache  # the settings are part of the key
 
 
+def _rerecord_digest(run, k: int) -> None:
+    import dataclasses
+
+    from deref.fileio import file_sha256
+    from deref.runs import RunDir, write_run_info
+
+    info = RunDir(run).info
+    folds = tuple(
+        dataclasses.replace(f, weights_sha256=file_sha256(run / f"fold_{k}" / "model.safetensors"))
+        if f.index == k
+        else f
+        for f in info.folds
+    )
+    write_run_info(run, dataclasses.replace(info, folds=folds))
+
+
 def test_a_changed_model_invalidates_the_cache(small_demo, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(small_demo / "run", run, ignore=shutil.ignore_patterns("explanations"))
@@ -344,6 +360,7 @@ def test_a_changed_model_invalidates_the_cache(small_demo, tmp_path):
     state = load_file(str(weights))
     state["head.bias"] = state["head.bias"] + 0.5
     save_file(state, str(weights))
+    _rerecord_digest(run, k)  # as retraining would: run.json records the new weights' SHA-256
     fresh = Predictor.from_run(run, device="cpu")
     after = explain_patient(fresh, coh, "DEMO-0016", targets=["risk"])
     assert not after.from_cache
