@@ -22,6 +22,7 @@ model math: everything below calls the ``deref`` library and reshapes its output
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from deref.access import AccessError, DataRoots, component_problem
+from deref.access import ENV_DATA_ROOTS, AccessError, DataRoots, component_problem
 from deref.errors import CheckpointError, ConfigError, DataError, DeRefError
 from deref.runs import RunInfo
 
@@ -79,17 +80,23 @@ def data_roots() -> DataRoots:
     ``DEREF_BAG_DIR`` / ``DEREF_SLIDE_DIR`` when they are set."""
     env = os.environ.get
     table = env(ENV_TABLE)
-    return DataRoots.from_env(
-        [
-            demo_dir(),
-            mri_demo_dir(),
-            runs_root(),
-            env(ENV_RUN),
-            str(Path(table).parent) if table else None,
-            env(ENV_BAG_DIR),
-            env(ENV_SLIDE_DIR),
-        ]
+    defaults = (
+        str(demo_dir()),
+        str(mri_demo_dir()),
+        str(runs_root()),
+        env(ENV_RUN),
+        str(Path(table).parent) if table else None,
+        env(ENV_BAG_DIR),
+        env(ENV_SLIDE_DIR),
     )
+    return _roots(env(ENV_DATA_ROOTS, ""), defaults)
+
+
+@functools.lru_cache(maxsize=16)
+def _roots(configured: str, defaults: tuple[str | None, ...]) -> DataRoots:
+    """The roots of one configuration (the environment is the key: the link names and the
+    Load form's options ask for them many times per script run)."""
+    return DataRoots.from_env(defaults)
 
 
 def discover_runs() -> list[str]:
@@ -929,11 +936,15 @@ def km_export(
     return report(run_dir, table, bag_dir, rule, cutoffs_from).export(fmt, what)
 
 
-def clear_all() -> None:
-    """Drop every cached value and resource (an administrator's "clear caches" button, and a
-    run or cohort rewritten on disk: :func:`refresh_if_changed`)."""
+def _drop_caches() -> None:
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+def clear_all() -> None:
+    """Drop every cached value and resource and the remembered file stamps (an administrator's
+    "clear caches" button); :func:`refresh_if_changed` drops the caches by itself."""
+    _drop_caches()
     with _STAMP_LOCK:
         _STAMPS.clear()
 
@@ -958,18 +969,12 @@ def source_stamp(source: Source) -> tuple:
     table = source.table
     if table is None:
         try:
-            table = read_json_quiet(run / "run.json").get("data", {}).get("table")
-        except Exception:  # noqa: BLE001 - a missing or broken run.json is already in the stamp
+            table = run_table(source.run_dir)[0]  # cached; a rewritten run.json changes its own stamp
+        except (DeRefError, OSError):  # a missing or broken run.json is already in the stamp
             table = None
     if table:
         files.append(Path(table))
     return tuple((str(f), _stat(f)) for f in files)
-
-
-def read_json_quiet(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
 
 
 def refresh_if_changed(source: Source) -> bool:
@@ -983,8 +988,7 @@ def refresh_if_changed(source: Source) -> bool:
     if before is None or before == stamp:
         return False
     log.info("%s changed on disk: caches dropped", source.run_dir)
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    _drop_caches()
     return True
 
 

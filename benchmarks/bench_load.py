@@ -107,6 +107,7 @@ class Session:
         self.index, self.url, self.cases = index, url, cases
         self.times: list[tuple[str, float]] = []
         self.errors: list[str] = []
+        self.model_status = ""  # the sidebar's text at the end of the walk (model loads)
 
     async def step(self, page, name: str, action, case: str | None, timeout_ms: int) -> None:
         before = await _run_number(page)
@@ -207,7 +208,7 @@ def measure(demo: Path, sessions: int, seconds: float, timeout_s: float = 120, e
     errors = [e for w in walkers for e in w.errors]
     loads = set()
     for w in walkers:
-        text = getattr(w, "model_status", "")
+        text = w.model_status
         if "model loads in this server:" in text:
             loads.add(int(text.split("model loads in this server:")[1].split()[0].strip("*")))
     q = statistics.quantiles(times, n=20) if len(times) >= 2 else times * 19

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from deref.errors import DeRefError
+from deref.errors import DataError, DeRefError
 
 ENV_DATA_ROOTS = "DEREF_DATA_ROOTS"
 #: The one answer for anything a user may not or cannot open.
@@ -159,8 +159,6 @@ def component_problem(value: object) -> str | None:
 
 def check_component(value: object, what: str) -> str:
     """``value`` as a string, or a :class:`~deref.errors.DataError` naming ``what`` and why."""
-    from deref.errors import DataError
-
     problem = component_problem(value)
     if problem:
         raise DataError(f"{what} {str(value)!r} {problem}; expected a plain file name (no folders)")

@@ -14,6 +14,7 @@ import pytest
 from deref.access import NOT_AVAILABLE
 from deref.audit import read_audit
 from tests.app.test_app_pages import metric, problems
+from tests.run_helpers import record_weight_digests
 
 
 def _page_text(at) -> str:
@@ -151,26 +152,11 @@ def test_a_run_rewritten_on_disk_is_re_read_without_clearing(make_app, shared):
     assert (after.loc[before.index] - before).round(6).eq(100.0).all()
 
 
-def _record_digests(run: Path) -> None:
-    """What training records since weights were fingerprinted (a cached demo may predate it)."""
-    import dataclasses
-
-    from deref.fileio import file_sha256
-    from deref.runs import RunDir, write_run_info
-
-    info = RunDir(run).info
-    folds = tuple(
-        dataclasses.replace(f, weights_sha256=file_sha256(run / f"fold_{f.index}" / "model.safetensors"))
-        for f in info.folds
-    )
-    write_run_info(run, dataclasses.replace(info, folds=folds))
-
-
 def test_a_tampered_weight_file_is_refused_then_recovered(make_app, shared, small_demo):
     run = shared["runs"] / "demo-run"
     weights = run / "fold_0" / "model.safetensors"
     good = weights.read_bytes()
-    _record_digests(run)
+    record_weight_digests(run)  # a cached demo may predate the digest
     pred = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
     case = pred.loc[pred["fold"] == 0, "case_id"].iloc[0]
     weights.write_bytes(good[: len(good) // 2])  # truncated

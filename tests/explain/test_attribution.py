@@ -30,6 +30,7 @@ from deref.inference import Predictor, family_tokens, m1_matrix
 from deref.model import build_model
 from deref.model.config import tiny_config
 from deref.model.deref import survival_from_logits
+from tests.run_helpers import record_weight_digests
 
 FEATURES = ("specific_genomic", "specific_wsi", "share", "explore")
 PLANTED = {"Oncogenes", "Tumor Suppressor Genes"}
@@ -49,7 +50,8 @@ def one_thread():
 def run_copy(small_demo, tmp_path_factory) -> Path:
     """A private copy of the small demo run (the cache writes into RUN/explanations)."""
     dst = tmp_path_factory.mktemp("explain") / "run"
-    shutil.copytree(small_demo / "run", dst)
+    # without the explanation cache other tests (the dashboard's) wrote into the shared demo run
+    shutil.copytree(small_demo / "run", dst, ignore=shutil.ignore_patterns("explanations"))
     return dst
 
 
@@ -332,22 +334,6 @@ def test_missing_targets_are_computed_and_merged_into_the_entry(predictor, cohor
     assert not other_steps.from_cache  # the settings are part of the key
 
 
-def _rerecord_digest(run, k: int) -> None:
-    import dataclasses
-
-    from deref.fileio import file_sha256
-    from deref.runs import RunDir, write_run_info
-
-    info = RunDir(run).info
-    folds = tuple(
-        dataclasses.replace(f, weights_sha256=file_sha256(run / f"fold_{k}" / "model.safetensors"))
-        if f.index == k
-        else f
-        for f in info.folds
-    )
-    write_run_info(run, dataclasses.replace(info, folds=folds))
-
-
 def test_a_changed_model_invalidates_the_cache(small_demo, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(small_demo / "run", run, ignore=shutil.ignore_patterns("explanations"))
@@ -360,7 +346,7 @@ def test_a_changed_model_invalidates_the_cache(small_demo, tmp_path):
     state = load_file(str(weights))
     state["head.bias"] = state["head.bias"] + 0.5
     save_file(state, str(weights))
-    _rerecord_digest(run, k)  # as retraining would: run.json records the new weights' SHA-256
+    record_weight_digests(run, (k,))  # as retraining would: run.json records the new weights' SHA-256
     fresh = Predictor.from_run(run, device="cpu")
     after = explain_patient(fresh, coh, "DEMO-0016", targets=["risk"])
     assert not after.from_cache
