@@ -33,7 +33,9 @@ import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +50,7 @@ from deref.data.splits import Fold, make_folds
 from deref.errors import CheckpointError, ConfigError, DataError
 from deref.model import ModelConfig
 from deref.runs import RunDir, write_json
-from deref.training import TrainConfig, train_cross_validation
+from deref.training import FOLD_RESULT, FoldRunner, TrainConfig, train_cross_validation
 
 log = logging.getLogger(__name__)
 
@@ -446,6 +448,8 @@ class _Plan:
     notes: list[str]
     status: dict[tuple[str, int], str] = dataclasses.field(default_factory=dict)
     complete: bool = False
+    fold_runner: FoldRunner | None = None
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def seed_of(self, r: int) -> int:
         return self.seed + 1000 * r
@@ -500,24 +504,33 @@ def _train_round(
     notify: Callable[[str], None],
     counter: list[int],
 ) -> list[GridRun]:
-    """Train (or keep) every variant of round ``r``; ``counter`` = [done, total] over the grid."""
-    out = []
+    """Train (or keep) every variant of round ``r``; ``counter`` = [done, total] over the grid.
+    With a fold runner (Ray) the variants train at the same time (a driver thread each, waiting
+    on the cluster); otherwise one after the other."""
     train = dataclasses.replace(plan.train, seed=plan.seed_of(r))
     tag = f" (round {r})" if plan.repeats > 1 else ""
-    for variant, cfg in plan.configs.items():
+
+    def one(variant: str, cfg: ModelConfig) -> GridRun:
         path = plan.path(variant, r)
         if variant in plan.aliases:
             status = f"same as {plan.aliases[variant]}"
             notify(f"{variant}{tag}: the configuration of {plan.aliases[variant]}, trained once")
         else:
             status = _train_one(plan, path, variant, cfg, train, r, cohort, data_info, progress, notify, tag)
-        plan.status[(variant, r)] = "finished" if status in ("trained", "kept") else status
-        plan.write()
-        out.append(GridRun(variant, r, path, train.seed, status))
-        counter[0] += 1
-        if progress is not None:
-            progress("grid", counter[0], counter[1])
-    return out
+        with plan.lock:
+            plan.status[(variant, r)] = "finished" if status in ("trained", "kept") else status
+            plan.write()
+            counter[0] += 1
+            if progress is not None:
+                progress("grid", counter[0], counter[1])
+        return GridRun(variant, r, path, train.seed, status)
+
+    items = list(plan.configs.items())
+    if plan.fold_runner is None or len(items) == 1:
+        return [one(v, c) for v, c in items]
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="grid") as pool:
+        futures = [pool.submit(one, v, c) for v, c in items]
+        return [f.result() for f in futures]
 
 
 def _train_one(
@@ -544,12 +557,17 @@ def _train_one(
             )
         notify(f"{variant}{tag}: finished earlier, kept ({path})")
         return "kept"
-    if path.exists():
+    resume = path.exists() and any(path.glob(f"fold_*/{FOLD_RESULT}"))
+    if path.exists() and not resume:
         dest = _move_aside(plan.out, path)
         note = f"{variant}{tag}: an unfinished run folder was moved aside to {dest}"
-        plan.notes.append(note)
+        with plan.lock:
+            plan.notes.append(note)
         notify(note)
-    notify(f"{variant}{tag}: training ({path})")
+    if resume:
+        notify(f"{variant}{tag}: resuming ({path}): its finished folds are kept")
+    else:
+        notify(f"{variant}{tag}: training ({path})")
     label = f"{variant}{tag}"
     train_cross_validation(
         cohort,
@@ -560,6 +578,8 @@ def _train_one(
         name=variant,
         data_info=data_info,
         progress=(lambda what, d, t: progress(f"{label}: {what}", d, t)) if progress is not None else None,
+        fold_runner=plan.fold_runner,
+        resume=resume,
     )
     return "trained"
 
@@ -679,6 +699,7 @@ def run_grid(
     n_resamples: int = 2000,
     bootstrap_seed: int = 0,
     notes: Sequence[str] = (),
+    fold_runner: FoldRunner | None = None,
 ) -> GridResult:
     """Train every variant (every round) into its run directory, resumably, and compare them.
 
@@ -710,6 +731,10 @@ def run_grid(
         The paired bootstrap of the comparisons.
     notes
         Notes to record in ``grid.json`` (e.g. the skipped variants of :func:`paper_variants`).
+    fold_runner
+        How folds are trained (:data:`deref.training.FoldRunner`; ``deref.scale.train`` for Ray).
+        With one, the variants of a round are trained at the same time, so every fold of the
+        round queues on the cluster at once.
 
     Returns
     -------
@@ -748,6 +773,7 @@ def run_grid(
     plan.write()
     counter = [0, len(configs) * repeats]
     runs = []
+    plan.fold_runner = fold_runner
     for r in range(repeats):
         runs += _train_round(plan, r, cohort, data_info, progress, say, counter)
     comps, rounds = _compare(plan, n_resamples, bootstrap_seed)

@@ -28,9 +28,12 @@ class, one patient per step by default; gradient accumulation and batched traini
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +51,7 @@ from deref.data.cohort import Cohort
 from deref.data.preprocess import Preprocessing, fit_preprocessing
 from deref.data.splits import Fold, check_folds, inner_splits, write_mcat_splits
 from deref.errors import ConfigError, DataError
+from deref.fileio import file_sha256
 from deref.inference import BagStore, assemble, m1_matrix, resolve_device
 from deref.losses import decoupling_loss, l1_penalty, nll_survival_loss
 from deref.metrics import harrell_c
@@ -63,9 +67,19 @@ from deref.runs import (
     save_checkpoint,
     write_run_info,
 )
+from deref.runs.directory import write_json
 from deref.survival import surv_column_names
 
 log = logging.getLogger(__name__)
+
+#: A finished fold's result beside its checkpoint (``fold_<k>/``), for resuming an interrupted run.
+FOLD_RESULT = "fold_result.json"
+#: Training settings that do not change a fold's numbers (left out of its fingerprint).
+_NOT_IN_FINGERPRINT = ("bag_cache_mb",)
+
+#: ``runner(trainer, [(fold, fold_dir), ...]) -> [FoldResult, ...]`` (in order): how the folds
+#: of a run are trained -- one after the other (the default) or as Ray tasks (deref.scale.train).
+FoldRunner = Callable[["CohortTrainer", Sequence[tuple[Fold, Path]]], list["FoldResult"]]
 
 HEADLINE_PROTOCOL = "fixed last epoch ({epochs})"
 SELECTED_PROTOCOL = "epoch count chosen on an inner split of each training fold (of {epochs})"
@@ -438,7 +452,25 @@ class CohortTrainer:
             recalibration=recal,
             weights_sha256=digest,
         )
-        return FoldResult(info, data.config, val_pred, train_risks)
+        result = FoldResult(info, data.config, val_pred, train_risks)
+        if fold_dir is not None:
+            save_fold_result(fold_dir, result, self.fold_fingerprint(fold))
+        return result
+
+    def fold_fingerprint(self, fold: Fold) -> str:
+        """What a fold's result depends on (configurations, seed, patients): a finished fold with
+        the same fingerprint is kept when a run is resumed."""
+        train = {k: v for k, v in self.cfg.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+        blob = {
+            "model": self.model_config.to_dict(),
+            "train": train,
+            "fold": fold.index,
+            "train_ids": list(fold.train),
+            "val_ids": list(fold.val),
+            "table": self.cohort.fingerprint,
+            "bags": None if self.cohort.bag_dir is None else str(self.cohort.bag_dir),
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
     def _fit_outer(
         self, model: torch.nn.Module, data: _FoldData, fold: Fold, seed: int, cfg: TrainConfig, keep: int
@@ -942,6 +974,56 @@ def _oof_table(cohort: Cohort, folds: Sequence[FoldResult]) -> pd.DataFrame:
     return preds
 
 
+def save_fold_result(fold_dir: Path, result: FoldResult, fingerprint: str) -> None:
+    """Write a finished fold's result beside its checkpoint (tables first, the JSON last and
+    atomically: its presence means the fold is complete)."""
+    fold_dir = Path(fold_dir)
+    for name, frame in (("val_predictions.csv", result.predictions), ("train_risks.csv", result.train_risks)):
+        tmp = fold_dir / f".{name}.tmp-{os.getpid()}"
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, fold_dir / name)
+    write_json(
+        fold_dir / FOLD_RESULT,
+        {
+            "fingerprint": fingerprint,
+            "info": result.info.to_dict(),
+            "model_config": result.model_config.to_dict(),
+        },
+    )
+
+
+def load_fold_result(fold_dir: Path, fingerprint: str) -> FoldResult | None:
+    """The finished fold in ``fold_dir`` when it was trained with ``fingerprint`` and its weights
+    are the ones it recorded; None otherwise (the fold is then trained again)."""
+    fold_dir = Path(fold_dir)
+    path = fold_dir / FOLD_RESULT
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("fingerprint") != fingerprint:
+            log.info("%s: trained with other settings or patients; training the fold again", fold_dir)
+            return None
+        info = FoldInfo.from_dict(data["info"])
+        weights = fold_dir / "model.safetensors"
+        if not weights.is_file() or (info.weights_sha256 and file_sha256(weights) != info.weights_sha256):
+            log.info("%s: weights missing or changed; training the fold again", fold_dir)
+            return None
+        read = {"dtype": {"case_id": str}}
+        preds = pd.read_csv(fold_dir / "val_predictions.csv", **read)
+        if "missing" in preds:
+            preds["missing"] = preds["missing"].fillna("").astype(str)
+        train_risks = pd.read_csv(fold_dir / "train_risks.csv", **read)
+        return FoldResult(info, ModelConfig.from_dict(data["model_config"]), preds, train_risks)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable fold result (%s); training the fold again", fold_dir, exc)
+        return None
+
+
+def _train_sequentially(trainer: CohortTrainer, jobs: Sequence[tuple[Fold, Path]]) -> list[FoldResult]:
+    return [trainer.train_fold(fold, fold_dir) for fold, fold_dir in jobs]
+
+
 def train_cross_validation(
     cohort: Cohort,
     folds: Sequence[Fold],
@@ -953,12 +1035,17 @@ def train_cross_validation(
     data_info: dict[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     only_folds: Sequence[int] | None = None,
+    fold_runner: FoldRunner | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Train every fold, write the run directory (see :mod:`deref.runs`) and return results.
 
     ``data_info`` adds provenance to ``run.json``'s ``data`` (``signatures``, ``splits``,
     ``time_col``, ...). ``only_folds`` trains a subset of the (checked, complete) folds: a
     quick look, whose out-of-fold table then covers only those folds' patients.
+    ``fold_runner`` trains the folds (default: one after the other; ``deref.scale.train``: as Ray
+    tasks). ``resume`` keeps the folds of ``out_dir`` finished with the same settings, patients
+    and weights (:func:`load_fold_result`) and trains only the others.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -970,7 +1057,17 @@ def train_cross_validation(
             f"only_folds {list(only_folds or [])} names no fold; folds are {[f.index for f in folds]}"
         )
     write_mcat_splits(folds, out / "splits")
-    results = [trainer.train_fold(fold, out / f"fold_{fold.index}") for fold in chosen]
+    kept: dict[int, FoldResult] = {}
+    if resume:
+        for fold in chosen:
+            r = load_fold_result(out / f"fold_{fold.index}", trainer.fold_fingerprint(fold))
+            if r is not None:
+                kept[fold.index] = r
+                log.info("fold %d: finished earlier with the same settings, kept", fold.index)
+    jobs = [(f, out / f"fold_{f.index}") for f in chosen if f.index not in kept]
+    trained = (fold_runner or _train_sequentially)(trainer, jobs) if jobs else []
+    by_index = {**kept, **{r.index: r for r in trained}}
+    results = [by_index[f.index] for f in chosen]
     preds = _oof_table(cohort, results)
     preds.to_csv(out / "predictions.csv", index=False)
     pd.concat([f.train_risks for f in results], ignore_index=True).to_csv(

@@ -38,6 +38,7 @@ RANK = {
     "deref.training": 5,
     "deref.explain": 5,
     "deref.demo": 6,
+    "deref.scale": 6,
     "deref.cli": 7,
     "deref.__main__": 7,
 }

@@ -76,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     # `deref train` options that name one run: not for a grid of runs
     p.add_argument("--name", help=argparse.SUPPRESS)
     p.add_argument("--only-folds", help=argparse.SUPPRESS)
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # a grid always resumes
     p.set_defaults(func=run)
     return p
 
@@ -83,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Train the grid (resuming), print progress and the comparison table. Returns 0."""
     from deref.ablate import grid_variants, run_grid, select_variants
-    from deref.cli.train import _model_config, _train_config
+    from deref.cli.train import _fold_runner, _model_config, _train_config
     from deref.data.splits import make_folds, read_mcat_splits
 
     for flag, value in (("--name", args.name), ("--only-folds", args.only_folds)):
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             },
             n_resamples=args.resamples,
             notes=notes,
+            fold_runner=_fold_runner(args),
         )
     finally:
         bar.close()

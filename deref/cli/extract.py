@@ -14,6 +14,8 @@ examples:
       --weights resnet50.safetensors --out features/blca --batch-size 128 --dtype float16
   # four machines (or a SLURM array 1-4) sharing one output folder:
   deref extract --patches prep/blca --weights w.pth --out features/blca --shard $SLURM_ARRAY_TASK_ID/4
+  # a Ray cluster: one actor per GPU (or per CPU share) holding the backbone
+  deref extract --patches /shared/prep/blca --weights w.pth --out /shared/features/blca --ray auto
   deref extract --list-backbones
   deref extract --patches prep/demo --random-weights --out /tmp/smoke   # smoke test only
 
@@ -66,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_compute_options(p)
     p.add_argument("--overwrite", action="store_true", help="redo slides whose bag exists")
     p.add_argument("--list-backbones", action="store_true", help="list the registered backbones and exit")
+    from deref.scale import add_ray_options
+
+    add_ray_options(p)
     p.set_defaults(func=run)
 
 
@@ -115,9 +120,15 @@ def _config(args: argparse.Namespace):
     """The ``ExtractConfig`` of the arguments (readers by device when --workers is not given)."""
     from deref.prepare.extract import ExtractConfig, default_workers, resolve_device
 
+    if args.workers is not None:
+        workers = args.workers
+    elif getattr(args, "ray", None):
+        workers = 0  # a Ray worker reads its slide itself; its CPUs are its share of the node
+    else:
+        workers = default_workers(resolve_device(args.device))
     return ExtractConfig(
         batch_size=args.batch_size,
-        workers=args.workers if args.workers is not None else default_workers(resolve_device(args.device)),
+        workers=workers,
         threads=args.threads,
         device=args.device,
         precision=args.precision,
@@ -178,6 +189,31 @@ def _extract_with_progress(files, out: Path, model, config) -> list:
             slides_bar.close()
 
 
+def _extract_on_ray(files, out: Path, args: argparse.Namespace, config, options) -> list:
+    """``extract_slides_ray`` with a slide bar; failures on stderr."""
+    from tqdm import tqdm
+
+    from deref.scale.prepare import extract_slides_ray
+
+    with tqdm(total=len(files), unit="slide", desc="extract (ray)", disable=None) as bar:
+
+        def on_result(row) -> None:
+            bar.update(1)
+            if row.status == "failed":
+                tqdm.write(f"deref extract: {row.error}", file=sys.stderr)
+
+        return extract_slides_ray(
+            files,
+            out,
+            args.backbone,
+            args.weights,
+            config,
+            options,
+            random_weights=args.random_weights,
+            on_result=on_result,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from deref.errors import DataError
 
@@ -192,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
     from deref.prepare import exit_status, summarize, write_manifest
     from deref.prepare.backbones import build_backbone
+    from deref.scale import options_from_args
 
     config = _config(args)
     files, manifest_name = _patch_files(args)
@@ -201,10 +238,16 @@ def run(args: argparse.Namespace) -> int:
             "UNUSABLE FOR SCIENCE; every bag is marked unusable_for_science=True",
             file=sys.stderr,
         )
-    model = build_backbone(args.backbone, args.weights, random_weights=args.random_weights)
+    model = build_backbone(
+        args.backbone, args.weights, random_weights=args.random_weights
+    )  # checks the weights
     out = Path(args.out)
     t0 = time.perf_counter()
-    rows = _extract_with_progress(files, out, model, config)
+    options = options_from_args(args)
+    if options is not None:
+        rows = _extract_on_ray(files, out, args, config, options)
+    else:
+        rows = _extract_with_progress(files, out, model, config)
     manifest = write_manifest(out / manifest_name, rows)
     print(f"deref extract: {summarize(rows)} (wall {time.perf_counter() - t0:.1f} s); manifest {manifest}")
     return exit_status(rows)

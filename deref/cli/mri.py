@@ -21,6 +21,8 @@ examples:
   # a folder per patient: ROOT/<patient>/<sequence>.nii.gz (or <sequence>/ of DICOM files)
   # and ROOT/<patient>/mask.nii.gz:
   deref mri --root liver/ --sequences art,pv,del,t2,dwi --weights w.pth --out mri/
+  # one Ray task per patient (the backbone built once per worker process):
+  deref mri --table mri_manifest.csv --weights w.pth --out /shared/mri --ray auto
   # the ROI cubes for end-to-end training (no network, no weights):
   deref mri --table mri_manifest.csv --cubes --grid 32 --out mri_cubes/
 
@@ -91,6 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the patient bags")
     _add_network_options(p)
     p.add_argument("--overwrite", action="store_true", help="redo patients whose bag exists")
+    from deref.scale import add_ray_options
+
+    add_ray_options(p, what="patients")
     p.set_defaults(func=run)
 
 
@@ -180,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     from deref.errors import DataError
     from deref.prepare import exit_status, summarize, write_manifest
     from deref.prepare.mri import MANIFEST_NAME, MriConfig, build_mri_backbone, process_cases
+    from deref.scale import options_from_args
 
     cases = _cases(args)
     n_seq = {len(c.sequences) for c in cases if not c.problems} or {
@@ -220,7 +226,16 @@ def run(args: argparse.Namespace) -> int:
             if row.status == "failed":
                 tqdm.write(f"deref mri: {row.error}", file=sys.stderr)
 
-        rows = process_cases(cases, out, model, config, save_crops=args.save_crops, on_result=on_result)
+        options = options_from_args(args)
+        if options is not None:
+            from deref.scale.prepare import process_cases_ray
+
+            backbone = None if args.cubes else (in_ch, args.weights, bool(args.random_weights))
+            rows = process_cases_ray(
+                cases, out, backbone, config, options, save_crops=args.save_crops, on_result=on_result
+            )
+        else:
+            rows = process_cases(cases, out, model, config, save_crops=args.save_crops, on_result=on_result)
     counted = "cubes" if args.cubes else "vectors"
     manifest = write_manifest(out / MANIFEST_NAME, rows, id_column="patient", count_column=counted)
     print(

@@ -14,6 +14,7 @@ examples:
   deref tile a.svs b.ndpi c.mrxs --out prep/blca --magnification 20 --patch-size 256
   deref tile scans/ --out prep/x --mpp 0.25            # files without resolution metadata
   deref tile slides/ --out prep/blca --min-tissue 0.25 --no-pen-filter --workers 4
+  deref tile slides/ --out /shared/prep/blca --ray auto     # one Ray task per slide (see --ray)
 
 output (per slide <stem>):
   OUT/patches/<stem>.h5          coords (N, 2) = level-0 (x, y) of each patch's corner;
@@ -53,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="slides tiled in parallel (default: %(default)s)",
     )
     p.add_argument("--overwrite", action="store_true", help="redo slides whose patch file exists")
+    from deref.scale import add_ray_options
+
+    add_ray_options(p)
     p.set_defaults(func=run)
 
 
@@ -129,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from deref.prepare.discover import discover_slides
     from deref.prepare.tile import MANIFEST_NAME, TileConfig, tile_slides
     from deref.prepare.tissue import TissueParams
+    from deref.scale import options_from_args
 
     tissue = TissueParams(
         saturation_threshold=args.saturation_threshold,
@@ -155,9 +160,17 @@ def run(args: argparse.Namespace) -> int:
             if row.status == "failed":
                 tqdm.write(f"deref tile: {row.error}", file=sys.stderr)
 
-        rows = tile_slides(
-            slides, out, config, workers=args.workers, overwrite=args.overwrite, on_result=on_result
-        )
+        options = options_from_args(args)
+        if options is not None:
+            from deref.scale.prepare import tile_slides_ray
+
+            rows = tile_slides_ray(
+                slides, out, config, options, overwrite=args.overwrite, on_result=on_result
+            )
+        else:
+            rows = tile_slides(
+                slides, out, config, workers=args.workers, overwrite=args.overwrite, on_result=on_result
+            )
     manifest = write_manifest(out / MANIFEST_NAME, rows)
     print(f"deref tile: {summarize(rows)} (wall {time.perf_counter() - t0:.1f} s); manifest {manifest}")
     return exit_status(rows)

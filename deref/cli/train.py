@@ -35,6 +35,9 @@ examples:
   deref train cohort.csv --signatures sig.csv --bags bags/ --folds 5 --batch-size 8 \\
       --set rca_mode=blocks --set n_experts=8 --out runs/blocks-8experts
 
+  # the folds as Ray tasks (one GPU each, or a CPU share), same predictions as sequentially
+  deref train cohort.csv --signatures sig.csv --bags bags/ --folds 5 --out runs/x --ray auto
+
   # MRI + WSI, frozen features: per-sequence vectors from `deref mri --per-sequence`
   deref train cohort.csv --mri-manifest mri_manifest.csv --mri-features mri_features/ \
       --bags bags/ --folds 5 --out runs/mri-deref
@@ -146,6 +149,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="model config override, e.g. snn_dropout=0.4 (repeatable)",
     )
     p.add_argument("--name", help="run name (default: the folder name)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the folds of --out finished earlier with the same settings, patients and weights",
+    )
+    from deref.scale import add_ray_options
+
+    add_ray_options(p, what="folds")
     p.set_defaults(func=run)
     return p
 
@@ -251,12 +262,26 @@ def run(args: argparse.Namespace) -> int:
             },
             progress=bar,
             only_folds=only,
+            fold_runner=_fold_runner(args),
+            resume=args.resume,
         )
     finally:
         bar.close()
     print_run_summary(result.info)
     print(f"run written to {args.out}")
     return 0
+
+
+def _fold_runner(args: argparse.Namespace):
+    """The Ray fold runner with ``--ray`` (deref.scale.train), else None (one fold after the other)."""
+    from deref.scale import options_from_args
+
+    options = options_from_args(args)
+    if options is None:
+        return None
+    from deref.scale.train import RayFoldRunner
+
+    return RayFoldRunner(options)
 
 
 def _rule(tcfg) -> str:
