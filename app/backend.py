@@ -39,6 +39,7 @@ import streamlit as st
 
 from deref.access import ENV_DATA_ROOTS, AccessError, DataRoots, component_problem
 from deref.errors import CheckpointError, ConfigError, DataError, DeRefError
+from deref.explain.precompute import CANVAS_PX as _CANVAS_PX
 from deref.runs import RunInfo
 
 log = logging.getLogger("deref.app")
@@ -628,17 +629,10 @@ class PatientView:
 
 
 def _plain_attrs(attrs: dict) -> dict:
-    """A slide's bag attributes as plain Python values (numpy scalars and CLAM's small arrays such
-    as ``downsample`` (x, y) included), for the page and ``patch_geometry``."""
-    out: dict = {}
-    for k, v in attrs.items():
-        if isinstance(v, (str, bool, int, float, np.integer, np.floating)):
-            out[k] = v.item() if isinstance(v, np.generic) else v
-        elif isinstance(v, (list, tuple, np.ndarray)) and 0 < np.size(v) <= 4:
-            a = np.asarray(v)
-            if a.dtype.kind in "iuf":
-                out[k] = a.reshape(-1).tolist()
-    return out
+    """A slide's bag attributes as plain Python values (``deref.explain.precompute.plain_attrs``)."""
+    from deref.explain.precompute import plain_attrs
+
+    return plain_attrs(attrs)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -652,69 +646,52 @@ def patient_view(
 ) -> PatientView:
     """``predict_patient`` for one patient (and one "what if"), plus survival per segment count.
 
-    The band: the model's survival curve for each reorganization segment count
-    (``SurvivalOutput.survival_per_s``); the page draws their min and max.
+    Read from the run's explanation cache when ``deref precompute`` (or an earlier visit) stored
+    it -- no model is loaded then -- else computed by the run's models and stored
+    (``deref.explain.precompute.patient_output``). The band: the model's survival curve for each
+    reorganization segment count (``SurvivalOutput.survival_per_s``); the page draws their min
+    and max.
     """
+    from deref.explain.precompute import load_patient_output, patient_output
+
     _require_fit(run_dir, table, bag_dir)
-    lr = loaded_run(run_dir)
     co = cohort(run_dir, table, bag_dir)
     if case_id not in co.patients.index:
         raise DataError(f"patient {case_id!r} is not in the cohort {co.source.name}")
-    k = lr.predictor.fold_for(case_id, fold)
-    with lr.lock:
-        out, inputs = lr.predictor.predict_patient(co, case_id, fold=k, drop=drop, return_attention=True)
-    surv_s = None
-    if out.survival_per_s is not None and len(out.segments) > 1:
-        surv_s = out.survival_per_s[0].numpy()  # (S, K): one survival curve per segment count
-    bag = inputs.bags[0] if inputs.bags else None
-    attrs: list[dict] = []
-    slide_ids: list[str] = []
-    if bag is not None:
-        slide_ids = list(bag.slide_ids or co.slides.get(case_id, []))
-        attrs = [_plain_attrs(a) for a in bag.attrs.get("per_slide") or [bag.attrs]]
-    edges = run_info(run_dir).bin_edges().get(k) or []
-
-    def arr(x):
-        if x is None:
-            return None
-        a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-        return a[0]
-
+    # the dashboard's predictor: device auto, float32, recalibrated curves (loaded_run)
+    out = load_patient_output(_run(run_dir), co, case_id, fold=fold, drop=drop)
+    if out is None:
+        lr = loaded_run(run_dir)
+        with lr.lock:
+            out = patient_output(lr.predictor, co, case_id, fold=fold, drop=drop)
+    k = out.fold
     return PatientView(
         case_id=case_id,
         fold=k,
         drop=drop,
-        risk=float(out.risk[0]),
-        risk_std=float(out.risk_std[0]) if out.risk_std is not None else 0.0,
-        hazards=arr(out.hazards),
-        survival=arr(out.survival),
-        segments=tuple(int(s) for s in out.segments),
-        risk_per_s=arr(out.risk_per_s),
-        survival_per_s=surv_s,
-        features=arr(out.features),
-        feature_names=tuple(out.feature_names),
-        gate=arr(out.gate),
-        wsi_attention=arr(out.wsi_attention) if drop != "wsi" else None,
-        coords=None if bag is None or bag.coords is None or drop == "wsi" else np.asarray(bag.coords),
-        slide_index=None if bag is None or bag.slide_index is None else np.asarray(bag.slide_index),
-        slide_ids=slide_ids,
-        patch_attrs=attrs,
-        bin_edges=list(edges),  # floats (the last one inf), from RunInfo.bin_edges
+        risk=out.risk,
+        risk_std=out.risk_std,
+        hazards=out.hazards,
+        survival=out.survival,
+        segments=out.segments,
+        risk_per_s=out.risk_per_s,
+        survival_per_s=out.survival_per_s,
+        features=out.features,
+        feature_names=out.feature_names,
+        gate=out.gate,
+        wsi_attention=out.wsi_attention,
+        coords=out.coords,
+        slide_index=out.slide_index,
+        slide_ids=out.slide_ids,
+        patch_attrs=out.patch_attrs,
+        bin_edges=list(run_info(run_dir).bin_edges().get(k) or []),  # floats (the last one inf)
         horizon=run_info(run_dir).horizons().get(k),
-        model_type=lr.predictor.config.model_type,
-        attention_labels=_attention_labels(lr, k, out.wsi_attention),
-        co_attention=arr(out.co_attention) if drop != "wsi" else None,
-        m1_names=tuple(lr.predictor.config.m1_names),
-        gate_labels=getattr(lr.predictor.fold(k).model, "gate_names", None),
+        model_type=out.model_type,
+        attention_labels=out.attention_labels,
+        co_attention=out.co_attention,
+        m1_names=out.m1_names,
+        gate_labels=out.gate_labels,
     )
-
-
-def _attention_labels(lr, k: int, attention) -> tuple[str, ...] | None:
-    from deref.model import attention_labels
-
-    if attention is None:
-        return None
-    return attention_labels(lr.predictor.fold(k).model, int(attention.shape[1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -747,13 +724,18 @@ def patient_attribution(
     slide_dir: str | None = None,
 ) -> AttributionView:
     """Attributions of the risk and of each decoupled feature (read from / written to the run's
-    explanation cache by the library)."""
+    explanation cache by the library; a stored entry is read without loading the run's models)."""
     from deref.explain.attribution import explain_patient
+    from deref.explain.precompute import load_attribution
 
-    lr = loaded_run(run_dir)
     co = cohort(run_dir, table, bag_dir)
-    with lr.lock:
-        res = explain_patient(lr.predictor, co, case_id, method=method, fold=fold, slide_dir=slide_dir)
+    # stored by `deref precompute` or an earlier visit: no model is loaded (the dashboard's predictor
+    # computes in float32)
+    res = load_attribution(_run(run_dir), co, case_id, method=method, fold=fold, slide_dir=slide_dir)
+    if res is None:
+        lr = loaded_run(run_dir)
+        with lr.lock:
+            res = explain_patient(lr.predictor, co, case_id, method=method, fold=fold, slide_dir=slide_dir)
     return AttributionView(
         method=res.method,
         fold=int(res.fold),
@@ -866,8 +848,9 @@ def gate_summary(run_dir: str, table: str | None, bag_dir: str | None, rule: str
 # slides
 # --------------------------------------------------------------------------------------------
 #: Longer side (px) of the cached slide thumbnail and of the Attention page's heatmap canvas: one
-#: size, so that ``render_heatmap`` draws on the cached thumbnail without resizing it on every rerun.
-CANVAS_PX = 1280
+#: size, so that ``render_heatmap`` draws on the cached thumbnail without resizing it on every rerun
+#: (the library's, which ``deref precompute`` stores thumbnails at).
+CANVAS_PX = _CANVAS_PX
 
 
 @dataclass
@@ -884,12 +867,19 @@ def slide_path(source: Source, slide_id: str) -> Path | None:
 
 
 @st.cache_data(show_spinner="Reading the slide thumbnail…", max_entries=64)
-def thumbnail(path: str | None, max_size: int = CANVAS_PX) -> Thumbnail:
-    """The slide's thumbnail through OpenSlide, or the reason it could not be read."""
+def thumbnail(path: str | None, max_size: int = CANVAS_PX, run_dir: str | None = None) -> Thumbnail:
+    """The slide's thumbnail: the one ``deref precompute`` stored in ``run_dir``'s explanation
+    cache, else read through OpenSlide; or the reason it could not be read."""
     from deref.slides import read_thumbnail
 
     if path is None:
         return Thumbnail(None, None, "no slide folder is set for this cohort (Load section)")
+    if run_dir is not None:
+        from deref.explain.precompute import load_thumbnail
+
+        hit = load_thumbnail(run_dir, path, max_size)
+        if hit is not None:
+            return Thumbnail(hit[0], hit[1], None)
     try:
         img, dims = read_thumbnail(path, max_size)
     except DataError as exc:
@@ -899,21 +889,48 @@ def thumbnail(path: str | None, max_size: int = CANVAS_PX) -> Thumbnail:
 
 @st.cache_data(show_spinner="Reading patches at full resolution…", max_entries=64)
 def top_patches(
-    path: str | None, scores: np.ndarray, coords: np.ndarray, k: int, patch_size: int, patch_level: int
+    path: str | None,
+    scores: np.ndarray,
+    coords: np.ndarray,
+    k: int,
+    patch_size: int,
+    patch_level: int,
+    run_dir: str | None = None,
 ):
-    """Top-k patches (PatchView list) read at full resolution; images None without a slide."""
+    """Top-k patches (PatchView list) at full resolution: from the patch pixels ``deref
+    precompute`` stored in ``run_dir``'s explanation cache when it holds all ``k``, else read
+    from the slide; images None without a slide."""
     from deref.explain.patches import top_k_patches
 
+    if path is not None and run_dir is not None:
+        from deref.explain.precompute import cached_top_patches
+
+        hit = cached_top_patches(run_dir, path, scores, coords, k, patch_size, patch_level)
+        if hit is not None:
+            return hit
     return top_k_patches(scores, coords, k, patch_size, patch_level, path)
 
 
 @st.cache_data(show_spinner="Reading the patch at full resolution…", max_entries=256)
 def patch_view(
-    path: str | None, scores: np.ndarray, coords: np.ndarray, index: int, patch_size: int, patch_level: int
+    path: str | None,
+    scores: np.ndarray,
+    coords: np.ndarray,
+    index: int,
+    patch_size: int,
+    patch_level: int,
+    run_dir: str | None = None,
 ):
-    """Patch ``index`` alone (a PatchView) read at full resolution; image None without a slide."""
+    """Patch ``index`` alone (a PatchView) at full resolution (from ``run_dir``'s stored patch
+    pixels when it is there, else read from the slide); image None without a slide."""
     from deref.explain.patches import patches_at
 
+    if path is not None and run_dir is not None:
+        from deref.explain.precompute import cached_patches_at
+
+        hit = cached_patches_at(run_dir, path, scores, coords, [int(index)], patch_size, patch_level)
+        if hit is not None:
+            return hit[0]
     return patches_at(scores, coords, [int(index)], patch_size, patch_level, path)[0]
 
 

@@ -56,7 +56,9 @@ def _overlay_controls() -> dict:
     }
 
 
-def _inspected_patch(scores: np.ndarray, coords: np.ndarray, attrs: dict, path: str | None) -> int:
+def _inspected_patch(
+    scores: np.ndarray, coords: np.ndarray, attrs: dict, path: str | None, run_dir: str | None = None
+) -> int:
     """The rank box and the patch it names, read alone at full resolution; returns its index."""
     rank = st.number_input(
         "Inspect the patch ranked",
@@ -68,7 +70,7 @@ def _inspected_patch(scores: np.ndarray, coords: np.ndarray, attrs: dict, path: 
     )
     idx = patch_at_rank(scores, int(rank))
     geo = backend.patch_geometry(attrs)
-    view = backend.patch_view(path, scores, coords, idx, geo.read_size, geo.level)
+    view = backend.patch_view(path, scores, coords, idx, geo.read_size, geo.level, run_dir)
     if view.image is not None:
         st.image(
             view.image,
@@ -89,6 +91,7 @@ def overlay(
     thumb: backend.Thumbnail,
     path: str | None,
     label: str,
+    run_dir: str | None = None,
 ) -> None:
     """Only this part reruns when a control moves."""
     settings = _overlay_controls()
@@ -98,7 +101,7 @@ def overlay(
         img, res = backend.overlay_image(scores, coords, attrs, thumb, **settings)
         left, right = st.columns([4, 1])
         with right:
-            idx = _inspected_patch(scores, coords, attrs, path if thumb.error is None else None)
+            idx = _inspected_patch(scores, coords, attrs, path if thumb.error is None else None, run_dir)
             lo, hi = res.norm_range
             if settings["normalization"] == "percentile":
                 _colour_bar(settings["cmap"], "lowest rank", "highest rank")
@@ -119,7 +122,12 @@ def overlay(
 
 
 def _gallery(
-    path: str | None, thumb: backend.Thumbnail, scores: np.ndarray, coords: np.ndarray, attrs: dict
+    path: str | None,
+    thumb: backend.Thumbnail,
+    scores: np.ndarray,
+    coords: np.ndarray,
+    attrs: dict,
+    run_dir: str | None = None,
 ) -> None:
     c1, c2 = st.columns([2, 1])
     k = c1.slider("Top-k patches", 1, min(24, len(scores)), min(8, len(scores)), key="topk_k")
@@ -127,7 +135,13 @@ def _gallery(
     geo = backend.patch_geometry(attrs)
     order_scores = scores if largest else -scores
     views = backend.top_patches(
-        path if path and thumb.error is None else None, order_scores, coords, k, geo.read_size, geo.level
+        path if path and thumb.error is None else None,
+        order_scores,
+        coords,
+        k,
+        geo.read_size,
+        geo.level,
+        run_dir,
     )
     if views and views[0].image is None:
         st.info("The slide file is not available: the top patches are listed by coordinates only.")
@@ -251,16 +265,16 @@ with components.guard("Attention"):
 
     audit_trail.record("view_slide", run_dir=src.run_dir, case_id=case, slide=slide_names[si])
     path = backend.slide_path(src, slide_names[si])
-    thumb = backend.thumbnail(str(path) if path else None)
+    thumb = backend.thumbnail(str(path) if path else None, run_dir=src.run_dir)
     if thumb.error:
         st.warning(
             f"**Slide not available** ({thumb.error}). The scores are drawn on a blank canvas from the patch "
             "coordinates alone."
         )
-    overlay(scores, coords, attrs, thumb, str(path) if path else None, target)
+    overlay(scores, coords, attrs, thumb, str(path) if path else None, target, src.run_dir)
 
     st.subheader("Top patches")
-    _gallery(str(path) if path else None, thumb, scores, coords, attrs)
+    _gallery(str(path) if path else None, thumb, scores, coords, attrs, src.run_dir)
 
     m1_label = backend.run_info(src.run_dir).m1_label
     if backend.run_info(src.run_dir).m1_kind == "mri":

@@ -30,6 +30,7 @@ COMMANDS: tuple[str, ...] = (
     "mri",
     "genomics",
     "explain",
+    "precompute",
     "figures",
     "audit",
 )

@@ -16,6 +16,10 @@ a temporary name and renamed (a killed process never leaves a half-written entry
 numeric and string arrays plus one JSON string, and are read with ``allow_pickle=False``. An
 unreadable entry counts as a miss. A run folder that cannot be written is not an error: the
 explanation is returned uncached and a warning is logged.
+
+``deref.explain.precompute`` keeps the dashboard's model outputs in the same fold folders
+(methods ``output``, ``output-m1``, ``output-wsi``) and per-slide thumbnails and patch pixels in
+``RUN/explanations/slides/`` (compressed: ``save(..., compress=True)``), under the same rules.
 """
 
 from __future__ import annotations
@@ -141,8 +145,13 @@ class ExplanationCache:
             return None
         return arrays, meta
 
-    def save(self, key: CacheKey, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path | None:
-        """Write atomically; returns the path, or None when the folder is not writable."""
+    def save(
+        self, key: CacheKey, arrays: dict[str, np.ndarray], meta: dict[str, Any], *, compress: bool = False
+    ) -> Path | None:
+        """Write atomically; returns the path, or None when the folder is not writable.
+
+        ``compress``: zip-deflate the arrays (``np.savez_compressed``; for images such as slide
+        thumbnails and patch pixels); :meth:`load` reads either."""
         path = self.path(key)
         payload = {name: np.asarray(a) for name, a in arrays.items()}
         if any(a.dtype == object for a in payload.values()):
@@ -154,7 +163,7 @@ class ExplanationCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                np.savez(f, **payload)
+                (np.savez_compressed if compress else np.savez)(f, **payload)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning(

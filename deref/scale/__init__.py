@@ -118,8 +118,12 @@ def connect(address: str = "auto"):
     """
     import sys
 
-    if "ray" not in sys.modules:  # read when ray is imported
+    if "ray" not in sys.modules:  # both are read when ray is imported
         os.environ.setdefault(_LOOPBACK_ENV, "0")
+        if address != "auto" and _have_token():
+            # `ray start` made a token (~/.ray/auth_token): present it; a cluster without
+            # authentication accepts it too
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
@@ -141,6 +145,14 @@ def connect(address: str = "auto"):
     ray.init(_node_ip_address=LOCAL_ADDRESS, include_dashboard=False, **quiet)
     log.info("started a local Ray on %s: %s", LOCAL_ADDRESS, ray.cluster_resources())
     return ray
+
+
+def _have_token() -> bool:
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return True
+    return (Path.home() / ".ray" / "auth_token").is_file()
 
 
 def worker_count(ray, options: RayOptions, n_items: int) -> tuple[int, float]:

@@ -309,3 +309,25 @@ def test_m1_tokens_stand_in_for_the_profiles_exactly(tiny_model, random_inputs):
     torch.testing.assert_close(via_tokens.cls_m1, plain.cls_m1, rtol=0, atol=1e-6)
     assert torch.equal(shared.cls_m1[0], shared.cls_m1[1])
     torch.testing.assert_close(shared.cls_m1[0], plain.cls_m1[0], rtol=0, atol=1e-6)
+
+
+def test_ppeg_gradients_equal_plain_convolution():
+    """PPEG's depthwise conv with its own weight gradient (a grouped convolution) gives the
+    gradients of ``F.conv2d``, for a batch and a channels-last grid."""
+    import torch.nn.functional as F
+
+    from deref.model.encoders import PPEG
+
+    torch.manual_seed(0)
+    ppeg = PPEG(8)
+    grid = torch.randn(3, 9, 9, 8).permute(0, 3, 1, 2).requires_grad_(True)  # channels-last view
+    w_grad = torch.randn(3, 8, 9, 9)
+    (ppeg(grid) * w_grad).sum().backward()
+    ours = [grid.grad] + [p.grad for p in ppeg.parameters()]
+    grid.grad = None
+    ppeg.zero_grad()
+    w, b = ppeg.fused_kernel()
+    (F.conv2d(grid, w, b, padding=3, groups=8) * w_grad).sum().backward()
+    plain = [grid.grad] + [p.grad for p in ppeg.parameters()]
+    for a, e in zip(ours, plain):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)

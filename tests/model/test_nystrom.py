@@ -81,3 +81,38 @@ def test_pinv_scale_is_per_patient():
     # six Newton-Schulz steps approximate the inverse of a well-conditioned matrix
     b = torch.eye(8).expand(1, 1, 8, 8) * 0.5 + 0.05
     assert torch.allclose(iterative_pinv(b, 12) @ b, torch.eye(8).expand(1, 1, 8, 8), atol=1e-3)
+
+
+@pytest.mark.parametrize("lengths", [[300], [5, 140, 300, 129]])
+def test_cls_only_equals_first_row_of_full_forward(lengths):
+    """``cls_only`` (queries projected for the class token and the landmarks only, the
+    residual conv and output projection for one row) gives the full forward's first row."""
+    ours, _ = _pair(seed=3)
+    x = torch.randn(len(lengths), max(lengths), 64)
+    lens = None if len(lengths) == 1 else torch.tensor(lengths)
+    with torch.no_grad():
+        full, full_attn = ours(x, lens, return_cls_attention=True)
+        first, attn = ours(x, lens, return_cls_attention=True, cls_only=True)
+    assert first.shape == (len(lengths), 1, 64)
+    torch.testing.assert_close(first, full[:, :1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn, full_attn, atol=1e-6, rtol=1e-5)
+    # and the gradients through that row are the full forward's
+    xg = x.clone().requires_grad_(True)
+    ours(xg, lens)[0][:, 0].sum().backward()
+    g_full = xg.grad.clone()
+    xg.grad = None
+    ours(xg, lens, cls_only=True)[0].sum().backward()
+    torch.testing.assert_close(xg.grad, g_full, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_dropout_is_inverted_dropout():
+    from deref.model.nystrom import fast_dropout
+
+    x = torch.ones(200, 500, requires_grad=True)
+    assert fast_dropout(x, 0.25, False) is x
+    y = fast_dropout(x, 0.25, True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # the gradient is the same mask
