@@ -98,7 +98,7 @@ import torch
 from torch import Tensor, nn
 
 from deref.errors import ConfigError, DataError, InputError
-from deref.explain.cache import ExplanationCache
+from deref.explain.cache import ExplanationCache, bag_files
 from deref.inference import family_tokens
 
 if TYPE_CHECKING:
@@ -720,7 +720,7 @@ class _CacheSlot:
             method=req.method,
             settings=req.settings,
             weights=fold_dir / "model.safetensors",
-            extra_files=[fold_dir / "preprocessing.json", *_bag_files(cohort, req.case_id)],
+            extra_files=[fold_dir / "preprocessing.json", *bag_files(cohort, req.case_id)],
             data_fingerprint=cohort.fingerprint,
         )
 
@@ -889,20 +889,6 @@ def _merge(old: PatientAttribution, new: PatientAttribution) -> PatientAttributi
 
     joined = {f: join(getattr(old, f), getattr(new, f)) for f in _PER_TARGET}
     return dataclasses.replace(new, targets=tuple(dict.fromkeys((*old.targets, *new.targets))), **joined)
-
-
-def _bag_files(cohort, case_id: str) -> list[Path]:
-    from deref.data.bags import find_bag
-
-    if cohort.bag_dir is None:
-        return []
-    out = []
-    for s in cohort.slides.get(case_id, []):
-        try:
-            out.append(find_bag(s, cohort.bag_dir))
-        except DataError:
-            continue  # reading the bag reports it properly
-    return out
 
 
 def _int_or_none(v: Any) -> int | None:

@@ -44,7 +44,15 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "explanations"
 _META = "__meta__"
 
-__all__ = ["CACHE_DIR", "CacheKey", "ExplanationCache", "file_stamp", "safe_name", "weights_fingerprint"]
+__all__ = [
+    "CACHE_DIR",
+    "CacheKey",
+    "ExplanationCache",
+    "bag_files",
+    "file_stamp",
+    "safe_name",
+    "weights_fingerprint",
+]
 
 _sha_lock = threading.Lock()
 _sha_memo: dict[tuple[str, int, int], str] = {}
@@ -73,6 +81,23 @@ def weights_fingerprint(path: str | os.PathLike) -> str:
     with _sha_lock:
         _sha_memo[memo_key] = digest
     return digest
+
+
+def bag_files(cohort, case_id: str) -> list[Path]:
+    """The patient's bag files (what the explanation keys stamp; a missing one is left out:
+    reading the bag reports it)."""
+    from deref.data.bags import find_bag
+    from deref.errors import DataError
+
+    if cohort.bag_dir is None:
+        return []
+    out = []
+    for s in cohort.slides.get(case_id, []):
+        try:
+            out.append(find_bag(s, cohort.bag_dir))
+        except DataError:
+            continue
+    return out
 
 
 def safe_name(text: str) -> str:

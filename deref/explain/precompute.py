@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from deref.errors import ConfigError, DataError, DeRefError, InputError, one_line
-from deref.explain.cache import CACHE_DIR, CacheKey, ExplanationCache, file_stamp
+from deref.explain.cache import CACHE_DIR, CacheKey, ExplanationCache, bag_files, file_stamp
 from deref.prepare import ManifestRow
 
 log = logging.getLogger(__name__)
@@ -207,22 +207,6 @@ def _fold_for(run, case_id: str, fold: int | None) -> int:
     return int(run.info.validation_folds().get(str(case_id), folds[0]))
 
 
-def _bag_files(cohort, case_id: str) -> list[Path]:
-    """The patient's bag files (what the explanation keys stamp; a missing one is left out:
-    reading the bag reports it)."""
-    from deref.data.bags import find_bag
-
-    if cohort.bag_dir is None:
-        return []
-    out = []
-    for s in cohort.slides.get(case_id, []):
-        try:
-            out.append(find_bag(s, cohort.bag_dir))
-        except DataError:
-            continue
-    return out
-
-
 def _output_slot(run, cohort, case_id: str, k: int, drop: str | None, bf16: bool, recalibrate: bool):
     """``(cache, key)`` of one stored output (the key scheme of the attributions' cache slot)."""
     if drop not in OUTPUT_METHODS:
@@ -243,7 +227,7 @@ def _output_slot(run, cohort, case_id: str, k: int, drop: str | None, bf16: bool
         method=OUTPUT_METHODS[drop],
         settings=settings,
         weights=fold_dir / "model.safetensors",
-        extra_files=[fold_dir / "preprocessing.json", *_bag_files(cohort, str(case_id))],
+        extra_files=[fold_dir / "preprocessing.json", *bag_files(cohort, str(case_id))],
         data_fingerprint=cohort.fingerprint,
     )
     return cache, key

@@ -79,7 +79,11 @@ def add_ray_options(p, *, what: str = "slides") -> None:
         "127.0.0.1) or HOST:PORT / ray://HOST:10001",
     )
     g.add_argument(
-        "--ray-workers", type=int, metavar="N", help="concurrent workers (default: from the cluster)"
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="actors of extraction / precompute (default: the cluster's GPUs, else CPUs / --ray-cpus); "
+        "tasks fill the cluster",
     )
     g.add_argument(
         "--ray-cpus", type=float, default=1.0, metavar="C", help="CPUs per worker (default: %(default)g)"

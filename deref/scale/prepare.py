@@ -66,15 +66,24 @@ def tile_slides_ray(
 ) -> list[ManifestRow]:
     """:func:`deref.prepare.tile.tile_slides` with one Ray task per slide."""
     ray = connect(options.address)
-    _, gpus = worker_count(ray, options, max(1, len(slides)))
     task = ray.remote(num_cpus=options.cpus_per_worker, max_retries=options.max_retries)(_tile_task)
     out = str(Path(out_dir).resolve())
     refs = {task.remote(str(Path(s).resolve()), out, config, overwrite): i for i, s in enumerate(slides)}
     return _collect(ray, refs, [str(s) for s in slides], options.max_retries + 1, on_result)
 
 
-def _collect(ray, refs, items: list[str], attempts: int, on_result) -> list[ManifestRow]:
-    rows: dict[int, ManifestRow] = {}
+def _collect(
+    ray,
+    refs,
+    items: list[str],
+    attempts: int,
+    on_result,
+    rows: dict[int, ManifestRow] | None = None,
+    prefix: str = "",
+) -> list[ManifestRow]:
+    """Rows of the tasks ``refs`` (ref -> item index) in item order; ``rows`` holds the items
+    decided before anything ran; ``prefix`` starts an error's item name (``"patient "``)."""
+    rows = {} if rows is None else rows
 
     def done(i: int, row: ManifestRow) -> None:
         rows[i] = row
@@ -85,7 +94,9 @@ def _collect(ray, refs, items: list[str], attempts: int, on_result) -> list[Mani
         rows[i] = (
             _lost_row(items[i], attempts, exc)
             if worker_died(exc)
-            else ManifestRow(items[i], "failed", 0, 0.0, f"{items[i]}: {type(exc).__name__}: {one_line(exc)}")
+            else ManifestRow(
+                items[i], "failed", 0, 0.0, f"{prefix}{items[i]}: {type(exc).__name__}: {one_line(exc)}"
+            )
         )
         if on_result:
             on_result(rows[i])
@@ -334,23 +345,6 @@ def process_cases_ray(
         seen.add(case.patient)
         refs[task.remote(case, out, backbone, config, save_crops, threads)] = i
     items = [c.patient for c in cases]
-
-    def done(i: int, row: ManifestRow) -> None:
-        rows[i] = row
-        if on_result:
-            on_result(row)
-
-    def error(i: int, exc: BaseException) -> None:
-        rows[i] = (
-            _lost_row(items[i], options.max_retries + 1, exc)
-            if worker_died(exc)
-            else ManifestRow(
-                items[i], "failed", 0, 0.0, f"patient {items[i]}: {type(exc).__name__}: {one_line(exc)}"
-            )
-        )
-        if on_result:
-            on_result(rows[i])
-
-    gather(ray, refs, done, error)
+    out_rows = _collect(ray, refs, items, options.max_retries + 1, on_result, rows, "patient ")
     log.info("%d patients on Ray in %.1f s", len(cases), time.perf_counter() - t0)
-    return [rows[i] for i in range(len(cases))]
+    return out_rows

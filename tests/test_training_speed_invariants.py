@@ -1,0 +1,146 @@
+"""Training speed-ups change no number: seeded tiny runs against predictions recorded before them.
+
+``tests/data/training_invariants.csv`` holds the validation and training-fold predictions
+(risk, survival curve) and the per-epoch training losses of small seeded runs on the 40-patient
+demo (fold 0, two epochs) of ``snn``, ``snn_transformer`` and ``deref``, one patient per step
+(the paper's protocol) and batched, recorded with the training code as it was before the
+issue-15 training speed-ups; ``training_invariants_weights.csv`` the SHA-256 of every trained
+tensor's bytes (and its sum, for a readable diff). The runs here must reproduce them bit for
+bit: the speed-ups run the same floating-point operations in the same order.
+
+Regenerate (only when a change is meant to change numbers):
+``OMP_NUM_THREADS=1 .venv/bin/python tests/test_training_speed_invariants.py --record``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+DATA = Path(__file__).resolve().parent / "data"
+PRED_CSV = DATA / "training_invariants.csv"
+WEIGHTS_CSV = DATA / "training_invariants_weights.csv"
+
+#: name -> (model type, TrainConfig changes, ModelConfig changes)
+RUNS: dict[str, tuple[str, dict, dict]] = {
+    "snn_b1": ("snn", {}, {}),
+    "snn_b4_l1": ("snn", {"batch_size": 4, "l1": 1e-4}, {}),
+    "snnt_b1": ("snn_transformer", {}, {}),
+    "snnt_b4": ("snn_transformer", {"batch_size": 4}, {}),
+    "snnt_b1_accum2": ("snn_transformer", {"grad_accum": 2, "track_validation": False}, {}),
+    "deref_b1": ("deref", {}, {"wsi_dim": None}),
+    "deref_b2": ("deref", {"batch_size": 2}, {"wsi_dim": None}),
+}
+
+
+def _cohort(demo: Path):
+    from deref.data.cohort import load_cohort
+
+    c = demo / "cohort"
+    return load_cohort(c / "cohort.csv", signatures=c / "signatures.csv", bag_dir=c / "bags")
+
+
+def run_one(cohort, name: str, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train run ``name`` (fold 0 of 5, 2 epochs, seed 3) -> (predictions rows, weight rows)."""
+    from deref.data.splits import make_folds
+    from deref.model import ModelConfig
+    from deref.training import TrainConfig, train_cross_validation
+
+    torch.set_num_threads(1)
+    model_type, train_changes, model_changes = RUNS[name]
+    extra = {}
+    if "wsi_dim" in model_changes:
+        extra["wsi_dim"] = _bag_dim(cohort)
+    cfg = ModelConfig(
+        model_type=model_type,
+        m1_sizes=tuple(f.size for f in cohort.families),
+        m1_names=tuple(f.name for f in cohort.families),
+        **extra,
+    )
+    folds = make_folds(cohort.patients, k=5, seed=0)
+    tcfg = TrainConfig(epochs=2, seed=3, **train_changes)
+    res = train_cross_validation(cohort, folds, cfg, tcfg, out / name, only_folds=[0])
+    fold = res.folds[0]
+    val = fold.predictions.drop(columns=["fold"]).assign(part="val")
+    tr = res.folds[0].train_risks.drop(columns=["fold"]).assign(part="train")
+    losses = pd.DataFrame(
+        {
+            "case_id": [f"epoch{h['epoch']}" for h in fold.info.history],
+            "risk": [h["train_loss"] for h in fold.info.history],
+            "part": "train_loss",
+        }
+    )
+    preds = pd.concat([val, tr, losses], ignore_index=True).assign(run=name)
+    state = load_file(out / name / "fold_0" / "model.safetensors")
+    weights = pd.DataFrame(
+        [
+            {
+                "run": name,
+                "tensor": k,
+                "sha256": hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest(),
+                "sum": float(v.double().sum()),
+            }
+            for k, v in sorted(state.items())
+        ]
+    )
+    return preds, weights
+
+
+def _bag_dim(cohort) -> int:
+    c = cohort.case_ids[0]
+    return int(cohort.patient_bag(c).features.shape[1])
+
+
+def record(demo: Path) -> None:
+    cohort = _cohort(demo)
+    preds, weights = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in RUNS:
+            p, w = run_one(cohort, name, Path(tmp))
+            preds.append(p)
+            weights.append(w)
+    cols = ["run", "part", "case_id", "risk", "risk_std"]
+    frame = pd.concat(preds, ignore_index=True)
+    frame = frame[cols + [c for c in frame.columns if c.startswith("surv_")]]
+    frame.to_csv(PRED_CSV, index=False, float_format="%.17g")
+    pd.concat(weights, ignore_index=True).to_csv(WEIGHTS_CSV, index=False, float_format="%.17g")
+
+
+@pytest.fixture(scope="module")
+def cohort(small_demo):
+    return _cohort(small_demo)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_seeded_run_matches_the_recorded_numbers(cohort, name, tmp_path):
+    preds, weights = run_one(cohort, name, tmp_path)
+    want = pd.read_csv(PRED_CSV, dtype={"case_id": str}, float_precision="round_trip")
+    want = want[want["run"] == name].reset_index(drop=True)
+    got = preds[want.columns].reset_index(drop=True)
+    assert list(got["case_id"]) == list(want["case_id"])
+    num = [c for c in want.columns if c in ("risk", "risk_std") or c.startswith("surv_")]
+    # %.17g round-trips a float64 exactly, and every float32 through float64: bit for bit
+    np.testing.assert_array_equal(got[num].to_numpy(float), want[num].to_numpy(float))
+    want_w = pd.read_csv(WEIGHTS_CSV)
+    want_w = want_w[want_w["run"] == name].reset_index(drop=True)
+    assert list(weights["tensor"]) == list(want_w["tensor"])
+    changed = weights.loc[weights["sha256"] != want_w["sha256"], "tensor"].tolist()
+    assert not changed, f"trained weights differ from the recorded ones: {changed}"
+
+
+if __name__ == "__main__":
+    if "--record" not in sys.argv:
+        sys.exit("usage: test_training_speed_invariants.py --record")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import _shared_demo
+
+    record(_shared_demo("small-40", n_patients=40, epochs=2, slide_size=(2048, 1536)))
+    print(f"wrote {PRED_CSV} and {WEIGHTS_CSV}")
