@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_genomic.py --json [--threads 1] [--epochs 3]
         [--models snn,snn_transformer] [--batch-sizes 1,32] [--fold 0] [--no-profile]
+        [--ab] [--fused]
 
 One fold's training patients (MCAT split ``--fold``, about 300 patients) of
 ``datasets_csv_sig/tcga_blca_all_clean.csv.zip`` with ``signatures.csv`` (../shared/data/tcga),
@@ -25,12 +26,24 @@ The last stdout line is one JSON object: ``{"snn": {"1": {"epoch_s", "step_ms", 
 "split_ms_per_step": {...}}, "32": {...}}, "snn_transformer": {...}, "n_train", "threads",
 "torch"}``. ``--target`` (default 3 s) is the issue's bound for snn_transformer, one
 patient per step; ``met`` says whether it holds.
+
+Extra arms, timed alternately with the default path in the same process (every epoch of an
+arm continues the same model, so each sees the same machine load and model state):
+``--ab`` adds ``before`` (the step as it was before the issue-15 change: pandas label
+lookups per step; the same numbers), ``--fused`` adds ``fused_adam`` (torch's fused CPU
+Adam: other numbers, so not the default: its kernel rounds differently, ~1e-7 after a few
+steps, and training amplifies it -- after 5 epochs of snn_transformer on this fold the
+validation risks differed by up to 1.3 and the C-index was 0.570 instead of 0.508; timed
+to show what it would give). Each arm gets ``epoch_s``, ``step_ms``, ``time_vs_default``
+(its time / the default path's) and, when profiled, ``<arm>_split_ms_per_step``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import dataclasses
 import json
 import pstats
 import sys
@@ -44,7 +57,11 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tcga"
 #: phase -> (module path suffix, function name) whose cumulative time is the phase's
 PHASES = {
     "sampler": [("deref/training.py", "epoch_batches")],
-    "assemble": [("deref/inference.py", "assemble"), ("deref/training.py", "_labels")],
+    "assemble": [
+        ("deref/inference.py", "assemble"),
+        ("deref/training.py", "_labels"),
+        ("benchmarks/bench_genomic.py", "pandas_labels"),
+    ],
     "forward": [("deref/model/baselines.py", "forward"), ("deref/model/deref.py", "forward")],
     "loss": [("deref/losses.py", "nll_survival_loss"), ("deref/losses.py", "decoupling_loss")],
     "backward": [("torch/_tensor.py", "backward")],
@@ -96,25 +113,85 @@ def _split(prof: cProfile.Profile, steps: int, total_s: float) -> dict[str, floa
     return {k: round(1e3 * v / steps, 3) for k, v in out.items()}
 
 
-def bench_one(cohort, fold, model_type: str, batch_size: int, epochs: int, profile: bool) -> dict:
-    trainer, data, model, tcfg = _trainer(cohort, fold, model_type, batch_size, epochs + 1)
+@contextlib.contextmanager
+def _before():
+    """The training step as it was before the issue-15 change: the labels looked up in pandas
+    Series per step (for an A/B in one process)."""
+    from deref import training
+
+    def pandas_labels(data, batch):
+        return data.bins[list(batch)].to_numpy(), data.cens[list(batch)].to_numpy()
+
+    saved = training._labels
+    training._labels = pandas_labels
+    try:
+        yield
+    finally:
+        training._labels = saved
+
+
+@contextlib.contextmanager
+def _fused_adam():
+    """torch's fused CPU Adam in place of the default one: NOT the same numbers (its kernel
+    rounds differently, ~1e-7 per step), timed only to show what it would give."""
+    adam = torch.optim.Adam
+
+    class FusedAdam(adam):
+        def __init__(self, params, **kw):
+            super().__init__(params, fused=True, **kw)
+
+    torch.optim.Adam = FusedAdam
+    try:
+        yield
+    finally:
+        torch.optim.Adam = adam
+
+
+ARMS = {"after": contextlib.nullcontext, "before": _before, "fused_adam": _fused_adam}
+
+
+def _epoch(trainer, model, data, train_ids, tcfg, seed: int, arm: str) -> float:
+    one = dataclasses.replace(tcfg, epochs=1)
+    with ARMS[arm]():
+        (h,) = trainer._fit(model, data, train_ids, seed, one, "bench", lambda e, r: False)
+    return h["seconds"]
+
+
+def bench_one(
+    cohort, fold, model_type: str, batch_size: int, epochs: int, profile: bool, arms: list[str]
+) -> dict:
+    trainer, data, model, tcfg = _trainer(cohort, fold, model_type, batch_size, 1)
     train_ids = list(fold.train)
-    history = trainer._fit(model, data, train_ids, 0, tcfg.__class__(**{**tcfg.to_dict(), "epochs": epochs}), "bench", lambda e, r: False)
-    best = min(h["seconds"] for h in history)
     steps = -(-len(train_ids) // batch_size)
+    _epoch(trainer, model, data, train_ids, tcfg, 0, "after")  # warm-up (first-epoch input checks)
+    times: dict[str, list[float]] = {arm: [] for arm in ["after", *arms]}
+    for i in range(epochs):  # alternated, so every arm sees the same machine load
+        for arm in times:
+            times[arm].append(_epoch(trainer, model, data, train_ids, tcfg, i + 1, arm))
+    best = min(times["after"])
     rec = {"epoch_s": round(best, 3), "step_ms": round(1e3 * best / steps, 3), "steps": steps}
-    rec["epochs_s"] = [round(h["seconds"], 3) for h in history]
+    rec["epochs_s"] = [round(t, 3) for t in times["after"]]
+    for arm in arms:
+        b = min(times[arm])
+        rec[arm] = {"epoch_s": round(b, 3), "step_ms": round(1e3 * b / steps, 3)}
+        rec[arm]["epochs_s"] = [round(t, 3) for t in times[arm]]
+        rec[arm]["time_vs_default"] = round(b / best, 2)
     if profile:
-        one = tcfg.__class__(**{**tcfg.to_dict(), "epochs": 1})
-        prof = cProfile.Profile()
-        t = time.perf_counter()
-        prof.enable()
-        trainer._fit(model, data, train_ids, 1, one, "bench", lambda e, r: False)
-        prof.disable()
-        total = time.perf_counter() - t
-        rec["profiled_epoch_s"] = round(total, 3)
-        rec["split_ms_per_step"] = _split(prof, steps, total)
+        for arm in times:
+            rec.update(_profiled(trainer, model, data, train_ids, tcfg, steps, arm))
     return rec
+
+
+def _profiled(trainer, model, data, train_ids, tcfg, steps: int, arm: str) -> dict:
+    """One epoch under cProfile: its time split into the trainer's phases (ms per step)."""
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    _epoch(trainer, model, data, train_ids, tcfg, 99, arm)
+    prof.disable()
+    total = time.perf_counter() - t
+    key = "" if arm == "after" else f"{arm}_"
+    return {f"{key}profiled_epoch_s": round(total, 3), f"{key}split_ms_per_step": _split(prof, steps, total)}
 
 
 def main() -> None:
@@ -127,6 +204,8 @@ def main() -> None:
     ap.add_argument("--models", default="snn,snn_transformer")
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--ab", action="store_true", help="also time the step as it was before (alternated)")
+    ap.add_argument("--fused", action="store_true", help="also time torch's fused Adam (other numbers)")
     ap.add_argument("--target", type=float, default=3.0, help="s per epoch, snn_transformer, batch 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -134,14 +213,22 @@ def main() -> None:
     if not data.exists():
         sys.exit(f"{data} not found: the TCGA tables live in ../shared/data/tcga")
     cohort, fold = _setup(data, args.fold)
-    result: dict = {"n_train": len(fold.train), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    result: dict = {
+        "n_train": len(fold.train),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     for model_type in args.models.split(","):
         result[model_type] = {}
         for bs in (int(b) for b in args.batch_sizes.split(",")):
-            rec = bench_one(cohort, fold, model_type, bs, args.epochs, not args.no_profile)
+            arms = ["before"] * args.ab + ["fused_adam"] * args.fused
+            rec = bench_one(cohort, fold, model_type, bs, args.epochs, not args.no_profile, arms)
             result[model_type][str(bs)] = rec
-            print(f"{model_type} batch {bs}: {rec['epoch_s']:.3f} s/epoch, {rec['step_ms']:.2f} ms/step "
-                  f"{rec.get('split_ms_per_step', '')}", file=sys.stderr)
+            print(
+                f"{model_type} batch {bs}: {rec['epoch_s']:.3f} s/epoch, {rec['step_ms']:.2f} ms/step "
+                f"{rec.get('split_ms_per_step', '')}",
+                file=sys.stderr,
+            )
     snnt = result.get("snn_transformer", {}).get("1")
     if snnt is not None:
         result["target"] = {"snn_transformer_b1_epoch_s": args.target, "met": snnt["epoch_s"] <= args.target}

@@ -235,6 +235,18 @@ class _FoldData:
     rows: dict[str, int]  # case_id -> row of m1_all
     bins: pd.Series  # time bin of every patient (by case_id)
     cens: pd.Series  # censorship of every patient (by case_id)
+    #: ``bins`` and ``cens`` as arrays in ``rows`` order (built on first use, by ``_labels``)
+    row_labels: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _labels(data: _FoldData, batch: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(bins, censorship)`` of a batch's patients: the values of ``data.bins[batch]`` and
+    ``data.cens[batch]``, read from arrays in row order (no pandas lookup per step)."""
+    if data.row_labels is None:
+        order = sorted(data.rows, key=data.rows.__getitem__)
+        data.row_labels = (data.bins[order].to_numpy(), data.cens[order].to_numpy())
+    rows = [data.rows[c] for c in batch]
+    return data.row_labels[0][rows], data.row_labels[1][rows]
 
 
 def seed_everything(seed: int) -> None:
@@ -716,8 +728,9 @@ class CohortTrainer:
         :mod:`deref.model.peers`)."""
         mcfg = data.config
         x = assemble(batch, data.m1_all, data.rows, self.bags, self.needs_wsi).to(self.device)
-        y = torch.as_tensor(data.bins[batch].to_numpy(), device=self.device)
-        c = torch.as_tensor(data.cens[batch].to_numpy(), device=self.device, dtype=torch.float32)
+        bins, cens = _labels(data, batch)
+        y = torch.as_tensor(bins, device=self.device)
+        c = torch.as_tensor(cens, device=self.device, dtype=torch.float32)
         with self._autocast():
             out = model(x.m1, x.wsi, x.mask, validate=validate)
         nll = nll_survival_loss(out.hazards.float(), y, c, alpha=alpha_surv)

@@ -122,12 +122,8 @@ def connect(address: str = "auto"):
     """
     import sys
 
-    if "ray" not in sys.modules:  # both are read when ray is imported
+    if "ray" not in sys.modules:  # read when ray is imported
         os.environ.setdefault(_LOOPBACK_ENV, "0")
-        if address != "auto" and _have_token():
-            # `ray start` made a token (~/.ray/auth_token): present it; a cluster without
-            # authentication accepts it too
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
@@ -137,8 +133,14 @@ def connect(address: str = "auto"):
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as exc:
+            hint = (
+                "; the cluster uses token authentication (`ray start` turns it on): set RAY_AUTH_MODE=token "
+                "(the token is read from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+                if _auth_refused(exc)
+                else ""
+            )
             raise ConfigError(
-                f"--ray {address}: cannot connect to a Ray cluster there ({one_line(exc)})"
+                f"--ray {address}: cannot connect to a Ray cluster there ({one_line(exc)}){hint}"
             ) from exc
         return ray
     try:
@@ -151,12 +153,14 @@ def connect(address: str = "auto"):
     return ray
 
 
-def _have_token() -> bool:
-    from pathlib import Path
-
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        return True
-    return (Path.home() / ".ray" / "auth_token").is_file()
+def _auth_refused(exc: BaseException) -> bool:
+    """Whether a connection failed because the cluster wants a token we did not present."""
+    e, seen = exc, 0
+    while e is not None and seen < 8:
+        if "InvalidAuthToken" in str(e) or type(e).__name__ == "AuthenticationError":
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def worker_count(ray, options: RayOptions, n_items: int) -> tuple[int, float]:

@@ -150,7 +150,7 @@ def test_voxel_attribution_through_the_trained_3d_resnet(e2e_run):
     np.testing.assert_allclose(risk.sequence_scores, risk.scores.reshape(5, -1).sum(1), rtol=1e-5)
     wsi = explain_voxels(pred, co, case, "specific_wsi", "grad")
     assert not wsi.scores.any() and not wsi.sequence_scores.any()  # no path from the MRI: exactly zero
-    ig = explain_voxels(pred, co, case, "risk", "ig", steps=16)
+    ig = explain_voxels(pred, co, case, "risk", "ig", steps=32)
     assert abs(ig.convergence_delta) < 0.05 * max(abs(ig.scores.sum()), 1e-3)
 
 

@@ -278,7 +278,8 @@ def test_ig_completeness_against_independent_forwards(predictor, cohort):
     f_x = float(predictor.run.predictions().set_index("case_id").loc[case, "risk"])
     total = float(a.patch_scores["risk"].sum() + a.family_scores["risk"].sum())
     assert a.baseline_values["risk"] == pytest.approx(f_base, abs=1e-5)
-    assert abs(total - (f_x - f_base)) <= 0.01 * abs(f_x - f_base)
+    # 1% of the change, or float32 noise (1e-5) when the patient's risk is close to the baseline's
+    assert abs(total - (f_x - f_base)) <= max(0.01 * abs(f_x - f_base), 1e-5)
     assert a.convergence_delta["risk"] == pytest.approx(total - (f_x - f_base), abs=1e-5)
 
 

@@ -213,13 +213,16 @@ def test_a_killed_driver_is_finished_by_running_the_command_again(ray_cluster, t
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not list(out.glob("*.h5")) and driver.poll() is None:
             time.sleep(0.05)
-        assert driver.poll() is None, "the driver finished before it could be killed"
+        assert driver.poll() is None, (
+            f"the driver ended before it could be killed: {driver.stderr.read()[-1500:]}"
+        )
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.wait(30)
