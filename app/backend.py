@@ -628,13 +628,6 @@ class PatientView:
     m1_names: tuple[str, ...] = ()
 
 
-def _plain_attrs(attrs: dict) -> dict:
-    """A slide's bag attributes as plain Python values (``deref.explain.precompute.plain_attrs``)."""
-    from deref.explain.precompute import plain_attrs
-
-    return plain_attrs(attrs)
-
-
 @st.cache_data(show_spinner=False, max_entries=512)
 def patient_view(
     run_dir: str,

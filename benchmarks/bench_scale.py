@@ -40,25 +40,26 @@ import numpy as np
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported
 
 
-def make_slides(folder: Path, n: int) -> list[Path]:
-    """``n`` pyramidal 20x slides with two tissue blobs each."""
+def generated_slide(path: Path, seed: int, size: tuple[int, int] = (2048, 1536)) -> Path:
+    """A pyramidal 20x slide with two tissue blobs (about 20-40 patches of 256 px); the Ray tests
+    use it too."""
     from deref.slides import pyramid_levels, write_pyramidal_tiff
 
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    tissue = ((yy - 0.5 * h) / (0.38 * h)) ** 2 + ((xx - 0.3 * w) / (0.22 * w)) ** 2 <= 1
+    tissue |= ((yy - 0.5 * h) / (0.3 * h)) ** 2 + ((xx - 0.72 * w) / (0.18 * w)) ** 2 <= 1
+    img = np.full((h, w, 3), 243, np.uint8)
+    noise = rng.integers(0, 60, (h, w, 1))
+    img[tissue] = (np.array([210, 120, 180]) - noise[tissue]).clip(0, 255).astype(np.uint8)
+    return write_pyramidal_tiff(path, pyramid_levels(img), mpp=0.5, magnification=20)
+
+
+def make_slides(folder: Path, n: int) -> list[Path]:
+    """``n`` generated slides (:func:`generated_slide`, seeds 0 .. n-1)."""
     folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        rng = np.random.default_rng(i)
-        h, w = 1536, 2048
-        yy, xx = np.mgrid[0:h, 0:w]
-        tissue = ((yy - 0.5 * h) / (0.38 * h)) ** 2 + ((xx - 0.3 * w) / (0.22 * w)) ** 2 <= 1
-        tissue |= ((yy - 0.5 * h) / (0.3 * h)) ** 2 + ((xx - 0.72 * w) / (0.18 * w)) ** 2 <= 1
-        img = np.full((h, w, 3), 243, np.uint8)
-        noise = rng.integers(0, 60, (h, w, 1))
-        img[tissue] = (np.array([210, 120, 180]) - noise[tissue]).clip(0, 255).astype(np.uint8)
-        out.append(
-            write_pyramidal_tiff(folder / f"s{i:03d}.svs", pyramid_levels(img), mpp=0.5, magnification=20)
-        )
-    return out
+    return [generated_slide(folder / f"s{i:03d}.svs", i) for i in range(n)]
 
 
 def _figures(rows, wall: float) -> dict:

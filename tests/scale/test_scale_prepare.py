@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
+from benchmarks.bench_scale import generated_slide
 from deref.cli.main import main
 
 pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.slow]
@@ -50,25 +51,10 @@ SLOW = [
 ]
 
 
-def _slide(path: Path, seed: int, size=(2048, 1536)) -> Path:
-    """A small pyramidal 20x slide with two tissue blobs (about 40 patches of 256 px)."""
-    from deref.slides import pyramid_levels, write_pyramidal_tiff
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    tissue = ((yy - 0.5 * h) / (0.38 * h)) ** 2 + ((xx - 0.3 * w) / (0.22 * w)) ** 2 <= 1
-    tissue |= ((yy - 0.5 * h) / (0.3 * h)) ** 2 + ((xx - 0.72 * w) / (0.18 * w)) ** 2 <= 1
-    img = np.full((h, w, 3), 243, np.uint8)
-    noise = rng.integers(0, 60, (h, w, 1))
-    img[tissue] = (np.array([210, 120, 180]) - noise[tissue]).clip(0, 255).astype(np.uint8)
-    return write_pyramidal_tiff(path, pyramid_levels(img), mpp=0.5, magnification=20)
-
-
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> list[Path]:
     d = tmp_path_factory.mktemp("generated")
-    return [_slide(d / f"gen{i}.svs", i) for i in range(4)]
+    return [generated_slide(d / f"gen{i}.svs", i) for i in range(4)]
 
 
 def _files(root: Path) -> dict[str, bytes]:
