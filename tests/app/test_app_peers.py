@@ -15,6 +15,19 @@ from tests.app.test_app_pages import problems
 
 PAGES = ("views/cohort.py", "views/patient.py", "views/stratification.py", "views/model.py")
 
+#: One worker trains the peers once (a module fixture is per worker: without the group each
+#: worker running a test here would train them again).
+pytestmark = pytest.mark.xdist_group("app-peers")
+
+#: The peers' own widths, small (as tests/test_peers_e2e.py): the pages, not the fit, are tested.
+SMALL_PEERS = dict(
+    clam_hidden=32,
+    clam_attn_dim=16,
+    mome_dim=32,
+    mome_omic_hidden=(32, 32),
+    mome_landmarks=16,
+)
+
 
 @pytest.fixture(scope="module")
 def peer_run_dirs(small_demo, tmp_path_factory) -> dict[str, Path]:
@@ -33,7 +46,9 @@ def peer_run_dirs(small_demo, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("peer-app-runs")
     out = {}
     for model in ("mcat", "clam_mb", "mome"):
-        cfg = ModelConfig(model_type=model, m1_sizes=tuple(f.size for f in cohort.families), **DEMO_MODEL)
+        cfg = ModelConfig(
+            model_type=model, m1_sizes=tuple(f.size for f in cohort.families), **DEMO_MODEL, **SMALL_PEERS
+        )
         train_cross_validation(
             cohort,
             folds,
