@@ -10,10 +10,17 @@ architecture. The last line of stdout is one JSON object:
                    deterministic evaluation: encoders once, fusion for every s), one patient
     train_step_ms  {fp32: {1000, 10000}, bf16: {...}}  forward + backward + Adam step
     peak_mb_eval_30000  peak RSS growth of one eval forward at 30k patches, fresh process
-    epoch_s        {fp32, bf16}  one training epoch over 300 patients, bags ~U[2000, 15000]
+    epoch_s        {fp32, bf16}  one training epoch over 300 patients, bags ~U[2000, 15000],
+                   at the paper's setting: one patient per forward and per optimizer step
                    (wall time, with the synthesis of each patient's inputs; --epoch-patients
                    runs fewer and scales to 300: the same patients for the reference)
     epoch_model_s  the same epoch's forward + backward + optimizer time only
+    epoch_batched_s / epoch_batched_model_s  the same patients at our batched setting
+                   (``BATCH`` = 8 patients per forward and per optimizer step, bucketed by bag
+                   size as ``deref.training.epoch_batches``); ``batched_speedup`` = epoch_s /
+                   epoch_batched_s. The paper's setting stays the trainer's default
+                   (``batch_size=1``): batching changes the optimization (8x fewer steps), so it
+                   is a choice (``--batch-size``), not a faster way to the same numbers.
     bf16_spearman  rank agreement of bf16 vs fp32 risks over 100 patients
     eval_spread    max - min of the risk over 20 evaluations of one patient
     (cuda only) patients_per_s {fp32_batch1_loop, bf16_batched, speedup} at 10k patches
@@ -30,7 +37,8 @@ architecture. The last line of stdout is one JSON object:
 runs the authors' model (``benchmarks/reference_model.py``, a subprocess, same inputs,
 seeds, sizes and thread count) and adds ``reference`` (its figures) and ``ratio``
 (reference time / ours: eval 10k fp32, eval 10k bf16 (ours bf16 vs its fp32), eval 30k
-fp32, train step 10k fp32, epoch fp32 and bf16 per patient; peak RSS: ours / reference),
+fp32, train step 10k fp32, epoch fp32 and bf16 per patient, the same at our batched setting
+against the reference's paper setting (``epoch_batched_*``); peak RSS: ours / reference),
 with the issue's ``targets`` and whether each is ``met``.
 
     python benchmarks/bench_model.py --profile      # + torch.profiler tables on stderr
@@ -53,6 +61,8 @@ import numpy as np
 import torch
 
 BLCA_SIZES = (94, 334, 521, 468, 1496, 479)
+#: Patients per optimizer step at our batched training setting (``deref train --batch-size``).
+BATCH = 8
 
 
 def make_model(device, seed=0):
@@ -152,6 +162,55 @@ def epoch_s(device, bf16, n_patients):
         sync(device)
         steps += time.perf_counter() - t_step
     scale = 300 / n_patients  # scaled to the 300-patient epoch
+    return (time.perf_counter() - t) * scale, steps * scale
+
+
+def batched_patients(sizes, seeds, device):
+    """A batch of the patients ``patient(n, seed)`` would give one at a time, padded to the
+    longest bag with a validity mask (what the trainer's collation builds)."""
+    parts = [patient(int(n), seed, device) for n, seed in zip(sizes, seeds)]
+    n_max = max(int(n) for n in sizes)
+    wsi = torch.zeros(len(parts), n_max, 1024, device=device)
+    mask = torch.zeros(len(parts), n_max, dtype=torch.bool, device=device)
+    for i, (_, w) in enumerate(parts):
+        wsi[i, : w.shape[1]] = w[0]
+        mask[i, : w.shape[1]] = True
+    m1 = [torch.cat([p[0][g] for p in parts]) for g in range(len(BLCA_SIZES))]
+    return m1, wsi, mask
+
+
+def epoch_batched_s(device, bf16, n_patients, batch_size=BATCH):
+    """``(wall, model)`` seconds of the same epoch (the same patients as :func:`epoch_s`) at our
+    batched setting: ``batch_size`` patients per forward and per optimizer step, bucketed by
+    bag size as ``deref.training.epoch_batches`` does (sorted within chunks of 8 batches), scaled
+    to 300 patients."""
+    from deref.losses import decoupling_loss, nll_survival_loss
+    from deref.training import epoch_batches
+
+    model = make_model(device)
+    sizes = epoch_sizes(n_patients)
+    ids = [str(i) for i in range(n_patients)]
+    batches = epoch_batches(ids, None, batch_size, lambda i: int(sizes[int(i)]), np.random.default_rng(0))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-5)
+    model.train()
+    t = time.perf_counter()
+    steps = 0.0
+    for batch in batches:
+        idx = [int(i) for i in batch]
+        m1, wsi, mask = batched_patients(sizes[idx], [100 + i for i in idx], device)
+        sync(device)
+        t_step = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(m1, wsi, mask)
+        y = torch.tensor([i % 4 for i in idx], device=device)
+        loss = nll_survival_loss(out.hazards.float(), y, torch.zeros(len(idx), device=device))
+        loss = loss + decoupling_loss(out.features.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        steps += time.perf_counter() - t_step
+    scale = 300 / n_patients
     return (time.perf_counter() - t) * scale, steps * scale
 
 
@@ -423,6 +482,9 @@ def ratios(ref, ours):
         if "epoch_model_s" in ref and "epoch_model_s" in ours:  # without the input synthesis
             r["epoch_model_fp32"] = ref["epoch_model_s"]["fp32"] / ours["epoch_model_s"]["fp32"]
             r["epoch_model_bf16"] = ref["epoch_model_s"]["fp32"] / ours["epoch_model_s"]["bf16"]
+    if "epoch_s" in ref and "epoch_batched_s" in ours:  # the reference has one setting: the paper's
+        r["epoch_batched_fp32"] = ref["epoch_s"]["fp32"] / ours["epoch_batched_s"]["fp32"]
+        r["epoch_batched_bf16"] = ref["epoch_s"]["fp32"] / ours["epoch_batched_s"]["bf16"]
     return {k: round(v, 3) for k, v in r.items()}
 
 
@@ -488,6 +550,13 @@ def main() -> None:
         res["epoch_model_s"] = {p: round(v[1], 1) for p, v in ep.items()}
         res["epoch_patients_run"] = args.epoch_patients
         res["epoch_s_per_patient"] = {p: round(v / 300, 4) for p, v in res["epoch_s"].items()}
+        # our batched setting, the same patients: BATCH per forward and per optimizer step
+        bt = {p: epoch_batched_s(device, p == "bf16", args.epoch_patients) for p in ("fp32", "bf16")}
+        res["epoch_batched_s"] = {p: round(v[0], 1) for p, v in bt.items()}
+        res["epoch_batched_model_s"] = {p: round(v[1], 1) for p, v in bt.items()}
+        res["epoch_batch_size"] = BATCH
+        res["batched_speedup"] = {p: round(res["epoch_s"][p] / res["epoch_batched_s"][p], 2) for p in bt}
+        print("epoch_s", res["epoch_s"], "batched", res["epoch_batched_s"], file=sys.stderr)
     if device.type == "cuda":
         res["patients_per_s"] = cuda_throughput(model, device)
 

@@ -309,6 +309,10 @@ def _attribution_net(model: nn.Module) -> nn.Module:
     enc = copy.copy(model.wsi_encoder)
     enc._modules = type(enc._modules)(enc._modules)
     enc._modules["fc1"] = nn.Identity()
+    if hasattr(enc, "pos_layer"):  # gradients of the inputs only: no kernel gradient in PPEG
+        ppeg = copy.copy(enc.pos_layer)
+        ppeg.frozen_kernel = True
+        enc._modules["pos_layer"] = ppeg
     clone = copy.copy(model)
     clone._modules = type(clone._modules)(clone._modules)
     clone._modules["wsi_encoder"] = enc

@@ -115,10 +115,13 @@ def _group_means(x: Tensor, padded: list[int], m: int, uniform: bool) -> Tensor:
     if uniform:
         grp = lmax // m
         return x.reshape(b, h, m, grp, d).sum(dim=3) / grp
+    # unbind, not x[i]: the backward of x[i] allocates a zero tensor of the whole batch per
+    # patient (O(B^2) memory traffic); unbind's backward is one stack.
+    rows = x.unbind(0)
     parts = []
     for i, p in enumerate(padded):
         grp = p // m
-        parts.append(x[i, :, lmax - p :].reshape(h, m, grp, d).sum(dim=2) / grp)
+        parts.append(rows[i][:, lmax - p :].reshape(h, m, grp, d).sum(dim=2) / grp)
     return torch.stack(parts)
 
 
@@ -422,13 +425,18 @@ class NystromAttention(nn.Module):
         """Attention row of each patient's class token (queries ``q_cls`` (B, h, 1, d)) over
         the padded window, (B, h, L)."""
         b = q_cls.shape[0]
-        with torch.autocast(device_type=q_cls.device.type, enabled=False):
+        # A display output: nothing differentiates it, so no graph is kept (the attribution
+        # forwards run with gradients on), and the (B, h, m, L) softmax is done in place:
+        # row @ softmax(S) = (row / Z) @ exp(S - max), one pass over S fewer.
+        with torch.no_grad(), torch.autocast(device_type=q_cls.device.type, enabled=False):
             q_cls = q_cls.float()  # (B, h, 1, d)
             row = torch.softmax(q_cls @ k_l.float().transpose(-1, -2), dim=-1) @ a2_inv  # (B,h,1,m)
             sim3 = q_l.float() @ k.float().transpose(-1, -2)  # (B, h, m, L)
             if key_mask is not None:
-                sim3 = sim3.masked_fill(~key_mask.view(b, 1, 1, lmax), float("-inf"))
-            return (row @ torch.softmax(sim3, dim=-1)).squeeze(2)  # (B, h, L)
+                sim3.masked_fill_(~key_mask.view(b, 1, 1, lmax), float("-inf"))
+            sim3.sub_(sim3.amax(dim=-1, keepdim=True)).exp_()
+            row = row / sim3.sum(dim=-1).unsqueeze(-2)  # (B, h, 1, m) / (B, h, 1, m)
+            return (row @ sim3).squeeze(2)  # (B, h, L)
 
     def cls_attention(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Class-token attention over tokens, ``(B, heads, T)`` (see ``forward``)."""

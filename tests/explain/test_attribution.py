@@ -249,6 +249,10 @@ def test_structural_zeros_on_a_random_model_and_attribution_layer_equivalence():
     np.testing.assert_allclose(
         res.patch_scores["risk"], ((g * (wsi - base)).sum(-1))[0].double().numpy(), rtol=1e-4, atol=1e-9
     )
+    # the attributions' copy builds PPEG's kernel without autograd; the model's own is untouched
+    net = attr_mod._attribution_net(model)
+    assert net.wsi_encoder.pos_layer.frozen_kernel and not model.wsi_encoder.pos_layer.frozen_kernel
+    assert net.wsi_encoder.pos_layer.conv7.weight is model.wsi_encoder.pos_layer.conv7.weight
     # bf16 autocast: the same maps up to rounding
     low = attribute_inputs(model, m1, wsi, base, method="grad", targets=["risk"], bf16=True)
     assert np.corrcoef(low.patch_scores["risk"], res.patch_scores["risk"])[0, 1] > 0.95

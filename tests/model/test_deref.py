@@ -331,3 +331,39 @@ def test_ppeg_gradients_equal_plain_convolution():
     plain = [grid.grad] + [p.grad for p in ppeg.parameters()]
     for a, e in zip(ours, plain):
         torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+
+
+def test_a_frozen_kernel_ppeg_gives_the_same_output_and_input_gradient_and_no_kernel_gradient(monkeypatch):
+    """The attributions' PPEG copy (``frozen_kernel``) shares the parameters, gives the same
+    output and input gradient, and runs no kernel-gradient convolution in its backward."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from deref.model import encoders
+    from deref.model.encoders import PPEG
+
+    torch.manual_seed(0)
+    ppeg = PPEG(8)
+    frozen = copy.copy(ppeg)
+    frozen.frozen_kernel = True
+    assert not ppeg.frozen_kernel and frozen.conv7.weight is ppeg.conv7.weight
+    grid = torch.randn(2, 9, 9, 8).permute(0, 3, 1, 2)
+    g_out = torch.randn(2, 8, 9, 9)
+    convs = []
+    real_conv2d = F.conv2d
+    monkeypatch.setattr(
+        encoders.F, "conv2d", lambda *a, **k: convs.append(a[1].shape) or real_conv2d(*a, **k)
+    )
+    grads = []
+    for module in (ppeg, frozen):
+        x = grid.clone().requires_grad_(True)
+        out = module(x)
+        (gx,) = torch.autograd.grad((out * g_out).sum(), x)
+        grads.append((out.detach(), gx))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=0)
+    # plain: forward + the kernel-gradient convolution (its "weight" is the output gradient);
+    # frozen: the forward only
+    assert [tuple(s) for s in convs] == [(8, 1, 7, 7), (8, 2, 9, 9), (8, 1, 7, 7)]
+    assert all(p.grad is None for p in ppeg.parameters())
