@@ -11,13 +11,15 @@ the same order); elsewhere (another CPU's kernels round differently) to 1e-5, wh
 arithmetic (another dropout stream, another optimizer) exceeds by orders of magnitude. The suite
 runs three of the seven recorded runs (one per model); all seven with DEREF_ALL_INVARIANTS=1.
 
-Re-recorded once since (on an AMD EPYC, torch 2.13.0, one thread): the short Nystrom path
-(``deref.model.nystrom._short_nystrom_attention``, genomic tokens) was rewritten from the
-compressed ``m x m`` algebra to plain ``(t + 1) x (t + 1)`` products in an orthonormal basis; the
-attention's outputs moved by rounding only (<= 4e-7, against the ``nystrom-attention`` package
-in tests/model/test_nystrom.py still at 2e-6), but two epochs of Adam amplify rounding and
-the DeReF runs' gate bias left the 1e-5 band (1.4e-4). The other speed-ups are checked
-against the recording as before.
+Re-recorded once since (on an AMD EPYC, torch 2.13.0, one thread), for two changes that add
+the same terms in another order: the short Nystrom path
+(``deref.model.nystrom._short_nystrom_attention``, genomic tokens) rewritten from the compressed
+``m x m`` algebra to plain ``(t + 1) x (t + 1)`` products in an orthonormal basis (the
+attention's outputs moved by <= 4e-7; against the ``nystrom-attention`` package in
+tests/model/test_nystrom.py still at 2e-6), and PPEG's kernel gradient for a batch summed over
+one convolution per patient (``deref.model.encoders._DepthwiseConv2d``). Two epochs of Adam
+amplify rounding: the DeReF runs' gate bias left the 1e-5 band (1.4e-4). The other speed-ups
+are checked against the recording as before.
 
 Regenerate (only when a change is meant to change numbers):
 ``OMP_NUM_THREADS=1 .venv/bin/python tests/test_training_speed_invariants.py --record``

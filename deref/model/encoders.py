@@ -248,12 +248,14 @@ class _DepthwiseConv2d(torch.autograd.Function):
                 grad, x, w, None, [1, 1], pad, [1, 1], False, [0, 0], c, [True, False, False]
             )[0]
         if ctx.needs_input_grad[1]:
-            # One grouped convolution: the batch's B x C channels, (C, B, H, W) filters. (A
-            # convolution per patient, summed, is ~5x faster for a batch of 8 but adds the
-            # patients in another order: batched training's numbers would move by rounding.)
-            inp = x.transpose(0, 1).reshape(1, c * bsz, hh, ww)  # channels (c, b)
-            g = grad.contiguous().transpose(0, 1).contiguous()  # (C, B, H, W): one filter per c
-            gw = F.conv2d(inp, g, padding=pad, groups=c).view_as(w)
+            # One grouped convolution per patient (its grid as the input, its output gradient as
+            # C filters), summed: for a batch ~5x faster than one convolution over the batch's
+            # B x C channels with (C, B, H, W) filters (8 patients at 8k patches: 0.12 s against
+            # 0.7 s); the same sums, added in another order.
+            gw = sum(
+                F.conv2d(x[i : i + 1], grad[i].unsqueeze(1).contiguous(), padding=pad, groups=c)
+                for i in range(bsz)
+            ).view_as(w)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum(dim=(0, 2, 3))
         return gx, gw, gb, None

@@ -363,7 +363,7 @@ def test_a_frozen_kernel_ppeg_gives_the_same_output_and_input_gradient_and_no_ke
         grads.append((out.detach(), gx))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=0)
-    # plain: forward + the kernel-gradient convolution (its "weight" is the output gradient);
-    # frozen: the forward only
-    assert [tuple(s) for s in convs] == [(8, 1, 7, 7), (8, 2, 9, 9), (8, 1, 7, 7)]
+    # plain: forward + a kernel-gradient convolution per patient (its "weight" is that patient's
+    # output gradient); frozen: the forward only
+    assert [tuple(s) for s in convs] == [(8, 1, 7, 7), (8, 1, 9, 9), (8, 1, 9, 9), (8, 1, 7, 7)]
     assert all(p.grad is None for p in ppeg.parameters())
