@@ -23,6 +23,12 @@ if str(_REPO) not in sys.path:  # `streamlit run app/main.py` puts app/ first, n
     sys.path.insert(0, str(_REPO))
 
 import streamlit as st  # noqa: E402
+import streamlit.delta_generator  # noqa: E402
+
+# Streamlit checks once per process whether it runs under `streamlit run` by walking the whole
+# call stack with inspect.stack(), which reads the source of every frame: 0.1-0.3 s of the cold
+# start. This script is only ever run by `streamlit run`, so the answer is known.
+streamlit.delta_generator._use_warning_has_been_displayed = True
 
 from app import audit_trail, auth, backend, components  # noqa: E402
 

@@ -280,3 +280,25 @@ def test_cli_errors_name_the_file(tmp_path, tables):
     (run / "run.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"run.json: not valid JSON"):
         _cli(["figures", str(run), "--out", str(tmp_path / "o")])
+
+
+def test_house_template_is_simple_white_for_the_trace_types_of_the_figure():
+    """The dashboard's figures draw with ``simple_white``'s whole layout and the data defaults of
+    their own trace types only (plotly.js applies a trace default to its own type alone)."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from deref.figures.style import HOUSE_TEMPLATE, house_template
+
+    full = pio.templates[HOUSE_TEMPLATE]
+    fig = go.Figure([go.Scatter(x=[0, 1], y=[1, 0]), go.Bar(x=[0], y=[1]), go.Scatter(x=[1], y=[1])])
+    t = house_template(fig)
+    assert t.layout.to_plotly_json() == full.layout.to_plotly_json()
+    assert set(t.data.to_plotly_json()) == {"scatter", "bar"}
+    assert t.data.scatter == full.data.scatter and t.data.bar == full.data.bar
+    assert house_template(go.Figure([go.Bar(x=[0], y=[1]), go.Scatter(x=[0], y=[0])])) is t  # cached
+    # the figure as drawn: every layout default of the full template, the scatter defaults too
+    fig.update_layout(template=t)
+    drawn = fig.to_plotly_json()["layout"]["template"]
+    assert drawn["layout"] == full.layout.to_plotly_json()
+    assert drawn["data"]["scatter"] == full.to_plotly_json()["data"]["scatter"]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from deref.figures.style import group_colors
+from deref.figures.style import group_colors, house_template
 
 __all__ = ["risk_histogram", "risk_vs_time_figure"]
 
@@ -50,7 +50,7 @@ def risk_histogram(table: pd.DataFrame, groups: Sequence[str], bins: int = 30) -
         )
     fig.update_layout(
         barmode="stack",
-        template="simple_white",
+        template=house_template(fig),
         height=320,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
         title="Risk distribution by group",
@@ -99,7 +99,7 @@ def risk_vs_time_figure(table: pd.DataFrame, groups: Sequence[str], unit: str) -
                 )
             )
     fig.update_layout(
-        template="simple_white",
+        template=house_template(fig),
         height=320,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
         title="Risk against observed time",

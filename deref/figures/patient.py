@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from deref.calibration import interpolate_survival
-from deref.figures.style import OKABE_ITO, css_rgba
+from deref.figures.style import OKABE_ITO, css_rgba, house_template
 
 __all__ = [
     "PatientCurve",
@@ -27,8 +27,6 @@ __all__ = [
     "signed_colors",
     "feature_contribution_bar",
 ]
-
-_LAYOUT = {"template": "simple_white"}
 
 
 @dataclass(frozen=True)
@@ -165,7 +163,7 @@ def patient_survival_figure(
         if np.isfinite(e) and e <= t_max:
             fig.add_vline(x=e, line={"color": "#bbbbbb", "width": 1, "dash": "dot"})
     fig.update_layout(
-        **_LAYOUT,
+        template=house_template(fig),
         height=420,
         margin={"l": 60, "r": 10, "t": 50, "b": 50},
         title="Predicted survival (dotted lines: the model's time-bin edges)",
@@ -191,7 +189,7 @@ def patient_hazard_figure(curves: Sequence[PatientCurve], unit: str) -> go.Figur
             )
         )
     fig.update_layout(
-        **_LAYOUT,
+        template=house_template(fig),
         height=320,
         barmode="group",
         margin={"l": 60, "r": 10, "t": 50, "b": 50},
@@ -218,7 +216,7 @@ def gate_weights_bar(gate: np.ndarray, labels: Sequence[str]) -> go.Figure:
         )
     )
     fig.update_layout(
-        **_LAYOUT,
+        template=house_template(fig),
         height=300,
         margin={"l": 140, "r": 30, "t": 50, "b": 40},
         title="Gate weights (sum to 1): each expert's share of the fusion",
@@ -240,7 +238,7 @@ def decoupled_features_heatmap(features: np.ndarray, feature_names: Sequence[str
         )
     )
     fig.update_layout(
-        **_LAYOUT,
+        template=house_template(fig),
         height=300,
         margin={"l": 140, "r": 10, "t": 50, "b": 40},
         title="The four decoupled features (C2 channels each)",
@@ -270,7 +268,7 @@ def feature_contribution_bar(values: np.ndarray, names: Sequence[str]) -> go.Fig
     )
     span = float(np.abs(v).max()) * 1.3 if v.size else 1.0
     fig.update_layout(
-        **_LAYOUT,
+        template=house_template(fig),
         height=300,
         margin={"l": 140, "r": 30, "t": 50, "b": 40},
         title="Each feature's contribution to the risk (+ raises it)",

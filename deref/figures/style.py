@@ -8,6 +8,7 @@ deficiencies) ordered from blue (lowest risk) to vermillion (highest), 10–13 p
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ __all__ = [
     "caption_text",
     "format_p",
     "mpl_figure",
+    "HOUSE_TEMPLATE",
+    "house_template",
 ]
 
 #: Okabe & Ito (2008) colour-blind-safe palette.
@@ -46,6 +49,40 @@ OKABE_ITO: dict[str, str] = {
 FONT_FAMILY = "Arial, Helvetica, DejaVu Sans, sans-serif"
 #: The ``Software`` / ``Creator`` entry of exported files.
 SOFTWARE = f"DeReF Studio {__version__}"
+#: The plotly template every dashboard figure is drawn with.
+HOUSE_TEMPLATE = "simple_white"
+
+
+def house_template(fig: Any) -> Any:
+    """The house template (:data:`HOUSE_TEMPLATE`) for a plotly figure whose traces are all added.
+
+    Its layout part is the whole template's; its data part keeps only the trace types ``fig``
+    has. plotly.js applies a data template to the traces of its own type only, so the figure
+    draws exactly as with ``template="simple_white"``, and setting it costs a third (the
+    full template carries defaults for 24 trace types, validated and copied into every figure:
+    most of a Patient page's plotly time).
+
+    Parameters
+    ----------
+    fig : plotly.graph_objects.Figure
+        With every trace it will have (a trace type added later gets no template defaults).
+
+    Returns
+    -------
+    plotly.graph_objects.layout.Template
+        Shared between calls: pass it to ``update_layout(template=...)``, which copies it.
+    """
+    return _house_template(tuple(sorted({trace.type for trace in fig.data})))
+
+
+@functools.lru_cache(maxsize=64)
+def _house_template(trace_types: tuple[str, ...]) -> Any:
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    full = pio.templates[HOUSE_TEMPLATE]
+    data = {t: full.data[t] for t in trace_types if full.data[t]}
+    return go.layout.Template(layout=full.layout, data=data)
 
 
 def group_colors(n: int) -> list[str]:
