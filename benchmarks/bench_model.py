@@ -134,11 +134,29 @@ def train_step_ms(model, device, n, bf16, repeats):
     return timed(fn, device, repeats)
 
 
+def timed_step(model, opt, inputs, bins, bf16, device) -> float:
+    """Seconds of one training step (forward, NLL + decoupling loss, backward, Adam) on
+    ``inputs`` = ``(m1, wsi, mask)``, uncensored patients in time bins ``bins``."""
+    from deref.losses import decoupling_loss, nll_survival_loss
+
+    y = torch.tensor(bins, device=device)
+    sync(device)
+    t = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(*inputs)
+    loss = nll_survival_loss(out.hazards.float(), y, torch.zeros(len(bins), device=device))
+    loss = loss + decoupling_loss(out.features.float())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sync(device)
+    return time.perf_counter() - t
+
+
 def epoch_s(device, bf16, n_patients):
     """``(wall, model)`` seconds of one epoch scaled to 300 patients: the wall time includes
     synthesizing each patient's inputs (as a data loader would cost), ``model`` only the
     forward + backward + optimizer steps."""
-    from deref.losses import decoupling_loss, nll_survival_loss
 
     model = make_model(device)
     sizes = epoch_sizes(n_patients)
@@ -148,19 +166,7 @@ def epoch_s(device, bf16, n_patients):
     steps = 0.0
     for i, n in enumerate(sizes):
         m1, wsi = patient(int(n), 100 + i, device)
-        sync(device)
-        t_step = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(m1, wsi)
-        loss = nll_survival_loss(
-            out.hazards.float(), torch.tensor([i % 4], device=device), torch.tensor([0.0], device=device)
-        )
-        loss = loss + decoupling_loss(out.features.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
-        steps += time.perf_counter() - t_step
+        steps += timed_step(model, opt, (m1, wsi, None), [i % 4], bf16, device)
     scale = 300 / n_patients  # scaled to the 300-patient epoch
     return (time.perf_counter() - t) * scale, steps * scale
 
@@ -184,7 +190,6 @@ def epoch_batched_s(device, bf16, n_patients, batch_size=BATCH):
     batched setting: ``batch_size`` patients per forward and per optimizer step, bucketed by
     bag size as ``deref.training.epoch_batches`` does (sorted within chunks of 8 batches), scaled
     to 300 patients."""
-    from deref.losses import decoupling_loss, nll_survival_loss
     from deref.training import epoch_batches
 
     model = make_model(device)
@@ -197,19 +202,8 @@ def epoch_batched_s(device, bf16, n_patients, batch_size=BATCH):
     steps = 0.0
     for batch in batches:
         idx = [int(i) for i in batch]
-        m1, wsi, mask = batched_patients(sizes[idx], [100 + i for i in idx], device)
-        sync(device)
-        t_step = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(m1, wsi, mask)
-        y = torch.tensor([i % 4 for i in idx], device=device)
-        loss = nll_survival_loss(out.hazards.float(), y, torch.zeros(len(idx), device=device))
-        loss = loss + decoupling_loss(out.features.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
-        steps += time.perf_counter() - t_step
+        inputs = batched_patients(sizes[idx], [100 + i for i in idx], device)
+        steps += timed_step(model, opt, inputs, [i % 4 for i in idx], bf16, device)
     scale = 300 / n_patients
     return (time.perf_counter() - t) * scale, steps * scale
 
