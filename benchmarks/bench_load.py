@@ -157,9 +157,13 @@ class Session:
                 await page.get_by_role("link", name="Patient").first.click()
                 await _ready(page, before, timeout_ms)
                 box = page.locator("[data-testid='stMain'] [data-testid='stSelectbox']").first
+                picked = await _run_number(page)
                 await box.click()
                 await page.keyboard.type(case)
                 await page.keyboard.press("Enter")
+                # the pick's own rerun: step() waits only for a rerun after `before`, which the
+                # Patient page's already is (without this the check could read the old patient)
+                await _ready(page, picked, timeout_ms)
 
             await self.step(page, "patient", back_and_pick, case, timeout_ms)
         self.model_status = await page.locator("[data-testid='stSidebar']").inner_text()
