@@ -249,13 +249,18 @@ def test_load_section_reports_a_cohort_that_does_not_fit(make_app, app_env, smal
     assert metric(at, "Patients")  # the previous run and cohort are still shown
 
 
-def test_one_model_in_memory(make_app, small_demo):
+def test_one_model_in_memory(make_app, app_env, small_demo, tmp_path):
+    """Two pages that need the model load it once. On a private copy of the run: the shared
+    demo run's explanation stores (written by other tests' pages) would let the pages draw
+    without the model."""
     from app import backend
 
+    run = tmp_path / "run"
+    shutil.copytree(small_demo / "run", run, ignore=shutil.ignore_patterns("explanations"))
+    app_env(DEREF_RUN=run)
     make_app("views/patient.py")
     make_app("views/attention.py")
-    run = str((small_demo / "run").resolve())
-    assert backend.MODEL_LOADS.get(run) == 1
+    assert backend.MODEL_LOADS.get(str(run.resolve())) == 1
 
 
 # ------------------------------------------------------------------------------------ export
