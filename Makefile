@@ -20,10 +20,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadscope -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadscope -q -m "not slow" $(PYTEST_ARGS)
 
 app: $(STAMP)
 	$(BIN)/streamlit run app/main.py

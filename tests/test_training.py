@@ -280,7 +280,6 @@ def test_cli_train_end_to_end(small_demo, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("planted-demo-maps")  # the worker that builds the full demo
 def test_demo_learns_the_planted_signal_but_not_beyond_the_oracle(full_demo):
     summary = json.loads((full_demo / "demo_summary.json").read_text())
     assert 0.75 <= summary["oracle_cindex"] <= 0.85

@@ -15,10 +15,6 @@ from tests.app.test_app_pages import problems
 
 PAGES = ("views/cohort.py", "views/patient.py", "views/stratification.py", "views/model.py")
 
-#: One worker trains the peers once (a module fixture is per worker: without the group each
-#: worker running a test here would train them again).
-pytestmark = pytest.mark.xdist_group("app-peers")
-
 #: The peers' own widths, small (as tests/test_peers_e2e.py): the pages, not the fit, are tested.
 SMALL_PEERS = dict(
     clam_hidden=32,

@@ -484,11 +484,6 @@ def _phenotypes(bag) -> np.ndarray:
     return np.concatenate(parts)
 
 
-#: The planted-truth tests share one worker: ``demo_maps`` is a module fixture, computed once
-#: per worker that runs one of them (IG of every demo patient: minutes).
-PLANTED_GROUP = pytest.mark.xdist_group("planted-demo-maps")
-
-
 @pytest.fixture(scope="module")
 def demo_maps(full_demo):
     """IG attributions (16 points) of risk, sp-WSI and sp-genomic for every patient of the full
@@ -512,7 +507,6 @@ def demo_maps(full_demo):
 
 
 @pytest.mark.slow
-@PLANTED_GROUP
 def test_planted_risky_patches_get_the_highest_attributions(demo_maps):
     """AUROC(patch score, planted phenotype) >= 0.80, mean over patients with both phenotypes."""
     from sklearn.metrics import roc_auc_score
@@ -531,7 +525,6 @@ def test_planted_risky_patches_get_the_highest_attributions(demo_maps):
 
 
 @pytest.mark.slow
-@PLANTED_GROUP
 def test_planted_gene_families_rank_in_the_top_two(demo_maps):
     """Oncogenes and Tumor Suppressor Genes are the top two families of the genomic-specific
     feature's attribution (by |score|) in >= 70% of the patients with signal: both planted
@@ -551,7 +544,6 @@ def test_planted_gene_families_rank_in_the_top_two(demo_maps):
 
 
 @pytest.mark.slow
-@PLANTED_GROUP
 def test_ig_completeness_on_the_trained_demo(demo_maps):
     """Every target of a trained-demo patient converges to within 1% at 256 points. (At 64
     points this patient's WSI-specific target is off by 3.4%: the ReLU kinks of the specific

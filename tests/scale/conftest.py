@@ -2,8 +2,10 @@
 
 Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is imported: with it set to 0 every
 node's services listen on the node address given (127.0.0.1); without it Ray picks the
-machine's network address. The tests that use the cluster are grouped on one pytest-xdist
-worker (``xdist_group("ray")``, ``--dist loadgroup``), so one cluster serves them all.
+machine's network address. ``make test`` runs with ``--dist loadscope``: a test
+module's tests stay on one pytest-xdist worker, so each worker that runs Ray tests starts one
+cluster for them. (``xdist_group`` marks, ``--dist loadgroup``, do nothing with pytest 9:
+pytest-xdist 3.8 renames ``item._nodeid``, which pytest 9 no longer reads.)
 """
 
 from __future__ import annotations
