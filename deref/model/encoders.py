@@ -241,7 +241,7 @@ class _DepthwiseConv2d(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, w = ctx.saved_tensors
         pad = list(ctx.padding)
-        bsz, c, hh, ww = x.shape
+        bsz, c = x.shape[:2]
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = torch.ops.aten.convolution_backward(

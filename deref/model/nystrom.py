@@ -52,7 +52,11 @@ def iterative_pinv(a: Tensor, iters: int) -> Tensor:
     abs_a = a.abs()
     col = abs_a.sum(dim=-1).flatten(1).amax(dim=1)  # (B,)
     row = abs_a.sum(dim=-2).flatten(1).amax(dim=1)
-    z = a.transpose(-1, -2) / (col * row).view(-1, 1, 1, 1)
+    return _newton_schulz(a, a.transpose(-1, -2) / (col * row).view(-1, 1, 1, 1), iters)
+
+
+def _newton_schulz(a: Tensor, z: Tensor, iters: int) -> Tensor:
+    """``iters`` steps of the package's pseudo-inverse iteration of ``a`` from ``z``."""
     eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
     for _ in range(iters):
         az = a @ z
@@ -195,11 +199,7 @@ def _short_nystrom_attention(q: Tensor, k: Tensor, m: int, iters: int) -> Tensor
     else:
         a = a_rr
     scale = rows.flatten(1).amax(dim=1) * cols.flatten(1).amax(dim=1)
-    z = a.transpose(-1, -2) / scale.view(-1, 1, 1, 1)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    for _ in range(iters):
-        az = a @ z
-        z = 0.25 * z @ (13 * eye - (az @ (15 * eye - (az @ (7 * eye - az)))))
+    z = _newton_schulz(a, a.transpose(-1, -2) / scale.view(-1, 1, 1, 1), iters)
     full = (a @ z) @ a  # A1 @ pinv(A2) @ A3
     return full[..., -t:, -t:] if p > 0 else full
 
